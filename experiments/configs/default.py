@@ -1,0 +1,89 @@
+"""Default config: a small byte-level GPT on the embedded Shakespeare corpus.
+
+Sized so that the loss visibly falls within a few minutes on a 2-core CPU.
+Every other config starts from this one and overrides what it changes.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  # What is trained (models/transformer.py).
+  c.model = m = ml_collections.ConfigDict()
+  m.vocab_size = 0  # 0: take it from the tokenizer. Set it, and a mismatch is an error.
+  m.d_model = 128
+  m.num_layers = 4
+  m.num_heads = 4
+  m.num_kv_heads = 0  # 0: same as num_heads (MHA); 1: MQA; between: GQA.
+  m.head_dim = 0  # 0: d_model // num_heads.
+  m.d_ff = 0  # 0: 4 * d_model.
+  m.max_seq_len = 256  # size of the learned position table.
+  m.pos_emb = 'learned'  # 'learned' (GPT-3) | 'rope'.
+  m.tie_embeddings = True
+  m.dtype = 'float32'  # compute dtype: 'float32' | 'bfloat16'.
+  m.param_dtype = 'float32'
+  m.attention_impl = 'xla'  # 'reference' (einsum) | 'xla' | 'cudnn' (jax.nn.dot_product_attention).
+  m.remat = 'none'  # 'none' | 'full' | 'dots'.
+  m.scan_layers = False
+  m.init_std = 0.02
+
+  # What it reads (data/).
+  c.data = d = ml_collections.ConfigDict()
+  d.name = 'shakespeare'  # 'shakespeare' | 'text_folder' | any prepared TFDS name ('lm1b', ...).
+  d.data_dir = ''  # '' -> ~/.cache/scaling_lm/tfds (env SCALING_LM_DATA overrides).
+  d.text_glob = ''  # for 'text_folder': local or gs:// glob of text files.
+  d.text_key = 'text'
+  d.train_split = 'train'
+  d.eval_split = 'validation'
+  d.tokenizer = 'bytes'  # 'bytes' | path to a SentencePiece .model file.
+  d.seq_len = 128
+  d.segment_ids = False  # True: attention stays within a document.
+  d.shuffle = True
+
+  # How it trains (train/).
+  c.train = t = ml_collections.ConfigDict()
+  t.steps = 300
+  t.global_batch = 16
+  t.grad_accum = 1
+  t.lr = 3e-3
+  t.warmup_steps = 30
+  t.schedule = 'cosine'  # 'cosine' | 'constant' | 'wsd'.
+  t.min_lr_ratio = 0.1
+  t.decay_fraction = 0.2  # wsd: fraction of steps spent decaying.
+  t.weight_decay = 0.1
+  t.b1 = 0.9
+  t.b2 = 0.95
+  t.eps = 1e-8
+  t.grad_clip = 1.0
+  t.z_loss = 0.0
+
+  c.eval = e = ml_collections.ConfigDict()
+  e.every = 100
+  e.batches = 8  # fixed batches of the held-out split, the same at every evaluation.
+  e.batch_size = 16
+
+  c.checkpoint = k = ml_collections.ConfigDict()
+  k.every = 100
+  k.max_to_keep = 2
+  k.async_save = True
+
+  # Mesh axes; -1 takes the devices that are left. Product must equal the device count.
+  c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1})
+  # Logical parameter/activation axis -> mesh axis (or None: replicated).
+  c.sharding_rules = ml_collections.ConfigDict({
+      'batch': ('data', 'fsdp'),
+      'vocab': 'tensor',
+      'embed': 'fsdp',
+      'heads': 'tensor',
+      'kv_heads': 'tensor',
+      'head_dim': None,
+      'mlp': 'tensor',
+      'layers': None,
+  })
+
+  c.log_every = 10
+  c.peak_flops = 0.0  # 0: look up the device (CPU: measured once per run).
+  return c
