@@ -73,7 +73,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Mesh axes; -1 takes the devices that are left. Product must equal the device count.
   c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1})
   # Logical parameter/activation axis -> mesh axis (or None: replicated).
-  c.sharding_rules = ml_collections.ConfigDict({
+  c.sharding_rules = ml_collections.ConfigDict(
+    {
       'batch': ('data', 'fsdp'),
       'vocab': 'tensor',
       'embed': 'fsdp',
@@ -82,7 +83,8 @@ def get_config() -> ml_collections.ConfigDict:
       'head_dim': None,
       'mlp': 'tensor',
       'layers': None,
-  })
+    }
+  )
 
   c.log_every = 10
   c.peak_flops = 0.0  # 0: look up the device (CPU: measured once per run).
