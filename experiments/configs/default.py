@@ -86,6 +86,9 @@ def get_config() -> ml_collections.ConfigDict:
     }
   )
 
+  # Free-form labels that sweeps set and analysis reads (e.g. the IsoFLOP budget).
+  c.tags = ml_collections.ConfigDict({'budget_flops': 0.0, 'group': ''})
+
   c.log_every = 10
   c.peak_flops = 0.0  # 0: look up the device (CPU: measured once per run).
   return c

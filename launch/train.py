@@ -1,0 +1,50 @@
+"""Train one model: python -m launch.train --config=experiments/configs/default.py --workdir=DIR.
+
+Any config value can be overridden with --config.<key>=<value> (an unknown key is an error).
+Rerunning the same command resumes from the newest checkpoint in DIR. On several processes
+(Cloud TPU VM, SLURM, or explicit --coordinator_address/--num_processes/--process_id) JAX's
+distributed runtime is initialized first.
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+  'config', 'experiments/configs/default.py', 'Config file.'
+)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (local or gs://).', required=True)
+_COORD = flags.DEFINE_string('coordinator_address', '', 'host:port of process 0 (multi-process).')
+_NPROC = flags.DEFINE_integer('num_processes', 0, 'Number of processes (0: auto-detect).')
+_PID = flags.DEFINE_integer('process_id', -1, 'This process (-1: auto-detect).')
+_TIMEOUT = flags.DEFINE_integer('distributed_timeout_s', 300, 'Seconds to wait for the others.')
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  # Imported here so that --help and flag errors do not pay for importing JAX.
+  from train import distributed, loop
+
+  distributed.initialize(_COORD.value, _NPROC.value, _PID.value, _TIMEOUT.value)
+  distributed.check_workdir_access(_WORKDIR.value)
+  import jax
+
+  if jax.process_index() != 0:
+    logging.set_verbosity(logging.WARNING)
+  try:
+    prepared = loop.prepare(_CONFIG.value, _WORKDIR.value)
+  except (ValueError, FileNotFoundError) as e:
+    # Bad input: one clear line, nothing compiled or written.
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  summary = loop.run(prepared)
+  logging.info(
+      'done: final eval loss %.4f ± %.4f (%.3f bits/byte)',
+      summary['final_eval_loss'], summary['final_eval_loss_sem'], summary['final_eval_bpb'],
+  )  # fmt: skip
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,208 @@
+"""A decoder-only transformer (GPT-2/GPT-3 style) in Flax NNX.
+
+tokens -> token embedding (+ learned positions) -> N pre-LayerNorm blocks
+(x + attn(ln(x)), then x + mlp(ln(x))) -> final LayerNorm -> logits (tied or untied unembedding).
+
+With `scan_layers` the blocks are one stacked module (parameters with a leading layer axis)
+applied by `jax.lax.scan`, so compile time does not grow with depth. `remat` recomputes
+block activations in the backward pass ('full') or keeps only matmul outputs ('dots').
+"""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from models.attention import MultiHeadAttention
+from models.layers import LayerNorm, Mlp, param
+
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Resolved model shape: every 0 ('derive it') of the config replaced by its value."""
+
+  vocab_size: int
+  d_model: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  d_ff: int
+  max_seq_len: int
+  pos_emb: str = 'learned'
+  tie_embeddings: bool = True
+  dtype: str = 'float32'
+  param_dtype: str = 'float32'
+  attention_impl: str = 'xla'
+  remat: str = 'none'
+  scan_layers: bool = False
+  init_std: float = 0.02
+
+  @classmethod
+  def from_config(cls, m, vocab_size: int | None = None) -> 'ModelConfig':
+    """Validates `config.model` and fills derived sizes. Raises ValueError on bad shapes."""
+    vocab = m.vocab_size or vocab_size
+    if not vocab:
+      raise ValueError('model.vocab_size is 0 and no tokenizer vocabulary was given')
+    if vocab_size and m.vocab_size and m.vocab_size != vocab_size:
+      raise ValueError(
+        f'model.vocab_size={m.vocab_size} but the tokenizer has {vocab_size} tokens; '
+        'set model.vocab_size=0 to take it from the tokenizer'
+      )
+    for key in ('d_model', 'num_layers', 'num_heads', 'max_seq_len'):
+      if m[key] < 1:
+        raise ValueError(f'model.{key} must be >= 1, got {m[key]}')
+    if not m.head_dim and m.d_model % m.num_heads:
+      raise ValueError(
+        f'model.num_heads={m.num_heads} does not divide model.d_model={m.d_model}; '
+        'change one, or set model.head_dim explicitly'
+      )
+    kv = m.num_kv_heads or m.num_heads
+    if m.num_heads % kv:
+      raise ValueError(f'model.num_kv_heads={kv} must divide model.num_heads={m.num_heads}')
+    choices = {
+      'pos_emb': ('learned', 'rope'),
+      'attention_impl': ('reference', 'xla', 'cudnn'),
+      'remat': ('none', 'full', 'dots'),
+      'dtype': tuple(_DTYPES),
+      'param_dtype': tuple(_DTYPES),
+    }
+    for key, allowed in choices.items():
+      if m[key] not in allowed:
+        raise ValueError(f'model.{key}={m[key]!r}; choose one of {allowed}')
+    return cls(
+      vocab_size=int(vocab),
+      d_model=m.d_model,
+      num_layers=m.num_layers,
+      num_heads=m.num_heads,
+      num_kv_heads=kv,
+      head_dim=m.head_dim or m.d_model // m.num_heads,
+      d_ff=m.d_ff or 4 * m.d_model,
+      max_seq_len=m.max_seq_len,
+      pos_emb=m.pos_emb,
+      tie_embeddings=m.tie_embeddings,
+      dtype=m.dtype,
+      param_dtype=m.param_dtype,
+      attention_impl=m.attention_impl,
+      remat=m.remat,
+      scan_layers=m.scan_layers,
+      init_std=m.init_std,
+    )
+
+
+class Block(nnx.Module):
+  """Pre-LayerNorm transformer block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    dt, pdt = _DTYPES[cfg.dtype], _DTYPES[cfg.param_dtype]
+    # GPT-2/3 scale the residual-output projections by 1/sqrt(2 * layers).
+    out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
+    self.ln1 = LayerNorm(cfg.d_model, rngs=rngs, param_dtype=pdt)
+    self.attn = MultiHeadAttention(
+        cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, rngs=rngs,
+        impl=cfg.attention_impl, use_rope=cfg.pos_emb == 'rope', init_std=cfg.init_std,
+        out_init_std=out_std, dtype=dt, param_dtype=pdt,
+    )  # fmt: skip
+    self.ln2 = LayerNorm(cfg.d_model, rngs=rngs, param_dtype=pdt)
+    self.mlp = Mlp(
+        cfg.d_model, cfg.d_ff, rngs=rngs, init_std=cfg.init_std, out_init_std=out_std,
+        dtype=dt, param_dtype=pdt,
+    )  # fmt: skip
+
+  def __call__(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array | None) -> jax.Array:
+    x_BxLxD = x_BxLxD + self.attn(self.ln1(x_BxLxD), segment_ids_BxL)
+    return x_BxLxD + self.mlp(self.ln2(x_BxLxD))
+
+
+def _remat(fn, mode: str):
+  if mode == 'full':
+    return jax.checkpoint(fn)
+  if mode == 'dots':
+    return jax.checkpoint(fn, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+  return fn
+
+
+class Transformer(nnx.Module):
+  """Decoder-only transformer returning float32 logits [B, L, vocab]."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    pdt = _DTYPES[cfg.param_dtype]
+    normal = nnx.initializers.normal(cfg.init_std)
+    self.embed_VxD = param(rngs, normal, (cfg.vocab_size, cfg.d_model), ('vocab', 'embed'), pdt)
+    if cfg.pos_emb == 'learned':
+      self.pos_LxD = param(rngs, normal, (cfg.max_seq_len, cfg.d_model), (None, 'embed'), pdt)
+    if cfg.scan_layers:
+      # One Block whose parameters have a leading [num_layers] axis, each layer its own init.
+      @nnx.split_rngs(splits=cfg.num_layers)
+      @nnx.vmap(in_axes=(0,), out_axes=0)
+      def make_stacked(rngs: nnx.Rngs) -> Block:
+        return Block(cfg, rngs=rngs)
+
+      self.blocks = make_stacked(rngs)
+    else:
+      self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+    self.ln_f = LayerNorm(cfg.d_model, rngs=rngs, param_dtype=pdt)
+    if not cfg.tie_embeddings:
+      self.unembed_DxV = param(rngs, normal, (cfg.d_model, cfg.vocab_size), ('embed', 'vocab'), pdt)
+
+  def __call__(self, tokens_BxL: jax.Array, segment_ids_BxL: jax.Array | None = None) -> jax.Array:
+    cfg = self.cfg
+    dt = _DTYPES[cfg.dtype]
+    length = tokens_BxL.shape[1]
+    x_BxLxD = jnp.take(self.embed_VxD[...], tokens_BxL, axis=0).astype(dt)
+    if cfg.pos_emb == 'learned':
+      x_BxLxD = x_BxLxD + self.pos_LxD[...][:length].astype(dt)
+
+    def block_fn(graph):
+      def apply(state, x, segment_ids):
+        return nnx.merge(graph, state)(x, segment_ids)
+
+      return _remat(apply, cfg.remat)
+
+    if cfg.scan_layers:
+      graph, stacked_state = nnx.split(self.blocks)
+      apply = block_fn(graph)
+
+      def body(x, layer_state):
+        return apply(layer_state, x, segment_ids_BxL), None
+
+      x_BxLxD, _ = jax.lax.scan(body, x_BxLxD, stacked_state)
+    else:
+      for block in self.blocks:
+        graph, state = nnx.split(block)
+        x_BxLxD = block_fn(graph)(state, x_BxLxD, segment_ids_BxL)
+
+    x_BxLxD = self.ln_f(x_BxLxD)
+    unembed_DxV = self.embed_VxD[...].T if cfg.tie_embeddings else self.unembed_DxV[...]
+    return jnp.einsum(
+      'bld,dv->blv', x_BxLxD, unembed_DxV.astype(dt), preferred_element_type=jnp.float32
+    )
+
+  def attention_weights(self, tokens_BxL: jax.Array) -> jax.Array:
+    """Attention weights of every layer and head, [layers, B, H, L, L] (for inspection)."""
+    cfg = self.cfg
+    length = tokens_BxL.shape[1]
+    x_BxLxD = jnp.take(self.embed_VxD[...], tokens_BxL, axis=0)
+    if cfg.pos_emb == 'learned':
+      x_BxLxD = x_BxLxD + self.pos_LxD[...][:length]
+    blocks = (
+      [nnx.merge(*_layer(self.blocks, i)) for i in range(cfg.num_layers)]
+      if cfg.scan_layers
+      else list(self.blocks)
+    )
+    weights = []
+    for block in blocks:
+      _, w_BxHxLxL = block.attn(block.ln1(x_BxLxD), None, return_weights=True)
+      weights.append(w_BxHxLxL)
+      x_BxLxD = block(x_BxLxD, None)
+    return jnp.stack(weights)
+
+
+def _layer(stacked: Block, i: int):
+  graph, state = nnx.split(stacked)
+  return graph, jax.tree.map(lambda a: a[i], state)

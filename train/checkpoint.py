@@ -1,0 +1,111 @@
+"""Orbax checkpoints: train state + data-iterator state + config, saved asynchronously.
+
+Layout: workdir/checkpoints/<step>/{state,data,config}. Every process takes part in a save
+(each writes its shards); restoring onto a different mesh or device count works because
+the restore targets carry the *current* shardings.
+"""
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+# Config sections that must match for a checkpoint to be resumed.
+_MUST_MATCH = ('model',)
+
+
+def manager(workdir: str, ckpt_cfg) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=ckpt_cfg.max_to_keep,
+    enable_async_checkpointing=ckpt_cfg.async_save,
+    create=True,
+  )
+  return ocp.CheckpointManager(
+    os.path.join(os.path.abspath(workdir), 'checkpoints'),
+    options=options,
+    item_names=('state', 'data', 'config'),
+  )
+
+
+def existing_steps(workdir: str) -> list[int]:
+  """Steps with a finished checkpoint in workdir, found without creating anything."""
+  path = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(path):
+    return []
+  return sorted(int(d) for d in os.listdir(path) if d.isdigit())
+
+
+def saved_config(mngr: ocp.CheckpointManager, step: int) -> dict:
+  restored = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+  return restored['config']
+
+
+def check_compatible(saved: dict, config: dict, workdir: str) -> None:
+  """Refuses to resume (and so to overwrite) a checkpoint of a different model."""
+  for section in _MUST_MATCH:
+    old, new = saved.get(section, {}), config.get(section, {})
+    diff = {k: (old.get(k), new.get(k)) for k in set(old) | set(new) if old.get(k) != new.get(k)}
+    if diff:
+      desc = ', '.join(
+        f'{section}.{k}: saved {a!r} vs now {b!r}' for k, (a, b) in sorted(diff.items())
+      )
+      raise ValueError(
+        f'{workdir} holds a checkpoint of a different model ({desc}); '
+        'use a new --workdir or restore the original config'
+      )
+  old_b = saved.get('train', {}).get('global_batch')
+  new_b = config.get('train', {}).get('global_batch')
+  if old_b != new_b:
+    raise ValueError(
+      f'{workdir} holds a checkpoint with train.global_batch={old_b}, now {new_b}: the data '
+      'iterator state cannot be carried over; use a new --workdir'
+    )
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state, data_state, config: dict) -> None:
+  mngr.save(
+    step,
+    args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      data=ocp.args.StandardSave({'rows': data_state}),
+      config=ocp.args.JsonSave(config),
+    ),
+  )
+
+
+def restore_latest(mngr: ocp.CheckpointManager, abstract_state, abstract_data):
+  """Restores the newest readable checkpoint: (step, state, data_state), or None.
+
+  A damaged newest checkpoint (truncated arrays, missing item) is skipped with a warning and
+  the previous one is tried; nothing is deleted.
+  """
+  steps = sorted(mngr.all_steps(), reverse=True)
+  for i, step in enumerate(steps):
+    try:
+      restored = mngr.restore(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state),
+          data=ocp.args.StandardRestore({'rows': abstract_data}),
+        ),
+      )
+    except Exception as e:  # noqa: BLE001 - any failure to read means: try an older one.
+      older = steps[i + 1] if i + 1 < len(steps) else None
+      logging.warning(
+          'checkpoint at step %d is unreadable (%s: %s); %s',
+          step, type(e).__name__, str(e).splitlines()[0][:200] if str(e) else '',
+          f'falling back to step {older}' if older is not None else 'no older checkpoint left',
+      )  # fmt: skip
+      continue
+    return step, restored['state'], restored['data']['rows']
+  if steps:
+    raise RuntimeError(f'no readable checkpoint among steps {steps} in {mngr.directory}')
+  return None
+
+
+def abstract_with_shardings(abstract_tree, shardings):
+  """ShapeDtypeStructs carrying concrete NamedShardings: what Orbax restores onto."""
+  return jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_tree, shardings
+  )

@@ -1,0 +1,267 @@
+"""The training loop: validate, build sharded state (or resume it), train, evaluate, checkpoint.
+
+Everything that can be wrong with the input is checked in `prepare()` before anything is
+compiled or written. The loop dispatches step t before fetching step t-1's metrics, so the
+host never waits for the device except to read numbers that are already computed.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import time
+
+import jax
+import numpy as np
+from absl import logging
+
+from data.pipeline import DataPipeline
+from models import accounting
+from models.transformer import ModelConfig
+from train import checkpoint, metrics, sharding
+from train.step import make_trainer
+
+
+@dataclasses.dataclass
+class Prepared:
+  """A validated run: everything decided, nothing compiled or written yet."""
+
+  config: object
+  workdir: str
+  model_cfg: ModelConfig
+  mesh: jax.sharding.Mesh
+  pipe: DataPipeline
+  resume_steps: list[int]
+
+
+def _check_batch(config, mesh) -> None:
+  t, e = config.train, config.eval
+  shards = math.prod(mesh.shape[a] for a in sharding.batch_axes(config.sharding_rules))
+  if t.grad_accum < 1 or t.global_batch % t.grad_accum:
+    raise ValueError(
+      f'train.grad_accum={t.grad_accum} must divide train.global_batch={t.global_batch}'
+    )
+  micro = t.global_batch // t.grad_accum
+  if micro % shards:
+    raise ValueError(
+      f'the (micro)batch of {micro} sequences does not split over the {shards} '
+      f'data-parallel devices of mesh {dict(mesh.shape)}; make train.global_batch/'
+      'train.grad_accum a multiple of it'
+    )
+  if e.batch_size % shards:
+    raise ValueError(
+      f'eval.batch_size={e.batch_size} does not split over the {shards} data-parallel devices'
+    )
+  for name, b in (('train.global_batch', t.global_batch), ('eval.batch_size', e.batch_size)):
+    if b % jax.process_count():
+      raise ValueError(f'{name}={b} does not split over {jax.process_count()} processes')
+
+
+def _check_rows_per_process(config, mesh) -> None:
+  """Each process must own the contiguous block of batch rows its loader produces."""
+  b = config.train.global_batch
+  batch_sh = sharding.batch_sharding(mesh, config.sharding_rules)
+  per = b // jax.process_count()
+  want = (jax.process_index() * per, (jax.process_index() + 1) * per)
+  rows = batch_sh.addressable_devices_indices_map((b, 1)).values()
+  starts = [r[0].start or 0 for r in rows]
+  stops = [r[0].stop if r[0].stop is not None else b for r in rows]
+  if (min(starts), max(stops)) != want:
+    raise ValueError(
+      f'mesh {dict(mesh.shape)} does not split the batch over processes (process '
+      f'{jax.process_index()} holds rows {min(starts)}..{max(stops)}); put the processes '
+      'along the data/fsdp axes'
+    )
+
+
+def prepare(config, workdir: str) -> Prepared:
+  """All validation: raises a one-line error before anything is compiled or written."""
+  if config.model.pos_emb == 'learned' and config.data.seq_len > config.model.max_seq_len:
+    raise ValueError(
+      f'data.seq_len={config.data.seq_len} exceeds the position table '
+      f'(model.max_seq_len={config.model.max_seq_len}); raise max_seq_len or use pos_emb=rope'
+    )
+  ModelConfig.from_config(config.model, vocab_size=config.model.vocab_size or 256)  # shapes
+  mesh = sharding.make_mesh(config.mesh)
+  _check_batch(config, mesh)
+  _check_rows_per_process(config, mesh)
+  pipe = DataPipeline(
+    config.data,
+    global_batch=config.train.global_batch,
+    seq_len=config.data.seq_len,
+    seed=config.seed,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
+  model_cfg = ModelConfig.from_config(config.model, vocab_size=pipe.vocab_size)
+  steps = checkpoint.existing_steps(workdir)
+  if steps:
+    mngr = checkpoint.manager(workdir, config.checkpoint)
+    saved = None
+    for step in reversed(steps):  # the newest readable config
+      try:
+        saved = checkpoint.saved_config(mngr, step)
+        break
+      except Exception:  # noqa: BLE001 - a damaged step: restore_latest reports it later.
+        continue
+    mngr.close()
+    if saved is not None:
+      checkpoint.check_compatible(saved, config.to_dict(), workdir)
+  return Prepared(config, workdir, model_cfg, mesh, pipe, steps)
+
+
+def _to_global(local: dict, sh, global_rows: int) -> dict:
+  return {
+    k: jax.make_array_from_process_local_data(sh, v, (global_rows, *v.shape[1:]))
+    for k, v in local.items()
+  }
+
+
+def _local_rows(global_array: jax.Array) -> np.ndarray:
+  """This process's rows of a row-sharded global array, in order."""
+  shards = sorted(global_array.addressable_shards, key=lambda s: s.index[0].start or 0)
+  seen, rows = set(), []
+  for s in shards:
+    start = s.index[0].start or 0
+    if start not in seen:  # replicas along non-batch axes hold the same rows
+      seen.add(start)
+      rows.append(np.asarray(s.data))
+  return np.concatenate(rows)
+
+
+def evaluate(trainer, params, batches: list[dict], bytes_per_token: float) -> dict:
+  """Mean per-sequence loss on the fixed eval batches, its standard error, bits per byte."""
+  losses = np.concatenate([np.asarray(trainer.eval_step(params, b)) for b in batches])
+  mean = float(losses.mean())
+  sem = float(losses.std(ddof=1) / np.sqrt(len(losses))) if len(losses) > 1 else float('nan')
+  return {'eval_loss': mean, 'eval_loss_sem': sem, 'eval_bpb': mean / math.log(2) / bytes_per_token}
+
+
+def run(p: Prepared) -> dict:
+  """Trains (or resumes) the prepared run to config.train.steps; returns the summary."""
+  config, workdir = p.config, p.workdir
+  primary = jax.process_index() == 0
+  t_start = time.time()
+  total = config.train.steps
+  seq_len, global_batch = config.data.seq_len, config.train.global_batch
+  counts = accounting.param_counts(p.model_cfg)
+  flops_tok = accounting.flops_per_token(p.model_cfg, seq_len)
+  config_dict = config.to_dict()
+  if primary:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      json.dump(config_dict, f, indent=2)
+  logging.info(
+      'model: %s params (%s non-embedding), %.3g training FLOPs/token; mesh %s',
+      f'{counts["total"]:,}', f'{counts["nonembedding"]:,}', flops_tok, dict(p.mesh.shape),
+  )  # fmt: skip
+
+  trainer = make_trainer(config, p.model_cfg, p.mesh)
+  mngr = checkpoint.manager(workdir, config.checkpoint)
+  data_sh = trainer.batch_sharding
+  it = p.pipe.train_iterator()
+  local_state = it.get_state()
+  abstract_data = jax.ShapeDtypeStruct(
+    (global_batch, local_state.shape[1]), local_state.dtype, sharding=data_sh
+  )
+  restored = None
+  if p.resume_steps:
+    abstract = checkpoint.abstract_with_shardings(trainer.abstract_state, trainer.state_shardings)
+    restored = checkpoint.restore_latest(mngr, abstract, abstract_data)
+  if restored is not None:
+    start, state, data_state = restored
+    it.set_state(_local_rows(data_state))
+    logging.info('resumed from step %d', start)
+  else:
+    start, state = 0, trainer.init()
+
+  eval_batches = [
+    _to_global(b, data_sh, config.eval.batch_size)
+    for b in p.pipe.eval_batches(config.eval.batches, config.eval.batch_size)
+  ]
+  peak, peak_src = metrics.peak_flops(config.peak_flops)
+  writer = metrics.MetricsWriter(workdir, total, enabled=primary)
+
+  def data_state_global():
+    return jax.make_array_from_process_local_data(data_sh, it.get_state(), abstract_data.shape)
+
+  step_fn, compile_s = trainer.train_step, None
+  pending = None  # (step, metrics on device, dispatch time)
+  window = []  # losses since the last record
+  last_fetch = None
+  last_eval = None
+  for step in range(start, total):
+    batch = _to_global(next(it), data_sh, global_batch)
+    if compile_s is None:
+      t0 = time.time()
+      step_fn = trainer.train_step.lower(state, batch).compile()
+      compile_s = time.time() - t0
+      logging.info('compiled the train step in %.1fs', compile_s)
+    state, step_metrics = step_fn(state, batch)  # dispatch step t ...
+    if pending is not None:  # ... then fetch step t-1's numbers
+      last_fetch = _record(pending, last_fetch, window, writer, config, flops_tok, peak, seq_len)
+    pending = (step + 1, step_metrics)
+    done = step + 1
+    if done % config.checkpoint.every == 0 or done == total:
+      checkpoint.save(mngr, done, state, data_state_global(), config_dict)
+    if done % config.eval.every == 0 or done == total:
+      ev = evaluate(trainer, state['params'], eval_batches, p.pipe.bytes_per_token)
+      last_eval = ev
+      writer.write({'kind': 'eval', 'step': done, **ev, 'tokens': done * global_batch * seq_len,
+                    'flops': flops_tok * done * global_batch * seq_len})  # fmt: skip
+      writer.progress(done, f'eval loss {ev["eval_loss"]:.4f} ± {ev["eval_loss_sem"]:.4f}')
+  if pending is not None:
+    last_fetch = _record(pending, last_fetch, window, writer, config, flops_tok, peak, seq_len,
+                         force=True)  # fmt: skip
+  mngr.wait_until_finished()
+  mngr.close()
+  if last_eval is None:
+    last_eval = evaluate(trainer, state['params'], eval_batches, p.pipe.bytes_per_token)
+  summary = {
+    'n_params': counts['total'],
+    'n_params_embed': counts['embedding'],
+    'n_params_nonembed': counts['nonembedding'],
+    'flops_per_token': flops_tok,
+    'final_step': total,
+    'tokens_seen': total * global_batch * seq_len,
+    'final_train_loss': window[-1] if window else None,
+    'final_eval_loss': last_eval['eval_loss'],
+    'final_eval_loss_sem': last_eval['eval_loss_sem'],
+    'final_eval_bpb': last_eval['eval_bpb'],
+    'wall_time_s': time.time() - t_start,
+    'compile_time_s': compile_s,
+    'peak_flops': peak,
+    'peak_flops_source': peak_src,
+    'config': config_dict,
+  }
+  if primary:
+    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+      json.dump(summary, f, indent=2)
+  writer.close()
+  return summary
+
+
+def _record(pending, last_fetch, window, writer, config, flops_tok, peak, seq_len, force=False):
+  """Fetches a finished step's metrics; writes a record every `log_every` steps."""
+  step, dev_metrics = pending
+  m = jax.device_get(dev_metrics)
+  now = time.time()
+  window.append(float(m['loss']))
+  if last_fetch is None:
+    return (step, now, 0.0)
+  prev_step, prev_t, _ = last_fetch
+  if step % config.log_every and not force:
+    return last_fetch
+  dt = (now - prev_t) / max(step - prev_step, 1)
+  tokens_per_step = config.train.global_batch * seq_len
+  tps = tokens_per_step / dt
+  mfu = tps * flops_tok / peak if peak else float('nan')
+  loss = float(np.mean(window[-(step - prev_step) :]))
+  writer.write({
+      'kind': 'train', 'step': step, 'loss': loss, 'lr': float(m['lr']),
+      'grad_norm': float(m['grad_norm']), 'tokens': step * tokens_per_step,
+      'flops': flops_tok * step * tokens_per_step, 'tokens_per_s': tps, 'step_time_s': dt,
+      'mfu': mfu,
+  })  # fmt: skip
+  writer.progress(step, f'loss {loss:.4f}  {tps:,.0f} tok/s  MFU {mfu:.1%}')
+  return (step, now, dt)

@@ -1,0 +1,115 @@
+"""Peak FLOPs of known devices, MFU, and the metric writers (JSONL, TensorBoard, console).
+
+Only process 0 writes; other processes get a writer that does nothing.
+"""
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+# Dense bfloat16 peak FLOP/s per JAX device, from the vendors' data sheets. TPU v4 and v5p
+# present one device per chip (two TensorCores, megacore).
+PEAK_FLOPS = {
+  'TPU v4': 275e12,
+  'TPU v5 lite': 197e12,  # v5e
+  'TPU v5e': 197e12,
+  'TPU v5p': 459e12,
+  'TPU v5': 459e12,
+  'TPU v6 lite': 918e12,  # v6e (Trillium)
+  'TPU v6e': 918e12,
+  'A100': 312e12,
+  'H100': 989e12,  # SXM; dense, without sparsity
+  'H200': 989e12,
+}
+
+
+def measure_cpu_matmul_flops(n: int = 1024, repeats: int = 5) -> float:
+  """This host's float32 matmul throughput (FLOP/s): the CPU 'peak' MFU is measured against."""
+  cpu = jax.devices('cpu')[0]
+  a = jax.device_put(jnp.ones((n, n), jnp.float32), cpu)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  best = float('inf')
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    f(a).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return 2 * n**3 / best
+
+
+def peak_flops(configured: float = 0.0) -> tuple[float, str]:
+  """Total peak FLOP/s of all devices in the job, and where the figure came from."""
+  if configured:
+    return configured, 'config'
+  dev = jax.devices()[0]
+  if dev.platform == 'cpu':
+    # Fake CPU devices share the host's cores: the host's matmul rate is the whole peak.
+    return measure_cpu_matmul_flops() * jax.process_count(), 'measured f32 matmul'
+  kind = dev.device_kind
+  for name, flops in PEAK_FLOPS.items():
+    if name.lower() in kind.lower():
+      return flops * jax.device_count(), f'{kind} table'
+  logging.warning('unknown device %r: MFU not reported (set config.peak_flops)', kind)
+  return 0.0, 'unknown'
+
+
+class MetricsWriter:
+  """Appends records to workdir/metrics.jsonl and TensorBoard; prints a progress line."""
+
+  def __init__(self, workdir: str, total_steps: int, enabled: bool = True):
+    self.enabled = enabled
+    self.total_steps = total_steps
+    self._t0, self._step0 = time.time(), None
+    if not enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+    try:
+      from tensorboardX import SummaryWriter
+
+      self._tb = SummaryWriter(os.path.join(workdir, 'tb'))
+    except ImportError:  # TensorBoard files are a convenience, JSONL is the record.
+      self._tb = None
+
+  def write(self, record: dict) -> None:
+    if not self.enabled:
+      return
+    record = {
+      k: (v.item() if isinstance(v, np.generic | np.ndarray) else v) for k, v in record.items()
+    }
+    self._jsonl.write(json.dumps(record) + '\n')
+    self._jsonl.flush()
+    if self._tb is not None:
+      prefix = record.get('kind', 'train')
+      for k, v in record.items():
+        if k not in ('kind', 'step') and isinstance(v, int | float):
+          self._tb.add_scalar(f'{prefix}/{k}', v, record['step'])
+
+  def progress(self, step: int, text: str) -> None:
+    """Console line with an ETA from the rate since the first call."""
+    if not self.enabled:
+      return
+    now = time.time()
+    if self._step0 is None:
+      self._step0, self._t0 = step, now
+    rate = (step - self._step0) / max(now - self._t0, 1e-9)
+    eta = (self.total_steps - step) / rate if rate > 0 else float('nan')
+    logging.info('step %d/%d  %s  eta %s', step, self.total_steps, text, _hms(eta))
+
+  def close(self) -> None:
+    if self.enabled:
+      self._jsonl.close()
+      if self._tb is not None:
+        self._tb.close()
+
+
+def _hms(seconds: float) -> str:
+  if not np.isfinite(seconds):
+    return '?'
+  s = int(seconds)
+  return f'{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}'

@@ -1,0 +1,106 @@
+"""The device mesh and the mapping from logical axis names to mesh axes.
+
+Parameters are born with logical axis names (models/layers.py). The config's
+`sharding_rules` maps each name to a mesh axis (or a tuple of them, or None = replicated);
+this module turns those into `NamedSharding`s. A dimension that a mesh axis does not divide
+is replicated rather than failing, so e.g. multi-query attention (1 kv head) still runs on a
+tensor-parallel mesh.
+"""
+
+import math
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+
+
+def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, ...]:
+  """Resolves the config's mesh sizes (one may be -1: the devices left) against the devices."""
+  unknown = set(mesh_cfg.keys()) - set(MESH_AXES)
+  if unknown:
+    raise ValueError(f'unknown mesh axes {sorted(unknown)}; the mesh axes are {MESH_AXES}')
+  sizes = [int(mesh_cfg.get(a, 1)) for a in MESH_AXES]
+  if sizes.count(-1) > 1:
+    raise ValueError(f'at most one mesh axis may be -1, got {dict(zip(MESH_AXES, sizes))}')
+  if any(s == 0 or s < -1 for s in sizes):
+    raise ValueError(f'mesh sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes))}')
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if num_devices % known:
+      raise ValueError(
+        f'mesh {dict(zip(MESH_AXES, sizes))} cannot fill {num_devices} devices: '
+        f'{known} does not divide {num_devices}'
+      )
+    sizes[sizes.index(-1)] = num_devices // known
+  if math.prod(sizes) != num_devices:
+    raise ValueError(
+      f'mesh {dict(zip(MESH_AXES, sizes))} has {math.prod(sizes)} devices but '
+      f'{num_devices} are available; make the product match or use -1 for one axis'
+    )
+  return tuple(sizes)
+
+
+def make_mesh(mesh_cfg, devices: list | None = None) -> Mesh:
+  """A mesh with axes (data, fsdp, tensor) over all devices, process-major.
+
+  Devices are kept in jax.devices() order (grouped by process), so each process owns a
+  contiguous block of the batch rows: that is what per-host data loading relies on.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  shape = mesh_shape(mesh_cfg, len(devices))
+  # Classic Mesh: Auto axis types, the GSPMD behaviour the step is written for.
+  return Mesh(np.array(devices).reshape(shape), MESH_AXES)
+
+
+def batch_axes(rules) -> tuple[str, ...]:
+  """Mesh axes the batch dimension is split over."""
+  axes = rules.get('batch', ('data', 'fsdp'))
+  return (axes,) if isinstance(axes, str) else tuple(axes or ())
+
+
+def spec_for(logical_axes: tuple, shape: tuple[int, ...], rules, mesh: Mesh) -> PartitionSpec:
+  """PartitionSpec for one array from its logical axis names.
+
+  Stacked (scanned) layers carry one more leading dimension than names: it is 'layers'.
+  A mesh axis is used at most once per array; a dimension it does not divide is replicated.
+  """
+  names = tuple(logical_axes or ())
+  if len(shape) == len(names) + 1:
+    names = ('layers',) + names
+  if len(names) != len(shape):
+    raise ValueError(f'logical axes {names} do not match shape {shape}')
+  used, spec = set(), []
+  for name, dim in zip(names, shape, strict=True):
+    target = rules.get(name) if name is not None else None
+    axes = (target,) if isinstance(target, str) else tuple(target or ())
+    axes = tuple(a for a in axes if a not in used and mesh.shape[a] > 1)
+    if axes and dim % math.prod(mesh.shape[a] for a in axes) == 0:
+      used.update(axes)
+      spec.append(axes[0] if len(axes) == 1 else axes)
+    else:
+      spec.append(None)
+  return PartitionSpec(*spec)
+
+
+def param_shardings(abstract_model: nnx.Module, rules, mesh: Mesh) -> dict:
+  """NamedShardings for the model's parameters, as a pure dict like `state.to_pure_dict()`."""
+  state = nnx.state(abstract_model)
+
+  def to_sharding(var):
+    axes = var.get_metadata().get('logical_axes')
+    return NamedSharding(mesh, spec_for(axes, var.get_value().shape, rules, mesh))
+
+  shardings = jax.tree.map(to_sharding, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  return nnx.State(shardings).to_pure_dict() if not isinstance(shardings, dict) else shardings
+
+
+def batch_sharding(mesh: Mesh, rules) -> NamedSharding:
+  """Sharding of a [batch, length] array: rows split over the batch axes."""
+  return NamedSharding(mesh, PartitionSpec(batch_axes(rules) or None))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
