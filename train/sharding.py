@@ -24,20 +24,24 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, ...]:
     raise ValueError(f'unknown mesh axes {sorted(unknown)}; the mesh axes are {MESH_AXES}')
   sizes = [int(mesh_cfg.get(a, 1)) for a in MESH_AXES]
   if sizes.count(-1) > 1:
-    raise ValueError(f'at most one mesh axis may be -1, got {dict(zip(MESH_AXES, sizes))}')
+    raise ValueError(
+      f'at most one mesh axis may be -1, got {dict(zip(MESH_AXES, sizes, strict=True))}'
+    )
   if any(s == 0 or s < -1 for s in sizes):
-    raise ValueError(f'mesh sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes))}')
+    raise ValueError(
+      f'mesh sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes, strict=True))}'
+    )
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if num_devices % known:
       raise ValueError(
-        f'mesh {dict(zip(MESH_AXES, sizes))} cannot fill {num_devices} devices: '
+        f'mesh {dict(zip(MESH_AXES, sizes, strict=True))} cannot fill {num_devices} devices: '
         f'{known} does not divide {num_devices}'
       )
     sizes[sizes.index(-1)] = num_devices // known
   if math.prod(sizes) != num_devices:
     raise ValueError(
-      f'mesh {dict(zip(MESH_AXES, sizes))} has {math.prod(sizes)} devices but '
+      f'mesh {dict(zip(MESH_AXES, sizes, strict=True))} has {math.prod(sizes)} devices but '
       f'{num_devices} are available; make the product match or use -1 for one axis'
     )
   return tuple(sizes)
