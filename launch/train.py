@@ -25,7 +25,9 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   # Imported here so that --help and flag errors do not pay for importing JAX.
-  from train import distributed, loop
+  from train import distributed, loop, metrics
+
+  metrics.quiet_library_logs()
 
   distributed.initialize(_COORD.value, _NPROC.value, _PID.value, _TIMEOUT.value)
   distributed.check_workdir_access(_WORKDIR.value)

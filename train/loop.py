@@ -137,8 +137,12 @@ def evaluate(trainer, params, batches: list[dict], bytes_per_token: float) -> di
   return {'eval_loss': mean, 'eval_loss_sem': sem, 'eval_bpb': mean / math.log(2) / bytes_per_token}
 
 
-def run(p: Prepared) -> dict:
-  """Trains (or resumes) the prepared run to config.train.steps; returns the summary."""
+def run(p: Prepared, stop_at: int | None = None) -> dict | None:
+  """Trains (or resumes) the prepared run to config.train.steps; returns the summary.
+
+  `stop_at` ends this invocation early after that step, with a checkpoint, as a preemption
+  would (used by tests and by schedulers that run in slices); no summary then.
+  """
   config, workdir = p.config, p.workdir
   primary = jax.process_index() == 0
   t_start = time.time()
@@ -190,7 +194,8 @@ def run(p: Prepared) -> dict:
   window = []  # losses since the last record
   last_fetch = None
   last_eval = None
-  for step in range(start, total):
+  end = total if stop_at is None else min(stop_at, total)
+  for step in range(start, end):
     batch = _to_global(next(it), data_sh, global_batch)
     if compile_s is None:
       t0 = time.time()
@@ -202,7 +207,7 @@ def run(p: Prepared) -> dict:
       last_fetch = _record(pending, last_fetch, window, writer, config, flops_tok, peak, seq_len)
     pending = (step + 1, step_metrics)
     done = step + 1
-    if done % config.checkpoint.every == 0 or done == total:
+    if done % config.checkpoint.every == 0 or done == end:
       checkpoint.save(mngr, done, state, data_state_global(), config_dict)
     if done % config.eval.every == 0 or done == total:
       ev = evaluate(trainer, state['params'], eval_batches, p.pipe.bytes_per_token)
@@ -215,6 +220,9 @@ def run(p: Prepared) -> dict:
                          force=True)  # fmt: skip
   mngr.wait_until_finished()
   mngr.close()
+  if end < total:
+    writer.close()
+    return None
   if last_eval is None:
     last_eval = evaluate(trainer, state['params'], eval_batches, p.pipe.bytes_per_token)
   summary = {

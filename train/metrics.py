@@ -4,6 +4,7 @@ Only process 0 writes; other processes get a writer that does nothing.
 """
 
 import json
+import logging as pylogging
 import os
 import time
 
@@ -113,3 +114,15 @@ def _hms(seconds: float) -> str:
     return '?'
   s = int(seconds)
   return f'{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}'
+
+
+class _OnlyOwnInfo(pylogging.Filter):
+  """Drops INFO chatter of libraries (Orbax logs every save at INFO); keeps their warnings."""
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    noisy = ('/orbax/', '/grain/', '/tensorflow_datasets/')
+    return record.levelno >= pylogging.WARNING or not any(n in record.pathname for n in noisy)
+
+
+def quiet_library_logs() -> None:
+  logging.get_absl_handler().addFilter(_OnlyOwnInfo())

@@ -1,0 +1,179 @@
+"""The sharded training loop: learning, sharding equivalence, exact resume, bad input."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from experiments.configs import default
+from models.transformer import ModelConfig
+from train import loop, sharding
+from train.step import make_trainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**overrides):
+  c = default.get_config()
+  c.model.update(dict(d_model=32, num_layers=2, num_heads=4, max_seq_len=32))
+  c.data.seq_len = 32
+  c.train.update(dict(steps=8, global_batch=8, warmup_steps=2, lr=3e-3))
+  c.eval.update(dict(every=4, batches=2, batch_size=8))
+  c.checkpoint.update(dict(every=2, max_to_keep=3, async_save=False))
+  c.log_every = 2
+  c.peak_flops = 1e12  # skip the CPU measurement in tests
+  for key, value in overrides.items():
+    target = c
+    *path, last = key.split('.')
+    for p in path:
+      target = target[p]
+    target[last] = value
+  return c
+
+
+def train(config, workdir, stop_at=None):
+  return loop.run(loop.prepare(config, str(workdir)), stop_at=stop_at)
+
+
+def final_params(workdir, step):
+  ckpt = ocp.StandardCheckpointer()
+  state = ckpt.restore(os.path.join(str(workdir), 'checkpoints', str(step), 'state'))
+  return jax.tree.map(np.asarray, state['params'])
+
+
+def assert_trees_equal(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_loss_falls_on_shakespeare(tmp_path):
+  summary = train(tiny_config(**{'train.steps': 40, 'eval.every': 40}), tmp_path)
+  records = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  train_losses = [r['loss'] for r in records if r['kind'] == 'train']
+  assert train_losses[0] > 4.5 and train_losses[-1] < train_losses[0] - 1.5
+  assert summary['final_eval_loss'] < 3.6  # uniform over bytes would be ln 256 = 5.55
+  assert summary['final_eval_loss_sem'] > 0
+  bpt = loop.prepare(tiny_config(), str(tmp_path / 'other')).pipe.bytes_per_token
+  np.testing.assert_allclose(
+    summary['final_eval_bpb'], summary['final_eval_loss'] / np.log(2) / bpt, rtol=1e-6
+  )
+  assert {'tokens_per_s', 'mfu', 'grad_norm', 'lr', 'step_time_s'} <= set(records[-1])
+
+
+def test_sharded_step_equals_single_device_step():
+  config = tiny_config()
+  model_cfg = ModelConfig.from_config(config.model, vocab_size=256)
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 256, (8, 33)).astype(np.int32)
+  batch = {'inputs': x[:, :-1], 'targets': x[:, 1:], 'segment_ids': np.ones((8, 32), np.int32)}
+  results = []
+  for mesh_cfg, devices in [({'data': 2, 'fsdp': 2, 'tensor': 2}, None), ({}, jax.devices()[:1])]:
+    mesh = sharding.make_mesh(mesh_cfg, devices)
+    trainer = make_trainer(config, model_cfg, mesh)
+    state = trainer.init()
+    init_params = jax.tree.map(np.asarray, state['params'])
+    b = jax.device_put(batch, trainer.batch_sharding)
+    state, m = trainer.train_step(state, b)
+    state, m2 = trainer.train_step(state, b)
+    results.append((init_params, float(m['loss']), float(m2['loss']), state['params']))
+  (p0, l0, l0b, q0), (p1, l1, l1b, q1) = results
+  assert_trees_equal(p0, p1)  # the same initialization, whatever the sharding
+  np.testing.assert_allclose(l0, l1, rtol=1e-6)
+  np.testing.assert_allclose(l0b, l1b, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(q0), jax.tree.leaves(q1), strict=True):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_grad_accumulation_matches_the_full_batch():
+  config = tiny_config()
+  model_cfg = ModelConfig.from_config(config.model, vocab_size=256)
+  mesh = sharding.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2})
+  rng = np.random.default_rng(1)
+  x = rng.integers(0, 256, (8, 33)).astype(np.int32)
+  batch = {'inputs': x[:, :-1], 'targets': x[:, 1:], 'segment_ids': np.ones((8, 32), np.int32)}
+  out = []
+  for accum in (1, 2):
+    config.train.grad_accum = accum
+    trainer = make_trainer(config, model_cfg, mesh)
+    state, m = trainer.train_step(trainer.init(), jax.device_put(batch, trainer.batch_sharding))
+    out.append((float(m['loss']), state['params']))
+  np.testing.assert_allclose(out[0][0], out[1][0], rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(out[0][1]), jax.tree.leaves(out[1][1]), strict=True):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_resume_is_bitwise_exact_and_survives_a_corrupted_checkpoint(tmp_path, caplog):
+  config = tiny_config()
+  train(config, tmp_path / 'straight')
+  # Preempted at step 4, resumed to 8.
+  assert train(config, tmp_path / 'resumed', stop_at=4) is None
+  assert not (tmp_path / 'resumed' / 'summary.json').exists()
+  train(config, tmp_path / 'resumed')
+  assert_trees_equal(final_params(tmp_path / 'straight', 8), final_params(tmp_path / 'resumed', 8))
+  # Stopped at 6; the step-6 checkpoint is then damaged: resume falls back to step 4.
+  train(config, tmp_path / 'damaged', stop_at=6)
+  for f in glob.glob(str(tmp_path / 'damaged/checkpoints/6/state/**/*'), recursive=True):
+    if os.path.isfile(f) and 'metadata' not in os.path.basename(f).lower():
+      with open(f, 'r+b') as fh:
+        fh.truncate(max(os.path.getsize(f) // 3, 1))
+  caplog.set_level('WARNING')
+  train(config, tmp_path / 'damaged')
+  assert any('unreadable' in r.getMessage() for r in caplog.records)
+  assert_trees_equal(final_params(tmp_path / 'straight', 8), final_params(tmp_path / 'damaged', 8))
+
+
+def test_checkpoint_restores_onto_another_mesh(tmp_path):
+  config = tiny_config()
+  train(config, tmp_path / 'straight')
+  train(config, tmp_path / 'moved', stop_at=4)  # mesh data=8
+  moved = tiny_config(**{'mesh.data': 2, 'mesh.fsdp': 2, 'mesh.tensor': 2})
+  train(moved, tmp_path / 'moved')
+  a, b = final_params(tmp_path / 'straight', 8), final_params(tmp_path / 'moved', 8)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+  'overrides, message',
+  [
+    ({'mesh.data': 3}, 'has 3 devices but 8 are available'),
+    ({'mesh.data': -1, 'mesh.tensor': 3}, 'cannot fill 8 devices'),
+    ({'train.global_batch': 12}, 'does not split over the 8 data-parallel devices'),
+    ({'train.grad_accum': 3}, 'must divide train.global_batch'),
+    ({'data.seq_len': 64}, 'exceeds the position table'),
+    ({'model.num_heads': 5}, 'does not divide model.d_model'),
+    ({'model.num_kv_heads': 3}, 'must divide model.num_heads'),
+    ({'model.vocab_size': 1000}, 'tokenizer has'),
+  ],
+)
+def test_bad_input_is_one_line_error_before_anything_is_written(tmp_path, overrides, message):
+  with pytest.raises(ValueError, match=message) as e:
+    loop.prepare(tiny_config(**overrides), str(tmp_path / 'run'))
+  assert '\n' not in str(e.value)
+  assert not (tmp_path / 'run').exists()
+
+
+def test_incompatible_checkpoint_is_refused_and_kept(tmp_path):
+  train(tiny_config(), tmp_path, stop_at=2)
+  before = {f: os.path.getmtime(f) for f in glob.glob(str(tmp_path / '**'), recursive=True)}
+  with pytest.raises(ValueError, match='checkpoint of a different model.*d_model'):
+    loop.prepare(tiny_config(**{'model.d_model': 64}), str(tmp_path))
+  after = {f: os.path.getmtime(f) for f in glob.glob(str(tmp_path / '**'), recursive=True)}
+  assert before == after
+
+
+def test_cli_rejects_unknown_config_key(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, '-m', 'launch.train', f'--workdir={tmp_path}/run',
+       '--config=experiments/configs/default.py', '--config.model.num_head=4'],
+      cwd=REPO, capture_output=True, text=True, timeout=120,
+  )  # fmt: skip
+  assert proc.returncode != 0
+  assert 'num_head' in proc.stderr
+  assert not (tmp_path / 'run').exists()
