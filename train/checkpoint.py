@@ -74,22 +74,20 @@ def save(mngr: ocp.CheckpointManager, step: int, state, data_state, config: dict
   )
 
 
-def restore_latest(mngr: ocp.CheckpointManager, abstract_state, abstract_data):
+def restore_latest(mngr: ocp.CheckpointManager, abstract_state, abstract_data=None):
   """Restores the newest readable checkpoint: (step, state, data_state), or None.
 
+  Without `abstract_data` the data-iterator state is not read (inspection tools).
   A damaged newest checkpoint (truncated arrays, missing item) is skipped with a warning and
   the previous one is tried; nothing is deleted.
   """
   steps = sorted(mngr.all_steps(), reverse=True)
   for i, step in enumerate(steps):
+    items = {'state': ocp.args.StandardRestore(abstract_state)}
+    if abstract_data is not None:
+      items['data'] = ocp.args.StandardRestore({'rows': abstract_data})
     try:
-      restored = mngr.restore(
-        step,
-        args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state),
-          data=ocp.args.StandardRestore({'rows': abstract_data}),
-        ),
-      )
+      restored = mngr.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # noqa: BLE001 - any failure to read means: try an older one.
       older = steps[i + 1] if i + 1 < len(steps) else None
       logging.warning(
@@ -98,7 +96,8 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, abstract_data):
           f'falling back to step {older}' if older is not None else 'no older checkpoint left',
       )  # fmt: skip
       continue
-    return step, restored['state'], restored['data']['rows']
+    data = restored['data']['rows'] if abstract_data is not None else None
+    return step, restored['state'], data
   if steps:
     raise RuntimeError(f'no readable checkpoint among steps {steps} in {mngr.directory}')
   return None
