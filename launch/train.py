@@ -19,6 +19,9 @@ _COORD = flags.DEFINE_string('coordinator_address', '', 'host:port of process 0 
 _NPROC = flags.DEFINE_integer('num_processes', 0, 'Number of processes (0: auto-detect).')
 _PID = flags.DEFINE_integer('process_id', -1, 'This process (-1: auto-detect).')
 _TIMEOUT = flags.DEFINE_integer('distributed_timeout_s', 300, 'Seconds to wait for the others.')
+_STOP = flags.DEFINE_integer(
+  'stop_after_step', 0, 'End this invocation after this step with a checkpoint (0: run to the end).'
+)
 
 
 def main(argv: list[str]) -> None:
@@ -41,7 +44,10 @@ def main(argv: list[str]) -> None:
     # Bad input: one clear line, nothing compiled or written.
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
-  summary = loop.run(prepared)
+  summary = loop.run(prepared, stop_at=_STOP.value or None)
+  if summary is None:
+    logging.info('stopped after step %d; rerun the same command to continue', _STOP.value)
+    return
   logging.info(
       'done: final eval loss %.4f ± %.4f (%.3f bits/byte)',
       summary['final_eval_loss'], summary['final_eval_loss_sem'], summary['final_eval_bpb'],

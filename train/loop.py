@@ -255,13 +255,19 @@ def _record(pending, last_fetch, window, writer, config, flops_tok, peak, seq_le
   m = jax.device_get(dev_metrics)
   now = time.time()
   window.append(float(m['loss']))
-  if last_fetch is None:
+  tokens_per_step = config.train.global_batch * seq_len
+  if last_fetch is None:  # the first step of an invocation: no rate yet
+    writer.write({
+        'kind': 'train', 'step': step, 'loss': window[-1], 'lr': float(m['lr']),
+        'grad_norm': float(m['grad_norm']), 'tokens': step * tokens_per_step,
+        'flops': flops_tok * step * tokens_per_step, 'tokens_per_s': None, 'step_time_s': None,
+        'mfu': None,
+    })  # fmt: skip
     return (step, now, 0.0)
   prev_step, prev_t, _ = last_fetch
   if step % config.log_every and not force:
     return last_fetch
   dt = (now - prev_t) / max(step - prev_step, 1)
-  tokens_per_step = config.train.global_batch * seq_len
   tps = tokens_per_step / dt
   mfu = tps * flops_tok / peak if peak else float('nan')
   loss = float(np.mean(window[-(step - prev_step) :]))
