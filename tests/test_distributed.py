@@ -1,0 +1,298 @@
+"""train/distributed.py: flag validation, cluster detection, clear failures, real 2-process runs.
+
+The multi-process tests start real JAX processes on 127.0.0.1 (2 CPU devices each, gloo
+collectives), once with explicit flags and once with a SLURM-like environment that JAX's own
+cluster detection reads.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from train import distributed
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLUSTER_VARS = (
+  'SLURM_JOB_ID', 'SLURM_NTASKS', 'SLURM_PROCID', 'SLURM_LOCALID', 'SLURM_STEP_NODELIST',
+  'OMPI_COMM_WORLD_SIZE', 'TPU_WORKER_HOSTNAMES', 'TPU_PROCESS_ADDRESSES',
+  'MEGASCALE_NUM_SLICES', 'MEGASCALE_COORDINATOR_ADDRESS', 'JAX_COORDINATOR_PORT',
+  'JAX_COORDINATOR_ADDRESS',
+)  # fmt: skip
+
+# One process of a 2-process job: initialize (twice), then collectives across processes.
+CHILD = r"""
+import json, sys
+import jax
+jax.config.update('jax_num_cpu_devices', 2)
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from train import distributed
+
+args = json.loads(sys.argv[1])
+distributed.initialize(**args)
+distributed.initialize(**args)  # a second call is a no-op
+pid = jax.process_index()
+gathered = multihost_utils.process_allgather(np.array([pid * 10 + 1]))
+mesh = Mesh(np.array(jax.devices()), ('data',))
+# Each process owns 2 rows of a 4-row global array: rows are (process id + 1) * ones.
+local = np.full((2, 3), pid + 1.0, np.float32)
+x = jax.make_array_from_process_local_data(NamedSharding(mesh, P('data')), local, (4, 3))
+total = float(jax.jit(jnp.sum, out_shardings=NamedSharding(mesh, P()))(x))
+print('RESULT ' + json.dumps({
+  'process_count': jax.process_count(), 'device_count': jax.device_count(),
+  'local_device_count': jax.local_device_count(), 'process_index': pid,
+  'primary': distributed.is_primary(), 'gathered': gathered.ravel().tolist(), 'total': total,
+}))
+jax.distributed.shutdown()
+"""
+
+
+@pytest.fixture(autouse=True)
+def _no_cluster_env(monkeypatch):
+  for var in CLUSTER_VARS:
+    monkeypatch.delenv(var, raising=False)
+  # This machine has no TPU; make sure no test depends on the metadata server either.
+  monkeypatch.setattr(distributed, '_on_tpu_vm', lambda: False)
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def child_env(**extra) -> dict:
+  env = {k: v for k, v in os.environ.items() if k not in CLUSTER_VARS and k != 'XLA_FLAGS'}
+  env.update(JAX_PLATFORMS='cpu', PYTHONPATH=REPO, **extra)
+  return env
+
+
+def run_pair(tmp_path, args_per_process, envs) -> list[dict]:
+  script = tmp_path / 'child.py'
+  script.write_text(CHILD)
+  procs = [
+    subprocess.Popen(
+      [sys.executable, str(script), json.dumps(args)], cwd=REPO, env=env,
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    for args, env in zip(args_per_process, envs, strict=True)
+  ]  # fmt: skip
+  results = []
+  for p in procs:
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 0, out[-3000:]
+    line = [ln for ln in out.splitlines() if ln.startswith('RESULT ')][-1]
+    results.append(json.loads(line[len('RESULT ') :]))
+  return sorted(results, key=lambda r: r['process_index'])
+
+
+def check_pair(results):
+  for r in results:
+    assert r['process_count'] == 2 and r['device_count'] == 4 and r['local_device_count'] == 2
+    assert r['gathered'] == [1, 11]  # each process's value, in process order, on both
+    assert r['total'] == 2 * 3 * 1.0 + 2 * 3 * 2.0  # the global sum, seen by both
+  assert [r['primary'] for r in results] == [True, False]
+
+
+def test_two_processes_with_explicit_flags(tmp_path):
+  addr = f'127.0.0.1:{free_port()}'
+  args = [dict(coordinator_address=addr, num_processes=2, process_id=i, timeout_s=60)
+          for i in range(2)]  # fmt: skip
+  check_pair(run_pair(tmp_path, args, [child_env(), child_env()]))
+
+
+def test_two_processes_detected_from_slurm_environment(tmp_path):
+  # What srun sets for a 2-task step on one node; JAX_COORDINATOR_PORT replaces the port JAX
+  # would derive from the job id, so the test cannot collide with a busy port.
+  common = dict(SLURM_JOB_ID='4242', SLURM_STEP_NODELIST='localhost', SLURM_NTASKS='2',
+                JAX_COORDINATOR_PORT=str(free_port()))  # fmt: skip
+  envs = [child_env(SLURM_PROCID=str(i), SLURM_LOCALID=str(i), **common) for i in range(2)]
+  check_pair(run_pair(tmp_path, [dict(timeout_s=60)] * 2, envs))
+
+
+def test_unreachable_coordinator_is_a_clear_error_within_the_timeout():
+  port = free_port()  # nobody listens there
+  start = time.monotonic()
+  with pytest.raises(RuntimeError) as e:
+    distributed.initialize(f'127.0.0.1:{port}', 2, 1, 2)
+  elapsed = time.monotonic() - start
+  assert str(e.value) == (
+    f'could not reach coordinator 127.0.0.1:{port} within 2s '
+    '(is process 0 running? is the port open?)'
+  )
+  assert 1.5 < elapsed < 6
+
+
+def test_process_zero_alone_exits_with_one_line_at_the_deadline():
+  # Without the watchdog, jaxlib kills this process with SIGABRT and a C++ stack trace.
+  code = (
+    f"from train import distributed; distributed.initialize('127.0.0.1:{free_port()}', 2, 0, 3)"
+  )
+  start = time.monotonic()
+  proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=child_env(),
+                        capture_output=True, text=True, timeout=60)  # fmt: skip
+  elapsed = time.monotonic() - start
+  assert proc.returncode == distributed.WATCHDOG_EXIT_CODE, proc.stderr[-2000:]
+  assert 'process 0: not all 2 processes joined coordinator 127.0.0.1:' in proc.stderr
+  assert 'within 3s' in proc.stderr
+  assert 'Check failure' not in proc.stderr  # our line, not jaxlib's abort
+  assert elapsed < 30
+
+
+def test_taken_coordinator_port_is_a_clear_error():
+  with socket.socket() as s:
+    s.bind(('', 0))
+    s.listen()
+    port = s.getsockname()[1]
+    with pytest.raises(RuntimeError, match=f'coordinator port {port} is already in use'):
+      distributed.initialize(f'127.0.0.1:{port}', 2, 0, 5)
+
+
+@pytest.mark.parametrize(
+  'args, message',
+  [
+    (('h:1', 2, 2), r'--process_id=2 is out of range for --num_processes=2 \(valid: 0..1\)'),
+    (('h:1', 2, -3), r'--process_id=-3 is out of range'),
+    (('h:1', -1, 0), r'--num_processes must be >= 1'),
+    (('h:1', 0, -1), r'--coordinator_address needs --num_processes'),
+    (('h:1', 2, -1), r'--process_id is required with --coordinator_address'),
+    (('10.0.0.1', 2, 0), r'--coordinator_address must be HOST:PORT'),
+    (('10.0.0.1:http', 2, 0), r'--coordinator_address must be HOST:PORT'),
+    (('10.0.0.1:70000', 2, 0), r'--coordinator_address must be HOST:PORT'),
+    (('', 2, 0), r'--num_processes=2 needs --coordinator_address'),
+    (('', 0, 1), r'--process_id needs --num_processes'),
+    (('h:1', 2, 0, 0), r'--distributed_timeout_s must be positive'),
+  ],
+)
+def test_bad_flags_are_one_line_value_errors(args, message):
+  with pytest.raises(ValueError, match=message) as e:
+    distributed.initialize(*args)
+  assert '\n' not in str(e.value)
+
+
+def test_single_process_does_nothing():
+  import jax
+
+  distributed.initialize()
+  distributed.initialize('', 1, 0)  # "one process" spelled out is still nothing to start
+  assert not jax.distributed.is_initialized()
+
+
+def test_address_parsing():
+  assert distributed.parse_address('10.0.0.1:1234') == ('10.0.0.1', 1234)
+  assert distributed.parse_address('node-7.cluster:8476') == ('node-7.cluster', 8476)
+  assert distributed.parse_address('[::1]:80') == ('::1', 80)
+  for bad in (':80', 'host:', 'host:0', '[]:80'):
+    with pytest.raises(ValueError):
+      distributed.parse_address(bad)
+
+
+def test_cluster_detection_from_environment(monkeypatch):
+  assert distributed.detect_cluster() is None
+  monkeypatch.setenv('OMPI_COMM_WORLD_SIZE', '4')
+  assert distributed.detect_cluster().num_processes == 4
+  monkeypatch.delenv('OMPI_COMM_WORLD_SIZE')
+  monkeypatch.setenv('TPU_WORKER_HOSTNAMES', 'w0,w1,w2,w3')
+  monkeypatch.setenv('MEGASCALE_NUM_SLICES', '2')
+  cluster = distributed.detect_cluster()
+  assert (cluster.kind, cluster.num_processes) == ('Cloud TPU', 8)
+  monkeypatch.setenv('MEGASCALE_NUM_SLICES', '1')
+  monkeypatch.setenv('TPU_WORKER_HOSTNAMES', 'w0')
+  assert distributed.detect_cluster() is None  # a single-host TPU VM: nothing to start
+  for var, value in dict(SLURM_JOB_ID='7', SLURM_NTASKS='8', SLURM_PROCID='3', SLURM_LOCALID='3',
+                         SLURM_STEP_NODELIST='gpu[01-02]').items():  # fmt: skip
+    monkeypatch.setenv(var, value)
+  assert distributed.detect_cluster() == distributed.Cluster('SLURM', 8, 'SLURM_NTASKS=8')
+
+
+def test_flags_that_contradict_the_launcher_are_rejected(monkeypatch):
+  for var, value in dict(SLURM_JOB_ID='7', SLURM_NTASKS='4', SLURM_PROCID='0', SLURM_LOCALID='0',
+                         SLURM_STEP_NODELIST='n1').items():  # fmt: skip
+    monkeypatch.setenv(var, value)
+  with pytest.raises(ValueError, match=r'--num_processes=2 contradicts the SLURM environment'):
+    distributed.initialize('h:1', 2, 0)
+  with pytest.raises(ValueError, match=r'--num_processes=8 contradicts the SLURM'):
+    distributed.initialize('', 8, -1)
+  for var in ('SLURM_JOB_ID', 'SLURM_NTASKS'):
+    monkeypatch.delenv(var)
+  monkeypatch.setenv('TPU_WORKER_HOSTNAMES', 'a,b,c,d')
+  with pytest.raises(ValueError, match=r'contradicts the Cloud TPU environment \(4 host'):
+    distributed.initialize('', 2, -1)
+
+
+def test_slurm_job_started_without_srun_is_explained(monkeypatch):
+  monkeypatch.setenv('SLURM_JOB_ID', '7')
+  monkeypatch.setenv('SLURM_NTASKS', '4')
+  with pytest.raises(RuntimeError, match=r'start each process with srun'):
+    distributed.initialize()
+
+
+def test_local_workdir_access(tmp_path):
+  distributed.check_workdir_access(str(tmp_path))
+  distributed.check_workdir_access(str(tmp_path / 'not' / 'yet' / 'there'))
+  blocker = tmp_path / 'file'
+  blocker.write_text('x')
+  with pytest.raises(ValueError, match='exists and is not a directory'):
+    distributed.check_workdir_access(str(blocker / 'run'))
+  with pytest.raises(ValueError, match='only local paths and gs://'):
+    distributed.check_workdir_access('s3://bucket/run')
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason='root can write anywhere')
+def test_read_only_workdir_is_rejected(tmp_path):
+  ro = tmp_path / 'ro'
+  ro.mkdir(mode=0o500)
+  with pytest.raises(ValueError, match='is not writable'):
+    distributed.check_workdir_access(str(ro / 'run'))
+
+
+def test_gcs_workdir_needs_discoverable_credentials(tmp_path, monkeypatch):
+  monkeypatch.setenv('HOME', str(tmp_path))
+  monkeypatch.delenv('CLOUDSDK_CONFIG', raising=False)
+  monkeypatch.delenv('GOOGLE_APPLICATION_CREDENTIALS', raising=False)
+  monkeypatch.setattr(distributed, '_on_gce', lambda: False)
+  with pytest.raises(ValueError, match=r'gcloud auth application-default login') as e:
+    distributed.check_workdir_access('gs://bucket/sweeps/a')
+  assert '\n' not in str(e.value)
+  with pytest.raises(ValueError, match='has no bucket name'):
+    distributed.check_workdir_access('gs:///x')
+  # A service account key named by the variable: it must exist.
+  monkeypatch.setenv('GOOGLE_APPLICATION_CREDENTIALS', str(tmp_path / 'missing.json'))
+  with pytest.raises(ValueError, match='GOOGLE_APPLICATION_CREDENTIALS=.* does not exist'):
+    distributed.check_workdir_access('gs://bucket/a')
+  (tmp_path / 'key.json').write_text('{}')
+  monkeypatch.setenv('GOOGLE_APPLICATION_CREDENTIALS', str(tmp_path / 'key.json'))
+  distributed.check_workdir_access('gs://bucket/a')
+  # gcloud's application-default credentials file.
+  monkeypatch.delenv('GOOGLE_APPLICATION_CREDENTIALS')
+  adc = tmp_path / '.config' / 'gcloud' / 'application_default_credentials.json'
+  adc.parent.mkdir(parents=True)
+  adc.write_text('{}')
+  distributed.check_workdir_access('gs://bucket/a')
+  # On a GCE / TPU VM the instance's service account serves.
+  adc.unlink()
+  monkeypatch.setattr(distributed, '_on_gce', lambda: True)
+  distributed.check_workdir_access('gs://bucket/a')
+
+
+def test_gce_probe_is_quick_when_there_is_no_metadata_server(monkeypatch):
+  monkeypatch.setenv('GCE_METADATA_IP', '127.0.0.1:1')  # refused at once, never hangs
+  start = time.monotonic()
+  distributed._on_gce()
+  assert time.monotonic() - start < 2.5
+
+
+def test_initialize_after_jax_started_is_a_clear_error():
+  import jax
+
+  jax.devices()  # the backend is up: too late for a multi-process start
+  with pytest.raises(RuntimeError, match=r'^jax.distributed.initialize failed: .*must be called '):
+    distributed.initialize(f'127.0.0.1:{free_port()}', 2, 0, 5)
+  assert not jax.distributed.is_initialized()

