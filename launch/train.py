@@ -33,12 +33,12 @@ def main(argv: list[str]) -> None:
   metrics.quiet_library_logs()
 
   distributed.initialize(_COORD.value, _NPROC.value, _PID.value, _TIMEOUT.value)
-  distributed.check_workdir_access(_WORKDIR.value)
   import jax
 
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)
   try:
+    distributed.check_workdir_access(_WORKDIR.value)
     prepared = loop.prepare(_CONFIG.value, _WORKDIR.value)
   except (ValueError, FileNotFoundError) as e:
     # Bad input: one clear line, nothing compiled or written.

@@ -10,6 +10,9 @@ import os
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
+
+from train import files
 
 # Config sections that must match for a checkpoint to be resumed.
 _MUST_MATCH = ('model',)
@@ -30,10 +33,10 @@ def manager(workdir: str, ckpt_cfg) -> ocp.CheckpointManager:
 
 def existing_steps(workdir: str) -> list[int]:
   """Steps with a finished checkpoint in workdir, found without creating anything."""
-  path = os.path.join(workdir, 'checkpoints')
-  if not os.path.isdir(path):
+  path = epath.Path(files.join(workdir, 'checkpoints'))
+  if not path.is_dir():
     return []
-  return sorted(int(d) for d in os.listdir(path) if d.isdigit())
+  return sorted(int(d.name) for d in path.iterdir() if d.name.isdigit())
 
 
 def saved_config(mngr: ocp.CheckpointManager, step: int) -> dict:

@@ -8,7 +8,6 @@ host never waits for the device except to read numbers that are already computed
 import dataclasses
 import json
 import math
-import os
 import time
 
 import jax
@@ -18,7 +17,7 @@ from absl import logging
 from data.pipeline import DataPipeline
 from models import accounting
 from models.transformer import ModelConfig
-from train import checkpoint, metrics, sharding
+from train import checkpoint, files, metrics, sharding
 from train.step import make_trainer
 
 
@@ -152,9 +151,8 @@ def run(p: Prepared, stop_at: int | None = None) -> dict | None:
   flops_tok = accounting.flops_per_token(p.model_cfg, seq_len)
   config_dict = config.to_dict()
   if primary:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      json.dump(config_dict, f, indent=2)
+    files.makedirs(workdir)
+    files.write_text(files.join(workdir, 'config.json'), json.dumps(config_dict, indent=2))
   logging.info(
       'model: %s params (%s non-embedding), %.3g training FLOPs/token; mesh %s',
       f'{counts["total"]:,}', f'{counts["nonembedding"]:,}', flops_tok, dict(p.mesh.shape),
@@ -243,8 +241,7 @@ def run(p: Prepared, stop_at: int | None = None) -> dict | None:
     'config': config_dict,
   }
   if primary:
-    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
-      json.dump(summary, f, indent=2)
+    files.write_text(files.join(workdir, 'summary.json'), json.dumps(summary, indent=2))
   writer.close()
   return summary
 

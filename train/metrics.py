@@ -5,13 +5,14 @@ Only process 0 writes; other processes get a writer that does nothing.
 
 import json
 import logging as pylogging
-import os
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+
+from train import files
 
 # Dense bfloat16 peak FLOP/s per JAX device, from the vendors' data sheets. TPU v4 and v5p
 # present one device per chip (two TensorCores, megacore).
@@ -68,12 +69,12 @@ class MetricsWriter:
     self._t0, self._step0 = time.time(), None
     if not enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+    files.makedirs(workdir)
+    self._jsonl = files.AppendFile(files.join(workdir, 'metrics.jsonl'))
     try:
       from tensorboardX import SummaryWriter
 
-      self._tb = SummaryWriter(os.path.join(workdir, 'tb'))
+      self._tb = SummaryWriter(files.join(workdir, 'tb'))
     except ImportError:  # TensorBoard files are a convenience, JSONL is the record.
       self._tb = None
 
@@ -83,8 +84,7 @@ class MetricsWriter:
     record = {
       k: (v.item() if isinstance(v, np.generic | np.ndarray) else v) for k, v in record.items()
     }
-    self._jsonl.write(json.dumps(record) + '\n')
-    self._jsonl.flush()
+    self._jsonl.write_line(json.dumps(record))
     if self._tb is not None:
       prefix = record.get('kind', 'train')
       for k, v in record.items():
