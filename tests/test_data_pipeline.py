@@ -1,0 +1,213 @@
+"""The data pipeline: host-count invariance, exact resume, packing without loss, bad input."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from data import sources, text_corpus
+from data.pipeline import DataPipeline
+from data.tokenizer import ByteTokenizer, load_tokenizer, train_sentencepiece
+from experiments.configs import default
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def data_cfg(**overrides):
+  d = default.get_config().data
+  d.update(overrides)
+  return d
+
+
+def pipe(batch=8, seq=64, seed=0, index=0, count=1, **overrides):
+  return DataPipeline(data_cfg(**overrides), batch, seq, seed, index, count)
+
+
+def test_batches_do_not_depend_on_the_process_count():
+  one = pipe(batch=8).train_iterator()
+  two = [pipe(batch=8, index=i, count=2).train_iterator() for i in range(2)]
+  four = [pipe(batch=8, index=i, count=4).train_iterator() for i in range(4)]
+  for _ in range(30):
+    g = next(one)
+    for parts in (two, four):
+      got = [next(it) for it in parts]
+      for key in g:
+        np.testing.assert_array_equal(np.concatenate([p[key] for p in got]), g[key])
+  # States of 2 processes, stacked, restore a 1-process iterator exactly.
+  state = np.concatenate([it.get_state() for it in two])
+  np.testing.assert_array_equal(state, one.get_state())
+  resumed = pipe(batch=8).train_iterator()
+  resumed.set_state(state)
+  for _ in range(5):
+    np.testing.assert_array_equal(next(resumed)['inputs'], next(one)['inputs'])
+
+
+def row_stream(batches, row):
+  """A row's token stream: consecutive chunks share one token."""
+  chunks = [np.append(b['inputs'][row], b['targets'][row, -1]) for b in batches]
+  return np.concatenate([chunks[0]] + [c[1:] for c in chunks[1:]])
+
+
+def test_packing_loses_nothing_and_restore_resumes_mid_document():
+  p = pipe(batch=4, seq=32)
+  it = p.train_iterator()
+  straight = [next(it) for _ in range(300)]
+  it2 = p.train_iterator()
+  first = [next(it2) for _ in range(137)]  # stops in the middle of a document
+  assert (it2.get_state()[:, 2] > 0).all()
+  it3 = p.train_iterator()
+  it3.set_state(json.loads(json.dumps(it2.get_state().tolist())))  # survives serialization
+  rest = [next(it3) for _ in range(163)]
+  for a, b in zip(straight, first + rest, strict=True):
+    np.testing.assert_array_equal(a['targets'], b['targets'])
+  # Row 1's tokens are exactly its documents' tokens, in order, separators included.
+  units, order = p._train, it._order(0, 1)
+  expected = np.concatenate([units.tokens(int(u)) for u in order])
+  got = row_stream(straight, 1)
+  n = min(len(expected), len(got))
+  assert n > 5000
+  np.testing.assert_array_equal(got[:n], expected[:n])
+
+
+def test_segment_ids_follow_document_separators():
+  b = next(pipe(batch=8, seq=256).train_iterator())
+  eos = ByteTokenizer.eos_id
+  for row in range(8):
+    seg, x = b['segment_ids'][row], b['inputs'][row]
+    assert seg[0] == 1 and (np.diff(seg) >= 0).all()
+    changes = np.nonzero(np.diff(seg))[0]
+    np.testing.assert_array_equal(changes, np.nonzero(x[:-1] == eos)[0])
+
+
+def test_eval_batches_are_fixed_and_held_out():
+  p = pipe(batch=8)
+  a, b = p.eval_batches(3, 8), p.eval_batches(3, 8)
+  for x, y in zip(a, b, strict=True):
+    np.testing.assert_array_equal(x['inputs'], y['inputs'])
+  cfg = data_cfg()
+  train = sources.open_split(cfg, 'train')
+  val = sources.open_split(cfg, 'validation')
+  names = lambda s: {s[i]['name'] for i in range(len(s))}  # noqa: E731
+  assert names(train).isdisjoint(names(val)) and len(names(val)) >= 1
+  # Bytes per token is measured: every byte is a token, separators are tokens without bytes.
+  assert 0.99 < p.bytes_per_token < 1.0
+
+
+def test_text_folder_sentencepiece_and_prepared_dataset_by_name(tmp_path):
+  folder = tmp_path / 'texts'
+  folder.mkdir()
+  rng = np.random.default_rng(0)
+  words = ['alpha', 'beta', 'gamma', 'delta', 'epsilon', 'zeta', 'eta', 'theta']
+  for i in range(12):
+    text = '\n'.join(' '.join(rng.choice(words, 12)) for _ in range(200))
+    (folder / f'doc{i:02d}.txt').write_text(text)
+  data_dir = str(tmp_path / 'tfds')
+  cfg = data_cfg(name='text_folder', text_glob=str(folder / '*.txt'), data_dir=data_dir)
+  p = DataPipeline(cfg, 4, 32, 0)
+  assert p.vocab_size == 257 and next(p.train_iterator())['inputs'].shape == (4, 32)
+  # SentencePiece trained on the training split, stored beside the dataset.
+  src = sources.open_split(cfg, 'train')
+  path = train_sentencepiece(
+      (src[i]['text'] for i in range(len(src))), 300,
+      os.path.join(sources.dataset_dir(cfg), 'spm'),
+  )  # fmt: skip
+  cfg.tokenizer = path
+  tok = load_tokenizer(cfg)
+  assert tok.vocab_size == 300  # 256 byte-fallback pieces + specials + merges
+  assert tok.decode(tok.encode(b'alpha beta gamma')) == b'alpha beta gamma'
+  sp = DataPipeline(cfg, 4, 32, 0)
+  assert sp.vocab_size == 300 and sp.bytes_per_token > 1.5  # subwords cover several bytes
+  # The same prepared dataset opened as 'any TFDS dataset in data_dir', by name.
+  builder = text_corpus.prepare('text_folder', str(folder / '*.txt'), data_dir)
+  name = f'text_corpus/{builder.builder_config.name}'
+  by_name = DataPipeline(data_cfg(name=name, data_dir=data_dir), 4, 32, 0)
+  np.testing.assert_array_equal(next(by_name.train_iterator())['inputs'],
+                                next(p.train_iterator())['inputs'])  # fmt: skip
+
+
+def test_bad_data_input_is_a_one_line_error(tmp_path):
+  (tmp_path / 'empty').mkdir()
+  (tmp_path / 'empty' / 'a.txt').write_text('')
+  (tmp_path / 'empty' / 'b.txt').write_text('')
+  (tmp_path / 'tiny').mkdir()
+  (tmp_path / 'tiny' / 'a.txt').write_text('to be')
+  (tmp_path / 'tiny' / 'b.txt').write_text('or not')
+  dd = str(tmp_path / 'tfds')
+  fake = tmp_path / 'tfds' / 'oldset' / '1.0.0'
+  fake.mkdir(parents=True)
+  (fake / 'dataset_info.json').write_text(json.dumps({'name': 'oldset', 'fileFormat': 'tfrecord'}))
+
+  def folder(name):
+    return dict(name='text_folder', text_glob=str(tmp_path / name / '*.txt'), data_dir=dd)
+
+  cases = [
+    (dict(name='text_folder', text_glob=''), 'needs data.text_glob'),
+    (folder('none'), 'no text files'),
+    (folder('empty'), 'tokens'),
+    (folder('tiny'), 'fewer than one sequence'),
+    (dict(name='lm1b', data_dir=dd), 'tfds build lm1b'),
+    (dict(name='lm1b', data_dir=str(tmp_path / 'nowhere')), 'does not exist'),
+    (dict(name='oldset', data_dir=dd), 'convert'),
+    (dict(tokenizer=str(tmp_path / 'missing.model')), 'does not exist'),
+    (dict(tokenizer='gpt2'), 'SentencePiece'),
+  ]
+  for overrides, message in cases:
+    with pytest.raises((ValueError, FileNotFoundError), match=message) as e:
+      pipe(seq=64, **overrides)
+    assert '\n' not in str(e.value), overrides
+  with pytest.raises(ValueError, match='does not split over 3 processes'):
+    pipe(batch=8, count=3)
+
+
+CHILD = textwrap.dedent("""
+    import sys, json
+    import jax
+    jax.config.update('jax_num_cpu_devices', 2)
+    jax.distributed.initialize(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+    import numpy as np
+    from jax.experimental import multihost_utils
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from experiments.configs import default
+    from data.pipeline import DataPipeline
+    cfg = default.get_config().data
+    pipe = DataPipeline(cfg, 8, 32, 0, jax.process_index(), jax.process_count())
+    mesh = Mesh(np.array(jax.devices()), ('data',))
+    sh = NamedSharding(mesh, P('data'))
+    it = pipe.train_iterator()
+    out = []
+    for _ in range(4):
+      local = next(it)['inputs']
+      g = jax.make_array_from_process_local_data(sh, local, (8, 32))
+      out.append(np.asarray(multihost_utils.process_allgather(g, tiled=True)).tolist())
+    if jax.process_index() == 0:
+      print('RESULT' + json.dumps(out))
+    jax.distributed.shutdown()
+""")
+
+
+@pytest.mark.slow
+def test_two_real_processes_assemble_the_same_global_batches(tmp_path):
+  script = tmp_path / 'child.py'
+  script.write_text(CHILD)
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu')
+  env.pop('XLA_FLAGS', None)
+  procs = [
+      subprocess.Popen([sys.executable, str(script), f'127.0.0.1:{port}', '2', str(i)],
+                       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)
+  ]  # fmt: skip
+  outs = [p.communicate(timeout=180) for p in procs]
+  assert all(p.returncode == 0 for p in procs), outs[0][1][-2000:] + outs[1][1][-2000:]
+  line = next(x for x in outs[0][0].splitlines() if x.startswith('RESULT'))
+  got = np.array(json.loads(line[len('RESULT') :]))
+  it = pipe(batch=8, seq=32).train_iterator()
+  for step in range(4):
+    np.testing.assert_array_equal(got[step], next(it)['inputs'])
