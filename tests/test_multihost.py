@@ -56,10 +56,15 @@ def launch(workdir, processes: int, devices_each: int, extra=()) -> None:
 
 
 def params(workdir, step=6):
-  state = ocp.StandardCheckpointer().restore(
-    os.path.join(workdir, 'checkpoints', str(step), 'state')
-  )
-  return state['params']
+  """Parameters of a checkpoint, onto this process's first device whatever wrote them."""
+  import jax
+
+  path = os.path.join(workdir, 'checkpoints', str(step), 'state')
+  ckptr = ocp.StandardCheckpointer()
+  meta = ckptr.metadata(path).item_metadata
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), meta)
+  return ckptr.restore(path, target)['params']
 
 
 def leaves(tree):
