@@ -142,7 +142,7 @@ def torch_row(model_cfg: ModelConfig, b: int, t: int) -> dict:
   shape = dict(
       d_model=model_cfg.d_model, num_layers=model_cfg.num_layers, num_heads=model_cfg.num_heads,
       head_dim=model_cfg.head_dim, d_ff=model_cfg.d_ff, vocab_size=model_cfg.vocab_size,
-      max_seq_len=t,
+      max_seq_len=t, gelu_approximate='tanh',  # jax.nn.gelu's default, as GPT-2/3 use
   )  # fmt: skip
   r = torch_reference.benchmark(
       shape, batch=b, seq_len=t, steps=_STEPS.value, warmup=_WARMUP.value + 1,
