@@ -1,0 +1,298 @@
+"""Scaling-law fits over the runs of a sweep (numpy/scipy only).
+
+* `fit_power_law`: L(x) = E + A * x^-alpha (x = parameters or compute), least squares on log L.
+* `fit_chinchilla`: L(N, D) = E + A / N^alpha + B / D^beta, fitted as Hoffmann et al. 2022 did:
+  Huber loss (delta 1e-3) between log L and LSE(a - alpha log N, b - beta log D, e), with
+  A = e^a, B = e^b, E = e^e, minimized by L-BFGS from their grid of initializations.
+* `fit_isoflop`: per compute budget, a parabola of loss in log N; its minimum N_opt(C) ~ C^a.
+* `compute_frontier`: the lower envelope of all runs' loss-vs-FLOPs curves, fitted as L(C).
+* `bootstrap`: percentile confidence intervals of any fit's parameters.
+* `extrapolation_check`: fit without the largest model(s), predict them, report the error.
+"""
+
+import dataclasses
+import glob
+import itertools
+import json
+import os
+
+import numpy as np
+from scipy import optimize, special
+
+
+@dataclasses.dataclass
+class Run:
+  """One finished training run of a sweep (see the format in launch/train.py's outputs)."""
+
+  name: str
+  n_params: int
+  n_nonembed: int
+  flops_per_token: float
+  tokens: int
+  final_eval_loss: float
+  final_eval_loss_sem: float
+  tags: dict
+  config: dict
+  curve: dict  # 'train' and 'eval': dicts of np arrays: step, tokens, flops, loss
+
+
+def _read_curves(path: str) -> dict:
+  records = {'train': {}, 'eval': {}}
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        r = json.loads(line)
+        key = 'loss' if r['kind'] == 'train' else 'eval_loss'
+        if r.get(key) is not None:
+          records[r['kind']][r['step']] = (r['tokens'], r['flops'], r[key])  # later wins
+  curves = {}
+  for kind, by_step in records.items():
+    steps = sorted(by_step)
+    cols = np.array([by_step[s] for s in steps], dtype=float).reshape(-1, 3)
+    curves[kind] = {'step': np.array(steps), 'tokens': cols[:, 0], 'flops': cols[:, 1],
+                    'loss': cols[:, 2]}  # fmt: skip
+  return curves
+
+
+def load_sweep(sweep_dir: str) -> tuple[list[Run], list[str]]:
+  """(finished runs, names of runs without a summary) of a sweep directory."""
+  runs, unfinished = [], []
+  for run_dir in sorted(glob.glob(os.path.join(sweep_dir, 'runs', '*'))):
+    name = os.path.basename(run_dir)
+    summary_path = os.path.join(run_dir, 'summary.json')
+    if not os.path.exists(summary_path):
+      unfinished.append(name)
+      continue
+    with open(summary_path) as f:
+      s = json.load(f)
+    runs.append(Run(
+        name=name, n_params=s['n_params'], n_nonembed=s['n_params_nonembed'],
+        flops_per_token=s['flops_per_token'], tokens=s['tokens_seen'],
+        final_eval_loss=s['final_eval_loss'], final_eval_loss_sem=s['final_eval_loss_sem'],
+        tags=dict(s.get('config', {}).get('tags', {})), config=s.get('config', {}),
+        curve=_read_curves(os.path.join(run_dir, 'metrics.jsonl')),
+    ))  # fmt: skip
+  return runs, unfinished
+
+
+@dataclasses.dataclass
+class PowerLaw:
+  """L(x) = E + A * x^-alpha; r2 is the coefficient of determination of log L."""
+
+  E: float
+  A: float
+  alpha: float
+  r2: float
+  n: int
+
+  def predict(self, x):
+    return self.E + self.A * np.power(np.asarray(x, float), -self.alpha)
+
+  def params(self) -> dict:
+    return {'E': self.E, 'A': self.A, 'alpha': self.alpha}
+
+
+def _r2(y, pred) -> float:
+  ly, lp = np.log(y), np.log(pred)
+  ss_res = np.sum((ly - lp) ** 2)
+  ss_tot = np.sum((ly - ly.mean()) ** 2)
+  return float(1 - ss_res / ss_tot) if ss_tot > 0 else float('nan')
+
+
+def fit_power_law(x, y, with_offset: bool = True) -> PowerLaw:
+  """Fits L = E + A x^-alpha (E = 0 if not with_offset) to points (x, y), in log space.
+
+  Parameters are (log A, alpha, E / min(y)) so that E stays in [0, min y); several starting
+  alphas guard against local minima.
+  """
+  x, y = np.asarray(x, float), np.asarray(y, float)
+  if len(x) < (3 if with_offset else 2):
+    raise ValueError(f'need at least {3 if with_offset else 2} points to fit, got {len(x)}')
+  lx, ly, ymin = np.log(x), np.log(y), y.min()
+
+  def model(p):
+    log_a, alpha, frac = p if with_offset else (*p, 0.0)
+    return np.log(frac * ymin + np.exp(log_a - alpha * lx))
+
+  best = None
+  for alpha0, frac0 in itertools.product(
+    (0.05, 0.2, 0.5, 1.0), (0.0, 0.5, 0.9) if with_offset else (0.0,)
+  ):
+    # Start with the line through the extremes of what is left after the offset.
+    resid = np.maximum(y - frac0 * ymin, 1e-12)
+    log_a0 = float(np.mean(np.log(resid) + alpha0 * lx))
+    p0 = [log_a0, alpha0, frac0] if with_offset else [log_a0, alpha0]
+    lo = [-np.inf, 0.0, 0.0] if with_offset else [-np.inf, 0.0]
+    hi = [np.inf, 5.0, 0.999] if with_offset else [np.inf, 5.0]
+    res = optimize.least_squares(lambda p: model(p) - ly, p0, bounds=(lo, hi))
+    if best is None or res.cost < best.cost:
+      best = res
+  log_a, alpha, frac = best.x if with_offset else (*best.x, 0.0)
+  fit = PowerLaw(E=float(frac * ymin), A=float(np.exp(log_a)), alpha=float(alpha), r2=0.0, n=len(x))
+  fit.r2 = _r2(y, fit.predict(x))
+  return fit
+
+
+@dataclasses.dataclass
+class Chinchilla:
+  """L(N, D) = E + A / N^alpha + B / D^beta."""
+
+  E: float
+  A: float
+  B: float
+  alpha: float
+  beta: float
+
+  def predict(self, n, d):
+    n, d = np.asarray(n, float), np.asarray(d, float)
+    return self.E + self.A / n**self.alpha + self.B / d**self.beta
+
+  def optimal_allocation(self, compute):
+    """N_opt, D_opt minimizing L under C = 6 N D (Hoffmann et al., eq. 4)."""
+    a, b = self.beta / (self.alpha + self.beta), self.alpha / (self.alpha + self.beta)
+    g = (self.alpha * self.A / (self.beta * self.B)) ** (1 / (self.alpha + self.beta))
+    c = np.asarray(compute, float) / 6
+    return g * c**a, c**b / g
+
+  def params(self) -> dict:
+    return {'E': self.E, 'A': self.A, 'B': self.B, 'alpha': self.alpha, 'beta': self.beta}
+
+
+def _huber(r, delta):
+  a = np.abs(r)
+  return np.where(a <= delta, 0.5 * r**2, delta * (a - 0.5 * delta))
+
+
+def _huber_grad(r, delta):
+  return np.clip(r, -delta, delta)
+
+
+def fit_chinchilla(n, d, loss, delta: float = 1e-3, refine: int = 30) -> Chinchilla:
+  """Hoffmann et al.'s fit: Huber on log L, L-BFGS from a grid of initializations.
+
+  Their grid has 4,500 points (alpha, beta in {0, .5, ..., 2}, e in {-1, -.5, ..., 1},
+  a, b in {0, 5, ..., 25}); the objective is evaluated at all of them and L-BFGS (with the
+  analytic gradient) runs from the `refine` best, keeping the lowest minimum.
+  """
+  ln, ld, ll = np.log(np.asarray(n, float)), np.log(np.asarray(d, float)), np.log(loss)
+
+  def objective(p):
+    a, b, e, alpha, beta = p
+    terms = np.stack([a - alpha * ln, b - beta * ld, np.full_like(ln, e)])
+    lse = special.logsumexp(terms, axis=0)
+    r = lse - ll
+    w = np.exp(terms - lse)  # softmax weights: d lse / d term
+    g = _huber_grad(r, delta)
+    grad = np.array([np.sum(g * w[0]), np.sum(g * w[1]), np.sum(g * w[2]),
+                     -np.sum(g * w[0] * ln), -np.sum(g * w[1] * ld)])  # fmt: skip
+    return float(np.sum(_huber(r, delta))), grad
+
+  grid = np.array(list(itertools.product(
+      np.arange(0, 30, 5.0), np.arange(0, 30, 5.0), np.arange(-1, 1.5, 0.5),
+      np.arange(0, 2.5, 0.5), np.arange(0, 2.5, 0.5),
+  )))  # fmt: skip
+  values = np.array([objective(p)[0] for p in grid])
+  best = None
+  for p0 in grid[np.argsort(values)[:refine]]:
+    res = optimize.minimize(objective, p0, jac=True, method='L-BFGS-B',
+                            options={'maxiter': 2000, 'ftol': 1e-15, 'gtol': 1e-12})  # fmt: skip
+    if best is None or res.fun < best.fun:
+      best = res
+  a, b, e, alpha, beta = best.x
+  return Chinchilla(E=float(np.exp(e)), A=float(np.exp(a)), B=float(np.exp(b)),
+                    alpha=float(alpha), beta=float(beta))  # fmt: skip
+
+
+@dataclasses.dataclass
+class IsoFlop:
+  budgets: np.ndarray  # C of each group
+  n_opt: np.ndarray  # the parabola's minimum in N, per budget
+  loss_opt: np.ndarray
+  parabolas: list  # np.poly1d of loss in log10 N, per budget
+  exponent: float  # N_opt ~ C^exponent
+  coefficient: float
+
+
+def fit_isoflop(runs: list[Run], budget_key: str = 'budget_flops') -> IsoFlop:
+  """Per compute budget, loss vs log N is a parabola; its minima give N_opt(C) ~ C^a."""
+  groups: dict[float, list[Run]] = {}
+  for r in runs:
+    c = float(r.tags.get(budget_key) or 0)
+    if c > 0:
+      groups.setdefault(c, []).append(r)
+  groups = {c: g for c, g in groups.items() if len(g) >= 3}
+  if len(groups) < 2:
+    raise ValueError(f'IsoFLOP needs >= 2 budgets with >= 3 runs each (tags.{budget_key})')
+  budgets, n_opt, loss_opt, parabolas = [], [], [], []
+  for c in sorted(groups):
+    g = groups[c]
+    ln = np.log10([r.n_nonembed for r in g])
+    poly = np.poly1d(np.polyfit(ln, [r.final_eval_loss for r in g], 2))
+    if poly.coeffs[0] <= 0:
+      continue  # no minimum inside: this budget's sizes miss the optimum
+    x_min = -poly.coeffs[1] / (2 * poly.coeffs[0])
+    budgets.append(c)
+    n_opt.append(10**x_min)
+    loss_opt.append(float(poly(x_min)))
+    parabolas.append(poly)
+  if len(budgets) < 2:
+    raise ValueError('fewer than 2 budgets have a loss minimum inside their size range')
+  slope, intercept = np.polyfit(np.log(budgets), np.log(n_opt), 1)
+  return IsoFlop(np.array(budgets), np.array(n_opt), np.array(loss_opt), parabolas,
+                 float(slope), float(np.exp(intercept)))  # fmt: skip
+
+
+def compute_frontier(runs: list[Run], kind: str = 'eval', points: int = 20):
+  """(C, L) of the lower envelope of every run's loss-vs-FLOPs curve, at log-spaced C."""
+  xs, ys = [], []
+  for r in runs:
+    c = r.curve.get(kind, {})
+    if len(c.get('flops', [])):
+      keep = c['flops'] > 0
+      xs.append(c['flops'][keep])
+      ys.append(c['loss'][keep])
+  if not xs:
+    raise ValueError(f'no {kind} curves to build a compute frontier from')
+  x, y = np.concatenate(xs), np.concatenate(ys)
+  grid = np.logspace(np.log10(x.min()), np.log10(x.max()), points)
+  # Best loss reached with at most C FLOPs, by any run.
+  frontier = np.array([y[x <= c].min() for c in grid])
+  return grid, frontier
+
+
+def fit_compute_frontier(runs: list[Run], kind: str = 'eval') -> PowerLaw:
+  c, loss = compute_frontier(runs, kind)
+  keep = np.concatenate([[True], np.diff(loss) < 0])  # the points where the envelope improves
+  return fit_power_law(c[keep], loss[keep])
+
+
+def bootstrap(fit_fn, arrays: tuple, n: int = 200, seed: int = 0, level: float = 0.95) -> dict:
+  """Percentile intervals {param: (lo, hi)} of fit_fn(*resampled arrays).params()."""
+  rng = np.random.default_rng(seed)
+  arrays = tuple(np.asarray(a) for a in arrays)
+  m = len(arrays[0])
+  samples: dict[str, list[float]] = {}
+  for _ in range(n):
+    idx = rng.integers(0, m, m)
+    if len(np.unique(arrays[0][idx])) < 3:  # a degenerate resample cannot be fitted
+      continue
+    try:
+      fit = fit_fn(*(a[idx] for a in arrays))
+    except (ValueError, RuntimeError):
+      continue
+    for k, v in fit.params().items():
+      samples.setdefault(k, []).append(v)
+  q = (1 - level) / 2 * 100
+  return {
+    k: (float(np.percentile(v, q)), float(np.percentile(v, 100 - q))) for k, v in samples.items()
+  }
+
+
+def extrapolation_check(x, y, holdout: int = 1) -> dict:
+  """Fit L(x) without the `holdout` largest x; predicted vs measured loss of the largest."""
+  order = np.argsort(x)
+  x, y = np.asarray(x, float)[order], np.asarray(y, float)[order]
+  fit = fit_power_law(x[:-holdout], y[:-holdout])
+  predicted, measured = float(fit.predict(x[-1])), float(y[-1])
+  return {'x': float(x[-1]), 'predicted': predicted, 'measured': measured,
+          'error_percent': 100 * (predicted - measured) / measured}  # fmt: skip

@@ -1,0 +1,128 @@
+"""Scaling-law fits recover known constants; the compare tool draws and tabulates sweeps."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments import scaling
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HOFFMANN = scaling.Chinchilla(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
+
+
+def test_chinchilla_fit_recovers_hoffmann_constants_within_2_percent():
+  n, d = np.meshgrid(np.logspace(7, 10, 10), np.logspace(9, 12, 10))
+  n, d = n.ravel(), d.ravel()
+  noise = np.exp(np.random.default_rng(0).normal(0, 1e-4, n.size))
+  fit = scaling.fit_chinchilla(n, d, HOFFMANN.predict(n, d) * noise)
+  for key, true in HOFFMANN.params().items():
+    assert abs(fit.params()[key] / true - 1) < 0.02, (key, fit.params()[key], true)
+
+
+def test_compute_optimal_allocation_minimizes_loss_at_fixed_compute():
+  c = 1e21
+  n_opt, d_opt = HOFFMANN.optimal_allocation(c)
+  np.testing.assert_allclose(6 * n_opt * d_opt, c, rtol=1e-9)
+  ns = n_opt * np.logspace(-0.5, 0.5, 41)
+  losses = HOFFMANN.predict(ns, c / (6 * ns))
+  assert np.argmin(losses) == 20
+
+
+def test_power_law_recovery_bootstrap_and_extrapolation():
+  x = np.logspace(5, 7.5, 9)
+  y = 1.5 + 30 * x**-0.3
+  exact = scaling.fit_power_law(x, y)
+  np.testing.assert_allclose([exact.E, exact.A, exact.alpha], [1.5, 30, 0.3], rtol=1e-3)
+  assert exact.r2 > 0.9999
+  noisy = y * np.exp(np.random.default_rng(1).normal(0, 0.002, x.size))
+  ci = scaling.bootstrap(scaling.fit_power_law, (x, noisy), n=200, seed=0)
+  assert ci['alpha'][0] < 0.3 < ci['alpha'][1]
+  assert abs(scaling.extrapolation_check(x, y)['error_percent']) < 0.01
+  # A law that breaks at the largest size is caught by the extrapolation check.
+  broken = y.copy()
+  broken[-1] = y[-2] * 1.05  # the largest model got worse
+  assert scaling.extrapolation_check(x, broken)['error_percent'] < -3
+
+
+def synthetic_run(root, name, n, tokens, loss, budget=0.0, steps=10):
+  run = os.path.join(root, 'runs', name)
+  os.makedirs(run)
+  fpt = 6.0 * n
+  with open(os.path.join(run, 'metrics.jsonl'), 'w') as f:
+    for s in range(1, steps + 1):
+      t = tokens * s / steps
+      f.write(json.dumps({'kind': 'eval', 'step': s, 'eval_loss': float(HOFFMANN.predict(n, t)),
+                          'eval_loss_sem': 0.01, 'eval_bpb': 1.0, 'tokens': t,
+                          'flops': fpt * t}) + '\n')  # fmt: skip
+  summary = {'n_params': int(n * 1.1), 'n_params_embed': int(n * 0.1), 'n_params_nonembed': int(n),
+             'flops_per_token': fpt, 'final_step': steps, 'tokens_seen': int(tokens),
+             'final_train_loss': loss, 'final_eval_loss': loss, 'final_eval_loss_sem': 0.01,
+             'final_eval_bpb': 1.0, 'wall_time_s': 1.0,
+             'config': {'tags': {'budget_flops': budget, 'group': ''}}}  # fmt: skip
+  with open(os.path.join(run, 'summary.json'), 'w') as f:
+    json.dump(summary, f)
+
+
+def test_isoflop_recovers_the_optimal_size_exponent(tmp_path):
+  for c in (1e18, 1e19, 1e20, 1e21):
+    n_opt, _ = HOFFMANN.optimal_allocation(c)
+    for k, n in enumerate(n_opt * np.logspace(-0.6, 0.6, 9)):
+      d = c / (6 * n)
+      synthetic_run(tmp_path, f'c{c:.0e}-{k}', n, d, float(HOFFMANN.predict(n, d)), budget=c)
+  runs, _ = scaling.load_sweep(str(tmp_path))
+  iso = scaling.fit_isoflop(runs)
+  expected = HOFFMANN.beta / (HOFFMANN.alpha + HOFFMANN.beta)
+  assert abs(iso.exponent / expected - 1) < 0.03
+
+
+def test_compute_frontier_is_the_lower_envelope(tmp_path):
+  for k, n in enumerate(np.logspace(6, 8, 5)):
+    synthetic_run(tmp_path, f'r{k}', n, 2e10, float(HOFFMANN.predict(n, 2e10)))
+  runs, _ = scaling.load_sweep(str(tmp_path))
+  c, loss = scaling.compute_frontier(runs)
+  assert (np.diff(loss) <= 0).all()  # more compute never looks worse
+  for r in runs:  # no run's point lies below the envelope at or after its compute
+    cv = r.curve['eval']
+    for f, l in zip(cv['flops'], cv['loss'], strict=True):
+      later = c >= f * (1 - 1e-12)
+      if later.any():
+        assert l >= loss[later][0] - 1e-12
+  # and the envelope is made of the runs' own points
+  all_losses = np.concatenate([r.curve['eval']['loss'] for r in runs])
+  assert all(np.isclose(all_losses, v).any() for v in loss)
+
+
+def test_compare_cli_plots_tables_and_json(tmp_path):
+  sweeps = []
+  for label, alpha in (('sweep_a', 0.3), ('sweep_b', 0.2)):
+    root = tmp_path / label
+    for k, n in enumerate(np.logspace(5, 7, 6)):
+      synthetic_run(str(root), f'r{k}', n, 1e8, 1.0 + 20 * n**-alpha)
+    sweeps.append(str(root))
+  os.makedirs(tmp_path / 'sweep_a' / 'runs' / 'crashed')  # an unfinished run is listed
+  out = tmp_path / 'plots' / 'cmp.png'
+  proc = subprocess.run([sys.executable, '-m', 'launch.compare', *sweeps, f'--out={out}',
+                         '--bootstrap=50'], cwd=REPO, capture_output=True, text=True,
+                        timeout=300)  # fmt: skip
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  for path in (out, tmp_path / 'plots' / 'cmp_curves.png'):
+    assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and path.stat().st_size > 5000
+  fits = json.loads((tmp_path / 'plots' / 'cmp.json').read_text())
+  assert abs(fits['sweep_a']['power_law']['alpha'] - 0.3) < 0.01
+  assert abs(fits['sweep_b']['power_law']['alpha'] - 0.2) < 0.01
+  assert fits['sweep_a']['unfinished'] == ['crashed']
+  assert 'sweep_a' in proc.stdout and 'sweep_b' in proc.stdout
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  proc = subprocess.run([sys.executable, '-m', 'launch.compare', str(empty), f'--out={out}'],
+                        cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
+  assert proc.returncode == 2 and 'no finished runs' in proc.stderr
+
+
+def test_fits_refuse_too_few_points():
+  with pytest.raises(ValueError, match='at least 3 points'):
+    scaling.fit_power_law([1e5, 1e6], [3.0, 2.5])
