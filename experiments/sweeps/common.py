@@ -1,0 +1,181 @@
+"""Shared helpers of the sweep files: model shapes, parameter/FLOP counts, the LR and batch rule.
+
+Counts are closed forms of this codebase's model (models/transformer.py), so a sweep file
+loads without importing JAX; tests/test_sweep.py checks them against models/accounting.py.
+
+The LR and batch rule of the CPU ladders (docs/SWEEPS.md):
+* learning rate: Kaplan et al. 2020, eq. D.1, lr(N) = 0.003239 - 0.0001395 ln N, N the
+  non-embedding parameters, their fit to the best learning rates of their models. It gives
+  1.6e-3 at 1e5 and 1.2e-3 at 3e6, falling slowly with size as wider models need.
+* batch: the same 16 x 128 tokens for every size (scaling_cpu.py). Every run is far below
+  the critical batch size (Kaplan et al. Sec. 5.1: millions of tokens at these losses),
+  where the loss after D tokens hardly depends on how they are batched; one batch for all
+  sizes makes "trained on the same tokens" also "the same number of steps".
+* schedule: linear warmup over 10% of the steps, cosine decay to 10% of the peak at the last
+  step (so every run's schedule ends with the run: runs of different lengths are separate
+  runs, never checkpoints of one long run).
+GPT-3 rows use Table 2.1's own lr and batch instead (gpt3_reduced.py).
+"""
+
+import dataclasses
+import math
+
+BASE_CONFIG = 'experiments/configs/scaling_cpu.py'
+BYTE_VOCAB = 257  # data/tokenizer.py's ByteTokenizer: 256 bytes + end of document.
+SEQ_LEN = 128  # scaling_cpu.py's data.seq_len
+GLOBAL_BATCH = 16  # scaling_cpu.py's train.global_batch
+WARMUP_FRACTION = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+  """A decoder shape; head_dim 0 means d_model // num_heads, d_ff 0 means 4 * d_model."""
+
+  num_layers: int
+  d_model: int
+  num_heads: int
+  head_dim: int = 0
+  d_ff: int = 0
+
+  def __post_init__(self):
+    if min(self.num_layers, self.d_model, self.num_heads) < 1:
+      raise ValueError(f'layers, width and heads must be >= 1: {self}')
+    if not self.head_dim and self.d_model % self.num_heads:
+      raise ValueError(f'{self.num_heads} heads do not divide d_model={self.d_model}')
+
+  @property
+  def dh(self) -> int:
+    return self.head_dim or self.d_model // self.num_heads
+
+  @property
+  def ff(self) -> int:
+    return self.d_ff or 4 * self.d_model
+
+  @property
+  def name(self) -> str:
+    return f'L{self.num_layers}-d{self.d_model}-h{self.num_heads}'
+
+  @property
+  def aspect(self) -> float:
+    """d_model / num_layers (GPT-3: 43 to 128)."""
+    return self.d_model / self.num_layers
+
+  def nonembed(self) -> int:
+    return nonembed_params(self)
+
+  def overrides(self) -> dict:
+    """`model.*` overrides, every size spelled out so sweep.json describes the model alone."""
+    return {
+      'model.num_layers': self.num_layers,
+      'model.d_model': self.d_model,
+      'model.num_heads': self.num_heads,
+      'model.head_dim': self.dh,
+      'model.d_ff': self.ff,
+    }
+
+
+def nonembed_params(s: Shape) -> int:
+  """Non-embedding parameters of models/transformer.py (MHA, biases and LayerNorms included).
+
+  Per layer: Q, K, V, O projections and their biases, two LayerNorms, the MLP and its
+  biases; plus the final LayerNorm. 12 * L * d^2 when head_dim * heads = d and d_ff = 4d.
+  """
+  d, a, f = s.d_model, s.num_heads * s.dh, s.ff
+  attention = 4 * d * a + 3 * a + d
+  mlp = 2 * d * f + f + d
+  norms = 2 * 2 * d
+  return s.num_layers * (attention + mlp + norms) + 2 * d
+
+
+def flops_per_token(s: Shape, seq_len: int = SEQ_LEN, vocab_size: int = BYTE_VOCAB) -> float:
+  """Training FLOPs per token by PaLM's formula, as models/accounting.py computes it.
+
+  6 * (N_nonembed + d * V) + 12 * L * d_attn * T: the unembedding matmul counts (the embedding
+  lookup does not) and attention over the full T x T square.
+  """
+  n_matmul = nonembed_params(s) + s.d_model * vocab_size
+  return 6.0 * n_matmul + 12.0 * s.num_layers * s.num_heads * s.dh * seq_len
+
+
+def kaplan_lr(n_nonembed: float) -> float:
+  """Kaplan et al. 2020 eq. D.1: lr(N) = 0.003239 - 0.0001395 ln N."""
+  lr = 0.003239 - 0.0001395 * math.log(n_nonembed)
+  if n_nonembed < 1 or lr <= 0:
+    raise ValueError(f'Kaplan lr rule undefined at N={n_nonembed:g} (valid for 1 <= N < 1.2e10)')
+  return lr
+
+
+def heads_for(d_model: int, head_dim: int = 32) -> int:
+  """The head count dividing d_model whose head size is nearest `head_dim` (log scale)."""
+  divisors = [h for h in range(1, d_model + 1) if d_model % h == 0]
+  return min(divisors, key=lambda h: (abs(math.log(d_model / h / head_dim)), h))
+
+
+def _twos(n: int) -> int:
+  """The exponent of 2 in n (nicer widths first)."""
+  return (n & -n).bit_length() - 1
+
+
+def shape_at(n_target: int, num_layers: int, head_dim: int = 32, tol: float = 0.02) -> Shape:
+  """The `num_layers`-deep shape (d_ff = 4d, attention width d) nearest `n_target` params.
+
+  Among even widths within `tol` of the target, the one with the most factors of two (so it
+  splits into heads of a regular size), then the nearest; heads from `heads_for`.
+  """
+  d0 = math.sqrt(n_target / (12 * num_layers))
+  candidates = [d for d in range(max(2, 2 * int(d0 / 2) - 8), 2 * int(d0 / 2) + 10, 2)]
+
+  def err(d: int) -> float:
+    return abs(nonembed_params(Shape(num_layers, d, 1)) / n_target - 1)
+
+  good = [d for d in candidates if err(d) <= tol]
+  if not good:
+    raise ValueError(f'no width gives {n_target:,} params at {num_layers} layers within {tol:.0%}')
+  d = min(good, key=lambda d: (-_twos(d), err(d)))
+  return Shape(num_layers, d, heads_for(d, head_dim))
+
+
+def steps_for(tokens: float, global_batch: int = GLOBAL_BATCH, seq_len: int = SEQ_LEN) -> int:
+  """Steps that see `tokens` tokens (rounded to the nearest step, at least 1)."""
+  return max(1, round(tokens / (global_batch * seq_len)))
+
+
+def train_overrides(
+  steps: int,
+  lr: float,
+  global_batch: int = GLOBAL_BATCH,
+  evals: int = 2,
+  checkpoints: int = 2,
+  max_interval: int = 500,
+) -> dict:
+  """`train.*`, `eval.every`, `checkpoint.every` overrides of one run.
+
+  At least `evals` evaluations (the last at the final step) and `checkpoints` saves (one at
+  the end), and one of each every `max_interval` steps: a short run pays for two evaluations,
+  a long one gets a learning curve and loses at most `max_interval` steps to an interruption.
+  """
+  return {
+    'train.steps': steps,
+    'train.global_batch': global_batch,
+    'train.lr': float(f'{lr:.4g}'),
+    'train.warmup_steps': max(1, round(WARMUP_FRACTION * steps)),
+    'eval.every': max(1, min(max_interval, math.ceil(steps / evals))),
+    'checkpoint.every': max(1, min(max_interval, math.ceil(steps / checkpoints))),
+  }
+
+
+def ladder_run(s: Shape, tokens: float, sweep: str, group: str = '', **tags) -> dict:
+  """Overrides of one ladder run: `s` trained on `tokens` tokens at Kaplan's lr for its N."""
+  steps = steps_for(tokens)
+  out = {**s.overrides(), **train_overrides(steps, kaplan_lr(s.nonembed()))}
+  seen = steps * GLOBAL_BATCH * SEQ_LEN
+  out.update({'tags.sweep': sweep, 'tags.group': group, 'tags.tokens': seen})
+  out.update({f'tags.{k}': v for k, v in tags.items()})
+  return out
+
+
+def budget_name(flops: float) -> str:
+  """1e13 -> '1e13', 3e13 -> '3e13' (path-safe, no '+')."""
+  exp = math.floor(math.log10(flops))
+  mant = flops / 10**exp
+  return f'{mant:.3g}e{exp}'
