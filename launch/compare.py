@@ -122,7 +122,11 @@ def plot(results: list[dict], out: str, x_kind: str) -> list[str]:
                 label=f'{run.name} ({res["n"][k]:.2g})')  # fmt: skip
     if 'frontier' in res:
       f = res['frontier']
-      cs = np.logspace(*np.log10(ax.get_xlim()), 50)
+      flops = np.concatenate(
+        [r.curve.get('eval', {}).get('flops', np.zeros(0)) for r in res['runs']]
+      )
+      flops = flops[flops > 0]
+      cs = np.logspace(np.log10(flops.min()), np.log10(flops.max()), 50)
       ax.plot(cs, f.predict(cs), 'k--', label=f'frontier L(C): C^-{f.alpha:.3f}')
     ax.set_xscale('log')
     ax.set_yscale('log')
