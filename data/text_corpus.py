@@ -5,8 +5,9 @@ Shakespeare corpus, into ArrayRecord 'train' and 'validation' splits with one ex
 file (a document: for Shakespeare, a play). Validation is a deterministic ~10% of the
 documents chosen by a hash of the file name, so no play is split between the two.
 
-`tfds build data/text_corpus.py --data_dir=DIR --file_format=array_record` also builds it
-(the embedded corpus; pass `--config=...` is not needed).
+Build it ahead of time (a run also builds it on first use) with
+  python -m data.text_corpus --data_dir=DIR [--text_glob='gs://bucket/texts/*.txt']
+(the `tfds build` command line imports TensorFlow, which this project does not install).
 """
 
 import fcntl
@@ -106,6 +107,24 @@ def prepare(name: str, text_glob: str, data_dir: str) -> TextCorpus:
     fcntl.flock(lock, fcntl.LOCK_EX)
     builder = TextCorpus(name=name, text_glob=text_glob, data_dir=data_dir)
     if not builder.is_prepared():
+      tfds.disable_progress_bar()
       builder.download_and_prepare(file_format='array_record')
     fcntl.flock(lock, fcntl.LOCK_UN)
   return TextCorpus(name=name, text_glob=text_glob, data_dir=data_dir)
+
+
+if __name__ == '__main__':
+  from absl import app, flags
+
+  _DIR = flags.DEFINE_string('data_dir', default_data_dir(), 'Where to write the dataset.')
+  _GLOB = flags.DEFINE_string('text_glob', '', 'Text files (default: the embedded corpus).')
+
+  def _main(argv):
+    del argv
+    name = 'text_folder' if _GLOB.value else 'shakespeare'
+    builder = prepare(name, _GLOB.value, _DIR.value)
+    print(builder.data_path)
+    print(f'--config.data.name=text_corpus/{builder.builder_config.name} '
+          f'--config.data.data_dir={_DIR.value}')  # fmt: skip
+
+  app.run(_main)
