@@ -109,14 +109,19 @@ class MultiHeadAttention(nnx.Module):
     return_weights: bool = False,
   ) -> jax.Array | tuple[jax.Array, jax.Array]:
     dt = self.dtype
-    x = x_BxLxD.astype(dt)
-    q_BxLxHxDh = jnp.einsum('bld,dhk->blhk', x, self.wq_DxHxDh[...].astype(dt))
-    k_BxLxKxDh = jnp.einsum('bld,dhk->blhk', x, self.wk_DxKxDh[...].astype(dt))
-    v_BxLxKxDh = jnp.einsum('bld,dhk->blhk', x, self.wv_DxKxDh[...].astype(dt))
-    q_BxLxHxDh += self.bq_HxDh[...].astype(dt)
-    k_BxLxKxDh += self.bk_KxDh[...].astype(dt)
-    v_BxLxKxDh += self.bv_KxDh[...].astype(dt)
-    length = x.shape[1]
+    b, length, d = x_BxLxD.shape
+    h, k, dh = self.num_heads, self.num_kv_heads, self.head_dim
+    # Projections as 2-D matmuls over all B*L tokens: XLA's CPU backward runs [B, L, D]-shaped
+    # weight gradients at about half the matmul rate, and this is the same math.
+    x_NxD = x_BxLxD.astype(dt).reshape(b * length, d)
+
+    def project(w_DxMxDh, bias_MxDh, m):
+      y_NxM = x_NxD @ w_DxMxDh[...].astype(dt).reshape(d, m * dh)
+      return (y_NxM + bias_MxDh[...].astype(dt).reshape(m * dh)).reshape(b, length, m, dh)
+
+    q_BxLxHxDh = project(self.wq_DxHxDh, self.bq_HxDh, h)
+    k_BxLxKxDh = project(self.wk_DxKxDh, self.bk_KxDh, k)
+    v_BxLxKxDh = project(self.wv_DxKxDh, self.bv_KxDh, k)
     if self.use_rope:
       positions = jnp.arange(length)
       q_BxLxHxDh, k_BxLxKxDh = rope(q_BxLxHxDh, positions), rope(k_BxLxKxDh, positions)
@@ -136,6 +141,7 @@ class MultiHeadAttention(nnx.Module):
           implementation='cudnn' if self.impl == 'cudnn' else None,
       )  # fmt: skip
 
-    out_BxLxD = jnp.einsum('blhk,hkd->bld', out_BxLxHxDh, self.wo_HxDhxD[...].astype(dt))
-    out_BxLxD += self.bo_D[...].astype(dt)
+    wo_HDhxD = self.wo_HxDhxD[...].astype(dt).reshape(h * dh, d)
+    out_NxD = out_BxLxHxDh.reshape(b * length, h * dh) @ wo_HDhxD + self.bo_D[...].astype(dt)
+    out_BxLxD = out_NxD.reshape(b, length, d)
     return (out_BxLxD, weights) if return_weights else out_BxLxD

@@ -179,9 +179,11 @@ class Transformer(nnx.Module):
 
     x_BxLxD = self.ln_f(x_BxLxD)
     unembed_DxV = self.embed_VxD[...].T if cfg.tie_embeddings else self.unembed_DxV[...]
-    return jnp.einsum(
-      'bld,dv->blv', x_BxLxD, unembed_DxV.astype(dt), preferred_element_type=jnp.float32
+    b, _, d = x_BxLxD.shape
+    logits_NxV = jnp.dot(
+      x_BxLxD.reshape(b * length, d), unembed_DxV.astype(dt), preferred_element_type=jnp.float32
     )
+    return logits_NxV.reshape(b, length, -1)
 
   def attention_weights(self, tokens_BxL: jax.Array) -> jax.Array:
     """Attention weights of every layer and head, [layers, B, H, L, L] (for inspection)."""
