@@ -253,13 +253,17 @@ def _record(pending, last_fetch, window, writer, config, flops_tok, peak, seq_le
   now = time.time()
   window.append(float(m['loss']))
   tokens_per_step = config.train.global_batch * seq_len
-  if last_fetch is None:  # the first step of an invocation: no rate yet
+
+  def write(loss, tps, dt, mfu):
     writer.write({
-        'kind': 'train', 'step': step, 'loss': window[-1], 'lr': float(m['lr']),
+        'kind': 'train', 'step': step, 'loss': loss, 'lr': float(m['lr']),
         'grad_norm': float(m['grad_norm']), 'tokens': step * tokens_per_step,
-        'flops': flops_tok * step * tokens_per_step, 'tokens_per_s': None, 'step_time_s': None,
-        'mfu': None,
+        'flops': flops_tok * step * tokens_per_step, 'tokens_per_s': tps, 'step_time_s': dt,
+        'mfu': mfu,
     })  # fmt: skip
+
+  if last_fetch is None:  # the first step of an invocation: no rate yet
+    write(window[-1], None, None, None)
     return (step, now, 0.0)
   prev_step, prev_t, _ = last_fetch
   if step % config.log_every and not force:
@@ -268,11 +272,6 @@ def _record(pending, last_fetch, window, writer, config, flops_tok, peak, seq_le
   tps = tokens_per_step / dt
   mfu = tps * flops_tok / peak if peak else float('nan')
   loss = float(np.mean(window[-(step - prev_step) :]))
-  writer.write({
-      'kind': 'train', 'step': step, 'loss': loss, 'lr': float(m['lr']),
-      'grad_norm': float(m['grad_norm']), 'tokens': step * tokens_per_step,
-      'flops': flops_tok * step * tokens_per_step, 'tokens_per_s': tps, 'step_time_s': dt,
-      'mfu': mfu,
-  })  # fmt: skip
+  write(loss, tps, dt, mfu)
   writer.progress(step, f'loss {loss:.4f}  {tps:,.0f} tok/s  MFU {mfu:.1%}')
   return (step, now, dt)
