@@ -3,14 +3,10 @@
 Parameters: `embedding` = token embedding + position table (+ the unembedding when untied);
 `nonembedding` = everything else (attention, MLP, norms, biases), Kaplan et al.'s N.
 
-Training FLOPs per token (forward + backward = 3x forward, 2 FLOPs per multiply-add):
-* PaLM (Chowdhery et al. 2022, App. B): 6 * N_matmul + 12 * L * H * Dh * T, where N_matmul is
-  the non-embedding parameters plus the unembedding matrix (the logits matmul costs 2*D*V per
-  token even when tied; the input embedding is a lookup and costs nothing). The attention term
-  counts both attention matmuls (QK^T and AV) over the full T x T square: causal masking is
-  NOT credited as saved work, the convention MFU figures in the literature use.
-* Kaplan et al. 2020: 6 * N_nonembedding + 6 * L * T * d_attn (their C = 6N with the context
-  term of their Table 1).
+Training FLOPs per token: models/shapes.flops_per_token (PaLM's or Kaplan's formula) over the
+non-embedding count found here. The attention term counts both attention matmuls (QK^T and AV)
+over the full T x T square: causal masking is NOT credited as saved work, the convention MFU
+figures in the literature use.
 Hardware FLOPs with full rematerialization add one more forward pass: 4/3 of the model FLOPs.
 """
 
@@ -18,6 +14,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from models import shapes
 from models.transformer import ModelConfig, Transformer
 
 _EMBEDDING_NAMES = ('embed_VxD', 'pos_LxD', 'unembed_DxV')
@@ -37,15 +34,17 @@ def param_counts(cfg: ModelConfig) -> dict[str, int]:
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int, convention: str = 'palm') -> float:
-  """Training FLOPs per token (see the module docstring for both conventions)."""
-  n_nonembed = param_counts(cfg)['nonembedding']
-  d_attn = cfg.num_heads * cfg.head_dim
-  if convention == 'palm':
-    n_matmul = n_nonembed + cfg.d_model * cfg.vocab_size
-    return 6.0 * n_matmul + 12.0 * cfg.num_layers * d_attn * seq_len
-  if convention == 'kaplan':
-    return 6.0 * n_nonembed + 6.0 * cfg.num_layers * seq_len * d_attn
-  raise ValueError(f'unknown FLOP convention {convention!r}; use palm or kaplan')
+  """Training FLOPs per token (see models/shapes.py for both conventions)."""
+  return shapes.flops_per_token(
+    param_counts(cfg)['nonembedding'],
+    d_model=cfg.d_model,
+    vocab_size=cfg.vocab_size,
+    num_layers=cfg.num_layers,
+    num_heads=cfg.num_heads,
+    head_dim=cfg.head_dim,
+    seq_len=seq_len,
+    convention=convention,
+  )
 
 
 def hardware_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:

@@ -14,37 +14,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-MESH_AXES = ('data', 'fsdp', 'tensor')
-
-
-def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, ...]:
-  """Resolves the config's mesh sizes (one may be -1: the devices left) against the devices."""
-  unknown = set(mesh_cfg.keys()) - set(MESH_AXES)
-  if unknown:
-    raise ValueError(f'unknown mesh axes {sorted(unknown)}; the mesh axes are {MESH_AXES}')
-  sizes = [int(mesh_cfg.get(a, 1)) for a in MESH_AXES]
-  if sizes.count(-1) > 1:
-    raise ValueError(
-      f'at most one mesh axis may be -1, got {dict(zip(MESH_AXES, sizes, strict=True))}'
-    )
-  if any(s == 0 or s < -1 for s in sizes):
-    raise ValueError(
-      f'mesh sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes, strict=True))}'
-    )
-  known = math.prod(s for s in sizes if s != -1)
-  if -1 in sizes:
-    if num_devices % known:
-      raise ValueError(
-        f'mesh {dict(zip(MESH_AXES, sizes, strict=True))} cannot fill {num_devices} devices: '
-        f'{known} does not divide {num_devices}'
-      )
-    sizes[sizes.index(-1)] = num_devices // known
-  if math.prod(sizes) != num_devices:
-    raise ValueError(
-      f'mesh {dict(zip(MESH_AXES, sizes, strict=True))} has {math.prod(sizes)} devices but '
-      f'{num_devices} are available; make the product match or use -1 for one axis'
-    )
-  return tuple(sizes)
+from models.shapes import MESH_AXES, mesh_shape
 
 
 def make_mesh(mesh_cfg, devices: list | None = None) -> Mesh:

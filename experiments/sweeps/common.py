@@ -1,7 +1,7 @@
 """Shared helpers of the sweep files: model shapes, parameter/FLOP counts, the LR and batch rule.
 
-Counts are closed forms of this codebase's model (models/transformer.py), so a sweep file
-loads without importing JAX; tests/test_sweep.py checks them against models/accounting.py.
+Counts are models/shapes.py's closed forms of this codebase's model, so a sweep file loads
+without importing JAX.
 
 The LR and batch rule of the CPU ladders (docs/SWEEPS.md):
 * learning rate: Kaplan et al. 2020, eq. D.1, lr(N) = 0.003239 - 0.0001395 ln N, N the
@@ -19,6 +19,8 @@ GPT-3 rows use Table 2.1's own lr and batch instead (gpt3_reduced.py).
 
 import dataclasses
 import math
+
+from models import shapes
 
 BASE_CONFIG = 'experiments/configs/scaling_cpu.py'
 BYTE_VOCAB = 257  # data/tokenizer.py's ByteTokenizer: 256 bytes + end of document.
@@ -74,27 +76,24 @@ class Shape:
     }
 
 
-def nonembed_params(s: Shape) -> int:
-  """Non-embedding parameters of models/transformer.py (MHA, biases and LayerNorms included).
+def _dims(s: Shape) -> dict:
+  return {
+    'd_model': s.d_model,
+    'num_layers': s.num_layers,
+    'num_heads': s.num_heads,
+    'head_dim': s.dh,
+  }
 
-  Per layer: Q, K, V, O projections and their biases, two LayerNorms, the MLP and its
-  biases; plus the final LayerNorm. 12 * L * d^2 when head_dim * heads = d and d_ff = 4d.
-  """
-  d, a, f = s.d_model, s.num_heads * s.dh, s.ff
-  attention = 4 * d * a + 3 * a + d
-  mlp = 2 * d * f + f + d
-  norms = 2 * 2 * d
-  return s.num_layers * (attention + mlp + norms) + 2 * d
+
+def nonembed_params(s: Shape) -> int:
+  """Non-embedding parameters of models/transformer.py (MHA, biases and LayerNorms included)."""
+  return shapes.param_counts(vocab_size=BYTE_VOCAB, d_ff=s.ff, **_dims(s))['nonembedding']
 
 
 def flops_per_token(s: Shape, seq_len: int = SEQ_LEN, vocab_size: int = BYTE_VOCAB) -> float:
-  """Training FLOPs per token by PaLM's formula, as models/accounting.py computes it.
-
-  6 * (N_nonembed + d * V) + 12 * L * d_attn * T: the unembedding matmul counts (the embedding
-  lookup does not) and attention over the full T x T square.
-  """
-  n_matmul = nonembed_params(s) + s.d_model * vocab_size
-  return 6.0 * n_matmul + 12.0 * s.num_layers * s.num_heads * s.dh * seq_len
+  """Training FLOPs per token by PaLM's formula (models/shapes.py)."""
+  n = nonembed_params(s)
+  return shapes.flops_per_token(n, vocab_size=vocab_size, seq_len=seq_len, **_dims(s))
 
 
 def kaplan_lr(n_nonembed: float) -> float:
