@@ -7,7 +7,9 @@ One process per GPU (`--process_per=gpu`, the default: ntasks-per-node = GPUs pe
 process sees one GPU) or one per node (`--process_per=node`: each process sees all GPUs of its
 node). `srun` starts the processes; `jax.distributed.initialize()` finds its peers from SLURM's
 variables (train/distributed.py). A sweep becomes a job array, one task per run, each running
-`python -m launch.sweep ... --only=<run name>` on the whole allocation.
+that run's own `launch.train` command on the whole allocation (one trainer per task: no file is
+shared by the tasks; sweep.json is written once, here, at submission). A task whose run already
+has a summary.json (local workdir) exits at once, so resubmitting resumes the sweep.
 
 Every value the user gives reaches the script through `shlex.quote`, or a strict whitelist for
 the `#SBATCH` lines (which sbatch, not bash, reads).
@@ -20,9 +22,10 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from launch import shell
+from launch import shell, sweep_report, sweep_spec
+from launch.shell import REPO_ROOT
+from train import files
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _PATH_RE = r'[A-Za-z0-9_./%+-]+'  # paths that go on an #SBATCH line: no spaces, no quotes.
 
 
@@ -46,7 +49,7 @@ class SlurmJob:
   venv: str = '.venv'  # relative to repo_dir, or absolute.
   overrides: Sequence[str] = ()
   env: Sequence[str] = ()
-  runs: Sequence[str] = ()  # sweep run names; () -> read from the sweep file.
+  runs: Sequence[str] = ()  # sweep run names to submit; () -> all of the sweep's.
   max_concurrent: int = 0  # sweep: at most this many array tasks at once (0: no limit).
   launcher: Sequence[str] = ('srun', '--kill-on-bad-exit=1')
   python: Sequence[str] = ('python',)
@@ -87,7 +90,7 @@ class SlurmJob:
       raise ValueError('--workdir is required (a shared path or gs://BUCKET/path)')
     if self.max_concurrent < 0:
       raise ValueError(f'--max_concurrent must be >= 0, got {self.max_concurrent}')
-    shell.parse_overrides(self.overrides)
+    sweep_spec.config_flags(self.overrides)
     shell.parse_env(self.env)
     for path, what in ((self.config, '--config'), (self.sweep, '--sweep')):
       if path and os.path.isabs(path):
@@ -98,26 +101,22 @@ class SlurmJob:
         raise FileNotFoundError(f'{what}={path!r} not found in {REPO_ROOT}')
 
 
-def run_names(job: SlurmJob) -> list[str]:
-  """The sweep's run names (one array task each), from --runs or the sweep file."""
-  names = list(job.runs) or [n for n, _ in shell.sweep_runs(job.sweep, cwd=REPO_ROOT)]
-  if not names or len(set(names)) != len(names) or any(not n for n in names):
-    raise ValueError(f'sweep run names must be non-empty and unique, got {names}')
-  return names
+def sweep_runs(job: SlurmJob) -> list[sweep_spec.Run]:
+  """The sweep's runs (one array task each), all of them or those named by --runs."""
+  return sweep_spec.select(sweep_spec.expand(job.sweep).runs, job.runs)
 
 
-def program_argv(job: SlurmJob) -> list[str]:
-  """What every task runs (for a sweep, the run name is appended by the script)."""
-  if job.config:
-    return [
-      *job.python, '-m', 'launch.train', f'--config={job.config}', f'--workdir={job.workdir}',
-      *shell.parse_overrides(job.overrides),
-    ]  # fmt: skip
-  return [*job.python, '-m', 'launch.sweep', f'--sweep={job.sweep}', f'--workdir={job.workdir}']
+def program_argv(job: SlurmJob, run: sweep_spec.Run | None = None) -> list[str]:
+  """What every task runs: the --config run, or one run of the sweep."""
+  train = [*job.python, '-m', 'launch.train']
+  if run is not None:
+    return run.argv(files.join(job.workdir, 'runs', run.name), train)
+  flags_ = sweep_spec.config_flags(job.overrides)
+  return [*train, f'--config={job.config}', f'--workdir={job.workdir}', *flags_]
 
 
-def sbatch_script(job: SlurmJob, names: Sequence[str] = ()) -> str:
-  """The whole sbatch script. `names`: the sweep's runs (ignored for a --config job)."""
+def sbatch_script(job: SlurmJob, runs: Sequence[sweep_spec.Run] = ()) -> str:
+  """The whole sbatch script. `runs`: the sweep's runs (ignored for a --config job)."""
   job.validate()
   out_dir = job.output_dir or job.default_output_dir()
   array = bool(job.sweep)
@@ -139,10 +138,10 @@ def sbatch_script(job: SlurmJob, names: Sequence[str] = ()) -> str:
   log_name = '%x-%A_%a.out' if array else '%x-%j.out'
   lines.append(f'#SBATCH --output={os.path.join(out_dir, log_name)}')
   if array:
-    if not names:
-      raise ValueError('a sweep job needs its run names')
+    if not runs:
+      raise ValueError('a sweep job needs its runs')
     limit = f'%{job.max_concurrent}' if job.max_concurrent else ''
-    lines.append(f'#SBATCH --array=0-{len(names) - 1}{limit}')
+    lines.append(f'#SBATCH --array=0-{len(runs) - 1}{limit}')
   lines += [
     '# Written by launch/slurm.py.',
     'set -eo pipefail',
@@ -155,14 +154,20 @@ def sbatch_script(job: SlurmJob, names: Sequence[str] = ()) -> str:
     # JAX's SLURM detection would give each process only GPU number SLURM_LOCALID.
     ids = ','.join(str(i) for i in range(job.gpus_per_node))
     lines.append(f'export JAX_LOCAL_DEVICE_IDS={ids}')
-  argv = shell.join([*job.launcher, *program_argv(job)])
-  if array:
-    lines.append('RUNS=(' + ' '.join(shlex.quote(n) for n in names) + ')')
-    lines.append('RUN="${RUNS[$SLURM_ARRAY_TASK_ID]}"')
-    lines.append('echo "array task $SLURM_ARRAY_TASK_ID: run $RUN" >&2')
-    lines.append(f'{argv} "--only=$RUN"')
-  else:
-    lines.append(argv)
+  if not array:
+    lines.append(shell.join([*job.launcher, *program_argv(job)]))
+    return '\n'.join(lines) + '\n'
+  lines.append('case "$SLURM_ARRAY_TASK_ID" in')
+  for i, run in enumerate(runs):
+    rdir = files.join(job.workdir, 'runs', run.name)
+    lines.append(f'  {i})')
+    lines.append(f'    echo {shlex.quote(f"array task {i}: run {run.name}")} >&2')
+    if not files.is_remote(job.workdir):
+      summary = shlex.quote(os.path.join(rdir, 'summary.json'))
+      lines.append(f'    if [ -f {summary} ]; then echo finished, skipping >&2; exit 0; fi')
+    lines.append(f'    {shell.join([*job.launcher, *program_argv(job, run)])} ;;')
+  lines.append('  *) echo "no run for array task $SLURM_ARRAY_TASK_ID" >&2; exit 2 ;;')
+  lines.append('esac')
   return '\n'.join(lines) + '\n'
 
 
@@ -172,29 +177,13 @@ def script_path(job: SlurmJob) -> str:
   return os.path.join(os.path.abspath(job.workdir), 'slurm', f'{job.name}.sbatch')
 
 
-def check_mesh(job: SlurmJob, names_overrides: Sequence[tuple[str, dict]] = ()) -> None:
-  """The config's mesh must tile nodes x GPUs (skipped on CPU-only jobs)."""
+def check_mesh(job: SlurmJob) -> None:
+  """The config's (or every sweep run's) mesh must tile nodes x GPUs (skipped on CPU-only jobs)."""
   if job.gpus_per_node == 0:
     return
   n = job.nodes * job.gpus_per_node
   where = f'{job.nodes} node(s) x {job.gpus_per_node} GPUs'
-  if job.config:
-    path = os.path.join(REPO_ROOT, job.config)
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f'--config={job.config!r} not found in {REPO_ROOT}')
-    shell.mesh_shape(shell.config_mesh(path, job.overrides), n, where)
-    return
-  base = os.path.join(REPO_ROOT, 'experiments', 'configs', 'default.py')
-  for name, overrides in names_overrides:
-    items = [
-      f'{k.removeprefix("config.")}={v}'
-      for k, v in overrides.items()
-      if k.removeprefix('config.').startswith('mesh.')
-    ]
-    try:
-      shell.mesh_shape(shell.config_mesh(base, items), n, where)
-    except ValueError as e:
-      raise ValueError(f'sweep run {name!r}: {e}') from None
+  sweep_spec.check_target_mesh(job.config, job.sweep, job.overrides, n, where)
 
 
 def main(argv: list[str]) -> None:
@@ -213,12 +202,10 @@ def main(argv: list[str]) -> None:
   )  # fmt: skip
   try:
     job.validate()
-    runs: list[tuple[str, dict]] = []
-    if job.sweep:
-      runs = [(n, {}) for n in job.runs] or shell.sweep_runs(job.sweep, cwd=REPO_ROOT)
+    runs = sweep_runs(job) if job.sweep else []
     if f.check_mesh:
-      check_mesh(job, runs)
-    script = sbatch_script(job, [n for n, _ in runs])
+      check_mesh(job)
+    script = sbatch_script(job, runs)
   except (ValueError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
@@ -231,6 +218,8 @@ def main(argv: list[str]) -> None:
   with open(path, 'w') as fh:
     fh.write(script)
   print(f'# wrote {path}')
+  if job.sweep:  # the one writer of sweep.json (launch.compare and the table read it)
+    sweep_report.write_sweep_json(sweep_spec.expand(job.sweep).runs, job.workdir, job.sweep)
   try:
     shell.execute([['sbatch', path]], dry_run=False)
   except (subprocess.CalledProcessError, FileNotFoundError) as e:
@@ -246,7 +235,7 @@ def _define_flags() -> None:
   flags.DEFINE_string('workdir', None, 'Shared run directory or gs://BUCKET/path.', required=True)
   flags.DEFINE_string('config', '', 'Config file (repo-relative) for one training run.')
   flags.DEFINE_string('sweep', '', 'Sweep file (repo-relative): one array task per run.')
-  flags.DEFINE_list('runs', [], 'Sweep run names (default: read from the sweep file).')
+  flags.DEFINE_list('runs', [], 'Submit only these runs of the sweep (default: all).')
   flags.DEFINE_integer('max_concurrent', 0, 'Sweep: array tasks at once (0: no limit).')
   flags.DEFINE_integer('nodes', 1, 'Nodes per run.')
   flags.DEFINE_integer('gpus_per_node', 8, 'GPUs per node (0: CPU only).')

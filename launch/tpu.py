@@ -27,9 +27,9 @@ import tempfile
 import time
 from collections.abc import Sequence
 
-from launch import shell
+from launch import shell, sweep_spec
+from launch.shell import REPO_ROOT
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ACTIONS = ('create', 'setup', 'run', 'logs', 'delete', 'all')
 PROVISIONING = ('on_demand', 'spot', 'queued')
 # What `--action=all` does, in order (delete also runs when run fails: an idle slice costs).
@@ -121,7 +121,7 @@ class TpuJob:
         f'--repo_dir={self.repo_dir!r}: give a path relative to the home directory (it is '
         'quoted, so ~ would not expand) or an absolute one'
       )
-    shell.parse_overrides(self.overrides)
+    sweep_spec.config_flags(self.overrides)
     shell.parse_env(self.env)
     if self.worker != 'all' and not self.worker.isdigit():
       raise ValueError(f'--worker={self.worker!r}: a worker number or all')
@@ -249,7 +249,7 @@ def program_argv(job: TpuJob) -> list[str]:
   if job.config:
     return [
       *prefix, *job.python, '-m', 'launch.train', f'--config={job.config}',
-      f'--workdir={job.workdir}', *shell.parse_overrides(job.overrides),
+      f'--workdir={job.workdir}', *sweep_spec.config_flags(job.overrides),
     ]  # fmt: skip
   # One sweep run at a time: every run uses every chip of the slice.
   return [*prefix, *job.python, '-m', 'launch.sweep', f'--sweep={job.sweep}',
@@ -307,27 +307,7 @@ def check_mesh(job: TpuJob) -> None:
   """The run's mesh must tile the slice's devices (one line naming the mismatch otherwise)."""
   n = tpu_device_count(job.accelerator_type)
   where = f'{job.accelerator_type} ({n} devices)'
-  if job.config:
-    shell.mesh_shape(
-      shell.config_mesh(os.path.join(REPO_ROOT, job.config), job.overrides), n, where
-    )
-    return
-  base = os.path.join(REPO_ROOT, 'experiments', 'configs', 'default.py')
-  try:
-    runs = shell.sweep_runs(job.sweep, cwd=REPO_ROOT)
-  except ValueError as e:
-    print(f'# note: mesh not checked ({e})', file=sys.stderr)
-    return
-  for name, overrides in runs:
-    mesh_items = [
-      f'{k.removeprefix("config.")}={v}'
-      for k, v in overrides.items()
-      if k.removeprefix('config.').startswith('mesh.')
-    ]
-    try:
-      shell.mesh_shape(shell.config_mesh(base, mesh_items), n, where)
-    except ValueError as e:
-      raise ValueError(f'sweep run {name!r}: {e}') from None
+  sweep_spec.check_target_mesh(job.config, job.sweep, job.overrides, n, where)
 
 
 def plan(job: TpuJob, action: str) -> list[tuple[str, list[list[str]]]]:

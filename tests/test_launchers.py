@@ -5,6 +5,7 @@ program as one unchanged argument: the remote command string and the sbatch scri
 here with bash, the program swapped for a printer, and the marker file must not appear.
 """
 
+import dataclasses
 import os
 import shlex
 import subprocess
@@ -13,7 +14,7 @@ import time
 
 import pytest
 
-from launch import shell, slurm, tpu
+from launch import shell, slurm, sweep_spec, tpu
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Prints $MYVAR and then every argument, NUL-separated (values may hold newlines).
@@ -77,35 +78,11 @@ def test_mesh_check_against_slice():
   with pytest.raises(ValueError) as e:
     tpu.check_mesh(job(accelerator_type='v4-32', overrides=['mesh.data=3']))
   assert str(e.value) == (
-    "mesh {'data': 3, 'fsdp': 1, 'tensor': 1} needs 3 devices but there are 16 on v4-32 "
-    '(16 devices); make the product match or set one axis to -1'
+    "mesh {'data': 3, 'fsdp': 1, 'tensor': 1} has 3 devices but 16 are available on v4-32 "
+    '(16 devices); make the product match or use -1 for one axis'
   )
-  with pytest.raises(ValueError, match='cannot fill the 8 devices on v6e-8'):
+  with pytest.raises(ValueError, match=r'cannot fill 8 devices on v6e-8'):
     tpu.check_mesh(job(accelerator_type='v6e-8', overrides=['mesh.tensor=3']))
-
-
-@pytest.mark.parametrize(
-  'mesh, n',
-  [
-    ({'data': -1, 'fsdp': 1, 'tensor': 1}, 8), ({'data': 2, 'fsdp': -1, 'tensor': 2}, 16),
-    ({'data': 2, 'fsdp': 2, 'tensor': 2}, 8), ({'data': 3, 'fsdp': 1, 'tensor': 1}, 8),
-    ({'data': -1, 'fsdp': 3, 'tensor': 1}, 8), ({'data': -1, 'fsdp': -1, 'tensor': 1}, 8),
-    ({'data': 0, 'fsdp': 1, 'tensor': 1}, 8), ({'data': 1, 'pipe': 1}, 1),
-  ],
-)  # fmt: skip
-def test_launcher_mesh_rule_matches_the_trainer(mesh, n):
-  import ml_collections
-
-  from train import sharding
-
-  def outcome(fn, *args):
-    try:
-      return fn(*args)
-    except ValueError:
-      return 'error'
-
-  expected = outcome(sharding.mesh_shape, ml_collections.ConfigDict(mesh), n)
-  assert outcome(shell.mesh_shape, mesh, n) == expected
 
 
 # --- TPU commands -----------------------------------------------------------------------------
@@ -278,21 +255,62 @@ def test_sbatch_script_one_process_per_gpu():
   assert last[5:] == ['--config=experiments/configs/default.py', '--workdir=/shared/runs/demo']
 
 
-def test_sbatch_script_one_process_per_node_and_sweep_array():
-  names = ['d64', 'd128', 'd256']
-  script = slurm.sbatch_script(sjob(config='', sweep='experiments/configs/default.py',
-                                    process_per='node', gpus_per_node=4, max_concurrent=2,
-                                    workdir='gs://b/sw'), names)  # fmt: skip
+def write_sweep(tmp_path, runs: list, mesh: dict | None = None) -> str:
+  """A sweep file (and its own base config) in tmp_path; returns its name relative to there."""
+  base = tmp_path / 'base.py'
+  base.write_text(
+    'from experiments.configs import default\n'
+    'def get_config():\n'
+    '  c = default.get_config()\n'
+    f'  c.mesh.update({mesh or {}!r})\n'
+    '  return c\n'
+  )
+  path = tmp_path / 'my_sweep.py'
+  path.write_text(f'BASE_CONFIG = {str(base)!r}\ndef get_sweep():\n  return {runs!r}\n')
+  return 'my_sweep.py'
+
+
+def test_sbatch_sweep_array_runs_one_trainer_per_task(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  runs = [('d64', {'model.d_model': 64}), ('d128', {'model.d_model': 128}), ('x', {})]
+  sweep = write_sweep(tmp_path, runs)
+  j = sjob(config='', sweep=sweep, process_per='node', gpus_per_node=4, max_concurrent=2)
+  j = dataclasses.replace(j, workdir='gs://b/sw', repo_dir=str(tmp_path))
+  script = slurm.sbatch_script(j, slurm.sweep_runs(j))
   lines = sbatch_lines(script)
   assert lines['ntasks-per-node'] == '1' and lines['gpus-per-node'] == '4'
   assert lines['array'] == '0-2%2'
-  assert lines['output'] == os.path.join(REPO, 'slurm_logs', '%x-%A_%a.out')
   assert 'export JAX_LOCAL_DEVICE_IDS=0,1,2,3\n' in script
-  assert 'RUNS=(d64 d128 d256)\n' in script
-  assert script.splitlines()[-1].endswith(
-    'launch.sweep --sweep=experiments/configs/default.py --workdir=gs://b/sw "--only=$RUN"'
-  )
+  assert 'launch.sweep' not in script  # one trainer per task, nothing shared between tasks
+  lines = [ln.strip().removesuffix(';;') for ln in script.splitlines()]
+  train = [shlex.split(ln) for ln in lines if 'launch.train' in ln]
+  for t, (name, _) in zip(train, runs, strict=True):
+    i = t.index(f'--workdir=gs://b/sw/runs/{name}')
+    assert t[i - 1] == f'--config={tmp_path}/base.py'
+  assert len(train) == 3
+  assert train[0][-1] == '--config.model.d_model=64' and train[2][-1].startswith('--workdir')
+  only = slurm.sweep_runs(dataclasses.replace(j, runs=['x']))
+  assert [r.name for r in only] == ['x']
   assert slurm.script_path(sjob(workdir='/shared/w')) == '/shared/w/slurm/demo.sbatch'
+
+
+def test_sbatch_sweep_task_skips_a_finished_run(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  sweep = write_sweep(tmp_path, [('a', {}), ('b', {})])
+  wd = tmp_path / 'wd'
+  (wd / 'runs' / 'a').mkdir(parents=True)
+  (wd / 'runs' / 'a' / 'summary.json').write_text('{}')
+  j = sjob(config='', sweep=sweep, workdir=str(wd), repo_dir=str(tmp_path), launcher=PRINTER)
+  j = dataclasses.replace(j, venv=str(tmp_path))
+  (tmp_path / 'bin').mkdir()
+  (tmp_path / 'bin' / 'activate').write_text('')
+  script = slurm.sbatch_script(j, slurm.sweep_runs(j))
+  out = []
+  for i in (0, 1):
+    env = dict(os.environ, SLURM_ARRAY_TASK_ID=str(i))
+    out.append(subprocess.run(['bash', '-c', script], capture_output=True, timeout=30, env=env))
+  assert out[0].returncode == 0 and out[0].stdout == b''  # finished: not started again
+  assert f'--workdir={wd}/runs/b' in split0(out[1].stdout)
 
 
 def test_sbatch_script_keeps_hostile_values_inert(tmp_path):
@@ -314,12 +332,13 @@ def test_sbatch_script_keeps_hostile_values_inert(tmp_path):
   assert run(script) == [values[1], 'python', '-m', 'launch.train',
                          '--config=experiments/configs/default.py', '--workdir=/shared/runs/demo',
                          *[f'--config.tags.group={v}' for v in values]]  # fmt: skip
-  # A sweep: array task i runs exactly run name i.
-  sweep = sjob(config='', sweep='experiments/configs/default.py', **common)
-  script = slurm.sbatch_script(sweep, values)
-  for i, name in enumerate(values):
+  # A sweep: array task i runs exactly run i, its override values unchanged.
+  runs = [sweep_spec.Run(f'r{i}', 'base.py', {'tags.group': v}) for i, v in enumerate(values)]
+  script = slurm.sbatch_script(sjob(config='', sweep='x.py', **common), runs)
+  for i, v in enumerate(values):
     got = run(script, SLURM_ARRAY_TASK_ID=str(i))
-    assert got[-1] == f'--only={name}' and got[0] == values[1]
+    assert got[-1] == f'--config.tags.group={v}' and got[0] == values[1]
+    assert got[-2] == f'--workdir=/shared/runs/demo/runs/r{i}'
   assert not marker.exists()
 
 
@@ -344,26 +363,20 @@ def test_sbatch_bad_input_is_rejected(kwargs, message):
     slurm.sbatch_script(sjob(**kwargs), ['a'])
 
 
-def test_slurm_mesh_check():
+def test_slurm_mesh_check(tmp_path, monkeypatch):
   slurm.check_mesh(sjob(nodes=2, gpus_per_node=8, overrides=['mesh.tensor=8']))
-  with pytest.raises(ValueError, match=r'needs 6 devices but there are 16 on 2 node\(s\) x 8 GPUs'):
+  with pytest.raises(ValueError, match=r'has 6 devices but 16 are available on 2 node\(s\) x 8'):
     slurm.check_mesh(sjob(nodes=2, gpus_per_node=8, overrides=['mesh.data=6']))
+  monkeypatch.chdir(tmp_path)
+  sweep = write_sweep(tmp_path, [('ok', {}), ('big', {'mesh.tensor': 3})])
   with pytest.raises(ValueError, match="sweep run 'big'"):
-    slurm.check_mesh(sjob(config='', sweep='x.py'), [('ok', {}), ('big', {'mesh.tensor': 3})])
-
-
-def test_sweep_file_runs_are_listed_in_order(tmp_path):
-  path = tmp_path / 'sweep.py'
-  path.write_text(
-    'def get_sweep():\n'
-    "  return [{'name': f'd{d}', 'overrides': {'model.d_model': d}} for d in (64, 128)]\n"
-  )
-  assert shell.sweep_runs(str(path), cwd=REPO) == [
-    ('d64', {'model.d_model': 64}), ('d128', {'model.d_model': 128})
-  ]  # fmt: skip
-  (tmp_path / 'bad.py').write_text('x = 1\n')
-  with pytest.raises(ValueError, match='pass them with --runs'):
-    shell.sweep_runs(str(tmp_path / 'bad.py'), cwd=REPO)
+    slurm.check_mesh(sjob(config='', sweep=sweep))
+  # The sweep's own BASE_CONFIG is what is checked (default.py's data=-1 would fit 8 GPUs).
+  sweep = write_sweep(tmp_path, [('a', {})], mesh={'data': 3})
+  with pytest.raises(ValueError, match="sweep run 'a': mesh .* has 3 devices but 8"):
+    slurm.check_mesh(sjob(config='', sweep=sweep))
+  with pytest.raises(ValueError, match="sweep run 'a'"):
+    tpu.check_mesh(job(config='', sweep=sweep, accelerator_type='v6e-8'))
 
 
 def test_slurm_dry_run_from_the_command_line():

@@ -1,9 +1,9 @@
-"""Sweep files and the sweep runner (launch/sweep.py), the runner driven by a fake trainer.
+"""Sweep files and the sweep runner (launch/sweep*.py, launch/pool.py), driven by a fake trainer.
 
 Sweep files: each loads, names are unique and path-safe, every override is a key of the base
 config with the right type and parses back through config_flags from the exact command line;
 fixed-N sweeps hold N, IsoFLOP runs spend their budget, the demo meets its spec; the closed-form
-counts of experiments/sweeps/common.py equal models/accounting.py's.
+counts of models/shapes.py equal the ones models/accounting.py reads off the model's shapes.
 Runner: a tiny fake trainer (written to tmp) that writes summary.json, fails on request, or
 waits for a sibling's marker file: finished runs skipped, interrupted ones rerun, a failure
 recorded while the others complete, exit status, concurrency, dry runs, bad names.
@@ -22,8 +22,8 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments.sweeps import common
-from launch import sweep
-from models import accounting
+from launch import pool, sweep, sweep_report, sweep_spec
+from models import accounting, shapes
 from models.transformer import ModelConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,13 +40,13 @@ def _stem(path: str) -> str:
   return os.path.splitext(os.path.basename(path))[0]
 
 
-def _runs(stem: str) -> list[sweep.Run]:
-  return sweep.expand(os.path.join(REPO, 'experiments', 'sweeps', f'{stem}.py'))
+def _runs(stem: str) -> list[sweep_spec.Run]:
+  return sweep_spec.expand(os.path.join(REPO, 'experiments', 'sweeps', f'{stem}.py')).runs
 
 
-def _config_of(run: sweep.Run):
+def _config_of(run: sweep_spec.Run):
   """The run's full config: base config with its overrides applied (as the trainer gets it)."""
-  c = sweep.load_config(run.config)
+  c = sweep_spec.load_config(run.config)
   for key, value in run.overrides.items():
     *path, last = key.split('.')
     node = c
@@ -56,9 +56,23 @@ def _config_of(run: sweep.Run):
   return c
 
 
-def _model(run: sweep.Run) -> tuple[ModelConfig, object]:
+def _model(run: sweep_spec.Run) -> tuple[ModelConfig, object]:
   c = _config_of(run)
   return ModelConfig.from_config(c.model, vocab_size=common.BYTE_VOCAB), c
+
+
+_DIMS = ('d_model', 'num_layers', 'num_heads', 'head_dim')
+
+
+def _nonembed(m: ModelConfig) -> int:
+  """Closed form (equal to accounting's eval_shape count: test_closed_form_counts_...)."""
+  dims = {k: getattr(m, k) for k in (*_DIMS, 'd_ff', 'num_kv_heads', 'vocab_size')}
+  return shapes.param_counts(**dims)['nonembedding']
+
+
+def _flops(m: ModelConfig, seq_len: int) -> float:
+  dims = {k: getattr(m, k) for k in (*_DIMS, 'vocab_size')}
+  return shapes.flops_per_token(_nonembed(m), seq_len=seq_len, **dims)
 
 
 # -- Sweep files ------------------------------------------------------------------------------
@@ -70,7 +84,7 @@ def test_all_sweeps_present():
 
 @pytest.mark.parametrize('path', SWEEP_FILES, ids=_stem)
 def test_sweep_expands_to_valid_runs(path):
-  runs = sweep.expand(path)  # names path-safe and unique, keys and types checked
+  runs = sweep_spec.expand(path).runs  # names path-safe and unique, keys and types checked
   names = [r.name for r in runs]
   assert len(names) == len(set(names)) >= 4
   for run in runs:
@@ -87,7 +101,7 @@ def test_sweep_expands_to_valid_runs(path):
 @pytest.mark.parametrize('path', SWEEP_FILES, ids=_stem)
 def test_commands_parse_back_through_config_flags(path):
   """The exact trainer command of every run gives the trainer the intended config."""
-  for run in sweep.expand(path):
+  for run in sweep_spec.expand(path).runs:
     argv = run.argv('/tmp/unused', train_cmd=('prog',))
     argv = [a.replace(run.config, os.path.join(REPO, run.config)) for a in argv]
     fv = flags.FlagValues()
@@ -102,20 +116,37 @@ def test_commands_parse_back_through_config_flags(path):
       assert node == value and type(node) is type(value), (run.name, key, node, value)
 
 
-def test_counts_match_model_accounting():
-  shapes = [common.Shape(2, 64, 4), common.Shape(3, 128, 2), common.Shape(4, 96, 3)]
-  shapes.append(common.Shape(12, 48, 12, head_dim=4))  # GPT-3 Small / 16
-  shapes.append(common.Shape(2, 64, 2, head_dim=48, d_ff=96))  # attention width != d_model
-  for s in shapes:
-    cfg = ModelConfig(
-      vocab_size=common.BYTE_VOCAB, d_model=s.d_model, num_layers=s.num_layers,
-      num_heads=s.num_heads, num_kv_heads=s.num_heads, head_dim=s.dh, d_ff=s.ff, max_seq_len=128,
-    )  # fmt: skip
-    assert common.nonembed_params(s) == accounting.param_counts(cfg)['nonembedding'], s
-    want = accounting.flops_per_token(cfg, 128)
-    assert common.flops_per_token(s, 128) == pytest.approx(want, rel=1e-12), s
-    if s.dh * s.num_heads == s.d_model and s.ff == 4 * s.d_model:  # 12 L d^2 + small terms
-      assert common.nonembed_params(s) == pytest.approx(12 * s.num_layers * s.d_model**2, rel=0.05)
+@pytest.mark.parametrize(
+  'dims',
+  [
+    dict(d_model=64, num_layers=2, num_heads=4, head_dim=16, d_ff=256),
+    dict(d_model=48, num_layers=12, num_heads=12, head_dim=4, d_ff=192),  # GPT-3 Small / 16
+    dict(d_model=64, num_layers=2, num_heads=2, head_dim=48, d_ff=96),  # attention width != d
+    dict(d_model=48, num_layers=3, num_heads=6, num_kv_heads=2, head_dim=8, d_ff=96),  # GQA
+    dict(
+      d_model=32,
+      num_layers=1,
+      num_heads=2,
+      num_kv_heads=1,
+      head_dim=16,
+      d_ff=64,
+      pos_emb='rope',
+      tie_embeddings=False,
+    ),
+  ],
+)
+def test_closed_form_counts_equal_the_models_own(dims):
+  """models/shapes.py's closed forms against the parameters the model actually builds."""
+  dims = {'num_kv_heads': dims['num_heads'], **dims}
+  cfg = ModelConfig(vocab_size=common.BYTE_VOCAB, max_seq_len=128, **dims)
+  want = accounting.param_counts(cfg)  # read off the model's abstract shapes
+  got = shapes.param_counts(vocab_size=common.BYTE_VOCAB, max_seq_len=128, **dims)
+  assert got == want
+  if dims['num_kv_heads'] == dims['num_heads'] and dims.get('pos_emb', 'learned') == 'learned':
+    keys = ('num_layers', 'd_model', 'num_heads', 'head_dim', 'd_ff')
+    s = common.Shape(*(dims[k] for k in keys))
+    assert common.nonembed_params(s) == want['nonembedding']
+    assert common.flops_per_token(s, 128) == accounting.flops_per_token(cfg, 128)
 
 
 def test_kaplan_lr_rule():
@@ -132,7 +163,7 @@ def test_ladder_lr_follows_rule():
   for stem in ('demo', 'size_ladder', 'token_budget', 'isoflop'):
     for run in _runs(stem):
       model, c = _model(run)
-      n = accounting.param_counts(model)['nonembedding']
+      n = _nonembed(model)
       assert c.train.lr == pytest.approx(common.kaplan_lr(n), rel=1e-3), run.name
 
 
@@ -142,7 +173,7 @@ def test_fixed_n_sweeps_hold_nonembedding_params(stem):
   shapes = set()
   for run in runs:
     model, c = _model(run)
-    n = accounting.param_counts(model)['nonembedding']
+    n = _nonembed(model)
     assert n == pytest.approx(c.tags.target_nonembed, rel=0.03), run.name
     shapes.add((model.num_layers, model.d_model, model.num_heads))
   assert len(shapes) == len(runs)  # every run a different shape
@@ -159,13 +190,13 @@ def test_isoflop_runs_spend_their_budget():
   for run in _runs('isoflop'):
     model, c = _model(run)
     t = c.train
-    spent = accounting.flops_per_token(model, c.data.seq_len) * t.steps * t.global_batch * 128
+    spent = _flops(model, c.data.seq_len) * t.steps * t.global_batch * 128
     assert spent == pytest.approx(c.tags.budget_flops, rel=0.03), run.name
     by_budget.setdefault(c.tags.budget_flops, []).append(model)
   assert len(by_budget) >= 3
   for models in by_budget.values():
     assert len(models) >= 4
-    n = [accounting.param_counts(m)['nonembedding'] for m in models]
+    n = [_nonembed(m) for m in models]
     assert max(n) / min(n) >= 4  # each budget spans a parabola's worth of sizes
 
 
@@ -173,7 +204,7 @@ def test_demo_spec():
   """>= 5 GPT-3-shaped sizes over >= 1.5 decades of N, all on the same tokens."""
   runs = _runs('demo')
   models = [_model(r) for r in runs]
-  n = [accounting.param_counts(m)['nonembedding'] for m, _ in models]
+  n = [_nonembed(m) for m, _ in models]
   assert len(set(n)) >= 5
   assert math.log10(max(n) / min(n)) >= 1.5
   assert len({c.train.steps * c.train.global_batch * c.data.seq_len for _, c in models}) == 1
@@ -210,10 +241,10 @@ def _write_sweep(tmp_path, body: str, base: str = 'experiments/configs/scaling_c
 @pytest.mark.parametrize(
   'runs,match',
   [
-    ("[('a', {'model.d_modle': 64})]", "unknown config key 'model.d_modle'"),
-    ("[('a', {'tags.newtag': 1})]", "unknown config key 'tags.newtag'"),
-    ("[('a', {'model.d_model': 64.0})]", 'holds an int'),
-    ("[('a', {'model': 3})]", 'group of keys'),
+    ("[('a', {'model.d_modle': 64})]", 'cannot set model.d_modle=64: .*Did you mean "d_model"'),
+    ("[('a', {'tags.newtag': 1})]", 'cannot set tags.newtag=1'),
+    ("[('a', {'model.d_model': 64.0})]", 'cannot set model.d_model=64.0: .*cannot be cast'),
+    ("[('a', {'model': 3})]", 'cannot set model=3'),
     ("[('a/b', {})]", 'not path-safe'),
     ("[('a b', {})]", 'not path-safe'),
     ("[('..', {})]", 'not path-safe'),
@@ -225,29 +256,30 @@ def _write_sweep(tmp_path, body: str, base: str = 'experiments/configs/scaling_c
 def test_bad_sweeps_are_one_line_errors(tmp_path, runs, match):
   body = 'X = 1' if runs is None else f'def get_sweep():\n  return {runs}'
   with pytest.raises(ValueError, match=match) as e:
-    sweep.expand(_write_sweep(tmp_path, body))
+    sweep_spec.expand(_write_sweep(tmp_path, body))
   assert '\n' not in str(e.value)
 
 
 def test_missing_files_are_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match='sweep file'):
-    sweep.expand('experiments/sweeps/no_such_sweep.py')
+    sweep_spec.expand('experiments/sweeps/no_such_sweep.py')
   body = "def get_sweep():\n  return [('a', {})]"
   with pytest.raises(FileNotFoundError, match='config file'):
-    sweep.expand(_write_sweep(tmp_path, body, base='experiments/configs/nope.py'))
+    sweep_spec.expand(_write_sweep(tmp_path, body, base='experiments/configs/nope.py'))
 
 
 def test_overrides_are_typed_and_win(tmp_path):
   path = _write_sweep(tmp_path, "def get_sweep():\n  return [('a', {'train.steps': 9})]")
-  (run,) = sweep.expand(path, sweep.parse_overrides(['train.steps=5', 'config.train.lr=1']))
+  overrides = sweep_spec.parse_overrides(['train.steps=5', 'config.train.lr=1'])
+  (run,) = sweep_spec.expand(path, overrides).runs
   assert run.overrides == {'train.steps': 5, 'train.lr': 1.0}
   assert '--config.train.lr=1.0' in run.argv('w') and '--config.train.steps=5' in run.argv('w')
-  with pytest.raises(ValueError, match='not an int'):
-    sweep.expand(path, sweep.parse_overrides(['train.steps=many']))
+  with pytest.raises(ValueError, match="train.steps='many' is not int"):
+    sweep_spec.expand(path, sweep_spec.parse_overrides(['train.steps=many']))
   with pytest.raises(ValueError, match='KEY=VALUE'):
-    sweep.parse_overrides(['train.steps'])
+    sweep_spec.parse_overrides(['train.steps'])
   with pytest.raises(ValueError, match='not in the sweep'):
-    sweep.select(sweep.expand(path), ['b'])
+    sweep_spec.select(sweep_spec.expand(path).runs, ['b'])
 
 
 # -- The runner, with a fake trainer ----------------------------------------------------------
@@ -306,10 +338,10 @@ def _invocations(workdir):
 def test_runner_skips_reruns_and_records_failures(tmp_path, fake_cmd):
   wd = str(tmp_path / 'sw')
   runs = [
-    sweep.Run('finished', 'cfg.py', {}),
-    sweep.Run('interrupted', 'cfg.py', {'model.n': 20}),
-    sweep.Run('broken', 'cfg.py', {'fake.fail': True}),
-    sweep.Run('fresh', 'cfg.py', {'model.n': 30}),
+    sweep_spec.Run('finished', 'cfg.py', {}),
+    sweep_spec.Run('interrupted', 'cfg.py', {'model.n': 20}),
+    sweep_spec.Run('broken', 'cfg.py', {'fake.fail': True}),
+    sweep_spec.Run('fresh', 'cfg.py', {'model.n': 30}),
   ]
   os.makedirs(os.path.join(wd, 'runs', 'finished'))
   with open(os.path.join(wd, 'runs', 'finished', 'summary.json'), 'w') as f:
@@ -318,7 +350,7 @@ def test_runner_skips_reruns_and_records_failures(tmp_path, fake_cmd):
   os.makedirs(os.path.join(wd, 'runs', 'interrupted'))
   open(os.path.join(wd, 'runs', 'interrupted', 'partial'), 'w').close()  # a checkpoint, say
   lines = []
-  status = sweep.run_sweep(runs, wd, parallel=1, train_cmd=fake_cmd, echo=lines.append)
+  status = pool.run_sweep(runs, wd, parallel=1, train_cmd=fake_cmd, echo=lines.append)
 
   assert {k: v['status'] for k, v in status.items()} == {
     'finished': 'skipped', 'interrupted': 'done', 'broken': 'failed', 'fresh': 'done'
@@ -334,7 +366,7 @@ def test_runner_skips_reruns_and_records_failures(tmp_path, fake_cmd):
   assert {k: v['status'] for k, v in on_disk.items()} == {k: v['status'] for k, v in status.items()}
   assert any('FAILED  broken' in ln for ln in lines)
 
-  table = sweep.format_table(sweep.table_rows(runs, wd, status))
+  table = sweep_report.format_table(sweep_report.table_rows(runs, wd, status))
   rows = {ln.split()[0]: ln for ln in table.splitlines()[2:6]}
   assert rows['finished'].split()[1:4] == ['skipped', '10', '3.0000']
   assert '3.5000 ± 0.1000' in rows['finished'] and rows['finished'].endswith('77')
@@ -343,7 +375,7 @@ def test_runner_skips_reruns_and_records_failures(tmp_path, fake_cmd):
   assert 'broken failed: ValueError: deliberate failure of broken' in table
 
   # A second invocation runs only what has no summary: the failed run.
-  status = sweep.run_sweep(runs, wd, parallel=2, train_cmd=fake_cmd, echo=lines.append)
+  status = pool.run_sweep(runs, wd, parallel=2, train_cmd=fake_cmd, echo=lines.append)
   assert _invocations(wd) == ['interrupted', 'broken', 'fresh', 'broken']
   assert [status[r.name]['status'] for r in runs] == ['skipped', 'skipped', 'failed', 'skipped']
 
@@ -352,20 +384,20 @@ def test_parallel_runs_overlap(tmp_path, fake_cmd):
   """Each fake run waits for the other's marker file: only concurrent runs can both see it."""
   wd = str(tmp_path / 'sw')
   runs = [
-    sweep.Run('a', 'cfg.py', {'fake.wait_for': 'b'}),
-    sweep.Run('b', 'cfg.py', {'fake.wait_for': 'a'}),
+    sweep_spec.Run('a', 'cfg.py', {'fake.wait_for': 'b'}),
+    sweep_spec.Run('b', 'cfg.py', {'fake.wait_for': 'a'}),
   ]
-  status = sweep.run_sweep(runs, wd, parallel=2, train_cmd=fake_cmd, echo=lambda s: None)
+  status = pool.run_sweep(runs, wd, parallel=2, train_cmd=fake_cmd, echo=lambda s: None)
   assert [status[n]['status'] for n in 'ab'] == ['done', 'done']
   assert _summary(wd, 'a')['saw_other'] is True and _summary(wd, 'b')['saw_other'] is True
 
   # One at a time, the first cannot see the second (it gives up after its timeout).
   wd = str(tmp_path / 'serial')
   runs = [
-    sweep.Run('a', 'cfg.py', {'fake.wait_for': 'b', 'fake.timeout': 0.3}),
-    sweep.Run('b', 'cfg.py', {'fake.wait_for': 'a', 'fake.timeout': 0.3}),
+    sweep_spec.Run('a', 'cfg.py', {'fake.wait_for': 'b', 'fake.timeout': 0.3}),
+    sweep_spec.Run('b', 'cfg.py', {'fake.wait_for': 'a', 'fake.timeout': 0.3}),
   ]
-  sweep.run_sweep(runs, wd, parallel=1, train_cmd=fake_cmd, echo=lambda s: None)
+  pool.run_sweep(runs, wd, parallel=1, train_cmd=fake_cmd, echo=lambda s: None)
   assert _summary(wd, 'a')['saw_other'] is False and _summary(wd, 'b')['saw_other'] is True
 
 
@@ -437,9 +469,9 @@ def test_cli_one_line_errors_and_dry_run(tmp_path):
 
 def test_trainer_that_cannot_start_fails_only_its_run(tmp_path, fake_cmd):
   wd = str(tmp_path / 'sw')
-  runs = [sweep.Run('a', 'cfg.py', {}), sweep.Run('b', 'cfg.py', {})]
-  status = sweep.run_sweep(runs, wd, train_cmd=(str(tmp_path / 'no_such_python'),), echo=print)
+  runs = [sweep_spec.Run('a', 'cfg.py', {}), sweep_spec.Run('b', 'cfg.py', {})]
+  status = pool.run_sweep(runs, wd, train_cmd=(str(tmp_path / 'no_such_python'),), echo=print)
   assert [status[n]['status'] for n in 'ab'] == ['failed', 'failed']
   assert 'cannot start' in status['a']['last_line']
-  status = sweep.run_sweep(runs, wd, train_cmd=fake_cmd, echo=print)  # the rerun completes
+  status = pool.run_sweep(runs, wd, train_cmd=fake_cmd, echo=print)  # the rerun completes
   assert [status[n]['status'] for n in 'ab'] == ['done', 'done']
