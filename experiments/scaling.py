@@ -6,10 +6,14 @@
   A = e^a, B = e^b, E = e^e, minimized by L-BFGS from their grid of initializations.
 * `fit_isoflop`: per compute budget, a parabola of loss in log N; its minimum N_opt(C) ~ C^a.
 * `compute_frontier`: the lower envelope of all runs' loss-vs-FLOPs curves, fitted as L(C).
-* `bootstrap`: percentile confidence intervals of any fit's parameters.
+* `bootstrap`: percentile confidence intervals of any fit's parameters (`bootstrap_fits` keeps
+  the refits themselves, so that `band` draws the same resamples).
 * `extrapolation_check`: fit without the largest model(s), predict them, report the error.
+* `analyze_sweep`, `fits_table`, `fits_json`: all of the above over one sweep directory, as
+  launch.compare prints and records it.
 """
 
+import contextlib
 import dataclasses
 import glob
 import itertools
@@ -37,14 +41,19 @@ class Run:
 
 
 def _read_curves(path: str) -> dict:
+  """Train and eval curves of a metrics.jsonl; ValueError naming the file and line if corrupt."""
   records = {'train': {}, 'eval': {}}
   if os.path.exists(path):
     with open(path) as f:
-      for line in f:
-        r = json.loads(line)
-        key = 'loss' if r['kind'] == 'train' else 'eval_loss'
-        if r.get(key) is not None:
-          records[r['kind']][r['step']] = (r['tokens'], r['flops'], r[key])  # later wins
+      for i, line in enumerate(f, 1):
+        try:
+          r = json.loads(line)
+          key = 'loss' if r['kind'] == 'train' else 'eval_loss'
+          if r.get(key) is not None:
+            records[r['kind']][r['step']] = (r['tokens'], r['flops'], r[key])  # later wins
+        except (ValueError, KeyError, TypeError) as e:
+          why = f'missing key {e}' if isinstance(e, KeyError) else type(e).__name__
+          raise ValueError(f'{path}: line {i} is not a metrics record ({why})') from None
   curves = {}
   for kind, by_step in records.items():
     steps = sorted(by_step)
@@ -54,24 +63,49 @@ def _read_curves(path: str) -> dict:
   return curves
 
 
-def load_sweep(sweep_dir: str) -> tuple[list[Run], list[str]]:
-  """(finished runs, names of runs without a summary) of a sweep directory."""
-  runs, unfinished = [], []
-  for run_dir in sorted(glob.glob(os.path.join(sweep_dir, 'runs', '*'))):
-    name = os.path.basename(run_dir)
-    summary_path = os.path.join(run_dir, 'summary.json')
-    if not os.path.exists(summary_path):
-      unfinished.append(name)
-      continue
+def _load_run(run_dir: str, summary_path: str) -> Run:
+  """One finished run; ValueError naming the file if its summary or metrics are unreadable."""
+  try:
     with open(summary_path) as f:
       s = json.load(f)
-    runs.append(Run(
-        name=name, n_params=s['n_params'], n_nonembed=s['n_params_nonembed'],
-        flops_per_token=s['flops_per_token'], tokens=s['tokens_seen'],
-        final_eval_loss=s['final_eval_loss'], final_eval_loss_sem=s['final_eval_loss_sem'],
-        tags=dict(s.get('config', {}).get('tags', {})), config=s.get('config', {}),
-        curve=_read_curves(os.path.join(run_dir, 'metrics.jsonl')),
-    ))  # fmt: skip
+    return Run(
+      name=os.path.basename(run_dir),
+      n_params=s['n_params'],
+      n_nonembed=s['n_params_nonembed'],
+      flops_per_token=s['flops_per_token'],
+      tokens=s['tokens_seen'],
+      final_eval_loss=s['final_eval_loss'],
+      final_eval_loss_sem=s['final_eval_loss_sem'],
+      tags=dict(s.get('config', {}).get('tags', {})),
+      config=s.get('config', {}),
+      curve=_read_curves(os.path.join(run_dir, 'metrics.jsonl')),
+    )
+  except KeyError as e:
+    raise ValueError(f'{summary_path}: missing key {e}') from None
+  except (OSError, TypeError, AttributeError, json.JSONDecodeError) as e:
+    raise ValueError(f'{summary_path}: unreadable ({type(e).__name__}: {e})') from None
+
+
+def _raise(message: str) -> None:
+  raise ValueError(message)
+
+
+def load_sweep(sweep_dir: str, on_bad=_raise) -> tuple[list[Run], list[str]]:
+  """(finished runs, names of runs without a summary) of a sweep directory.
+
+  A run whose summary or metrics cannot be read is passed to `on_bad` as one line naming the
+  file (by default that is a ValueError; launch.compare prints it and skips the run).
+  """
+  runs, unfinished = [], []
+  for run_dir in sorted(glob.glob(os.path.join(sweep_dir, 'runs', '*'))):
+    summary_path = os.path.join(run_dir, 'summary.json')
+    if not os.path.exists(summary_path):
+      unfinished.append(os.path.basename(run_dir))
+      continue
+    try:
+      runs.append(_load_run(run_dir, summary_path))
+    except ValueError as e:
+      on_bad(str(e))
   return runs, unfinished
 
 
@@ -266,26 +300,47 @@ def fit_compute_frontier(runs: list[Run], kind: str = 'eval') -> PowerLaw:
   return fit_power_law(c[keep], loss[keep])
 
 
-def bootstrap(fit_fn, arrays: tuple, n: int = 200, seed: int = 0, level: float = 0.95) -> dict:
-  """Percentile intervals {param: (lo, hi)} of fit_fn(*resampled arrays).params()."""
+def bootstrap_fits(fit_fn, arrays: tuple, n: int = 200, seed: int = 0) -> list:
+  """fit_fn(*resampled arrays) for `n` resamples with replacement (degenerate ones skipped)."""
   rng = np.random.default_rng(seed)
   arrays = tuple(np.asarray(a) for a in arrays)
   m = len(arrays[0])
-  samples: dict[str, list[float]] = {}
+  fits = []
   for _ in range(n):
     idx = rng.integers(0, m, m)
     if len(np.unique(arrays[0][idx])) < 3:  # a degenerate resample cannot be fitted
       continue
     try:
-      fit = fit_fn(*(a[idx] for a in arrays))
+      fits.append(fit_fn(*(a[idx] for a in arrays)))
     except (ValueError, RuntimeError):
       continue
+  return fits
+
+
+def bootstrap(fit_fn, arrays: tuple, n: int = 200, seed: int = 0, level: float = 0.95) -> dict:
+  """Percentile intervals {param: (lo, hi)} of fit_fn(*resampled arrays).params()."""
+  return intervals(bootstrap_fits(fit_fn, arrays, n, seed), level)
+
+
+def intervals(fits: list, level: float = 0.95) -> dict:
+  """Percentile intervals {param: (lo, hi)} of bootstrap fits' parameters."""
+  samples: dict[str, list[float]] = {}
+  for fit in fits:
     for k, v in fit.params().items():
       samples.setdefault(k, []).append(v)
   q = (1 - level) / 2 * 100
   return {
     k: (float(np.percentile(v, q)), float(np.percentile(v, 100 - q))) for k, v in samples.items()
   }
+
+
+def band(fits: list, x, level: float = 0.95, min_fits: int = 10):
+  """Pointwise (lo, hi) band of the bootstrap fits' predictions at x; None if too few fits."""
+  if len(fits) < min_fits:
+    return None
+  curves = np.array([f.predict(x) for f in fits])
+  q = (1 - level) / 2 * 100
+  return np.percentile(curves, q, axis=0), np.percentile(curves, 100 - q, axis=0)
 
 
 def extrapolation_check(x, y, holdout: int = 1) -> dict:
@@ -296,3 +351,104 @@ def extrapolation_check(x, y, holdout: int = 1) -> dict:
   predicted, measured = float(fit.predict(x[-1])), float(y[-1])
   return {'x': float(x[-1]), 'predicted': predicted, 'measured': measured,
           'error_percent': 100 * (predicted - measured) / measured}  # fmt: skip
+
+
+# -- A sweep's analysis: every fit, the one bootstrap, the table and the JSON record -------------
+
+
+def analyze_sweep(sweep_dir: str, x_kind: str = 'nonembed', n_boot: int = 200, on_bad=_raise):
+  """Every fit the runs of a sweep directory allow (launch.compare draws and prints them).
+
+  L(N) over each size's best final eval loss (>= 3 sizes) with `n_boot` bootstrap refits (their
+  parameter intervals and the pointwise band both come from these same refits), the
+  extrapolation check (>= 4 sizes), the compute frontier, Chinchilla's L(N, D) (>= 6 runs over
+  >= 2 sizes and token counts) and IsoFLOP optima (tags.budget_flops).
+  """
+  runs, unfinished = load_sweep(sweep_dir, on_bad)
+  if not runs:
+    raise ValueError(f'{sweep_dir} has no finished runs (runs/*/summary.json)')
+  n = np.array([r.n_nonembed if x_kind == 'nonembed' else r.n_params for r in runs], float)
+  loss = np.array([r.final_eval_loss for r in runs])
+  label = os.path.basename(os.path.normpath(sweep_dir))
+  out = {'label': label, 'runs': runs, 'unfinished': unfinished, 'n': n, 'loss': loss}
+  sizes = np.unique(n)
+  if len(sizes) >= 3:
+    # Several runs per size (token budgets, IsoFLOP): the size law uses each size's best.
+    best = np.array([loss[n == s].min() for s in sizes])
+    out['fit'] = fit_power_law(sizes, best)
+    out['fit_points'] = (sizes, best)
+    out['boot_fits'] = bootstrap_fits(fit_power_law, (sizes, best), n=n_boot)
+    out['ci'] = intervals(out['boot_fits'])
+    if len(sizes) >= 4:
+      out['extrapolation'] = extrapolation_check(sizes, best)
+  with contextlib.suppress(ValueError):
+    out['frontier'] = fit_compute_frontier(runs)
+  tokens = np.array([r.tokens for r in runs], float)
+  if len(np.unique(tokens)) >= 2 and len(sizes) >= 2 and len(runs) >= 6:
+    out['chinchilla'] = fit_chinchilla(n, tokens, loss)
+  with contextlib.suppress(ValueError):
+    out['isoflop'] = fit_isoflop(runs)
+  return out
+
+
+def _num(value, spec: str) -> str:
+  return '-' if value is None else format(value, spec)
+
+
+def fits_table(results: list[dict]) -> str:
+  """The printed table of analyze_sweep results, one line per sweep (+ Chinchilla, IsoFLOP)."""
+  head = (
+    f'{"sweep":<18}{"runs":>5}  {"alpha [95% CI]":<24}{"E":>8}{"A":>10}{"R²":>8}'
+    f'{"extrap.%":>10}{"frontier":>10}'
+  )
+  lines = [head, '-' * len(head)]
+  for r in results:
+    fit, ci = r.get('fit'), r.get('ci', {})
+    alpha = _num(fit and fit.alpha, '.3f')
+    if fit and 'alpha' in ci:
+      alpha += f' [{ci["alpha"][0]:.3f}, {ci["alpha"][1]:.3f}]'
+    ext, front = r.get('extrapolation'), r.get('frontier')
+    lines.append(
+      f'{r["label"]:<18}{len(r["runs"]):>5}  {alpha:<24}'
+      f'{_num(fit and fit.E, ".3f"):>8}{_num(fit and fit.A, ".3g"):>10}'
+      f'{_num(fit and fit.r2, ".3f"):>8}{_num(ext and ext["error_percent"], "+.2f"):>10}'
+      f'{_num(front and front.alpha, ".3f"):>10}'
+    )
+    if 'chinchilla' in r:
+      c = r['chinchilla']
+      lines.append(
+        f'  Chinchilla: E={c.E:.3f} A={c.A:.4g} B={c.B:.4g} alpha={c.alpha:.3f} beta={c.beta:.3f}'
+      )
+    if 'isoflop' in r:
+      lines.append(f'  IsoFLOP: N_opt ~ C^{r["isoflop"].exponent:.3f}')
+    if r['unfinished']:
+      lines.append(f'  unfinished (not fitted): {", ".join(r["unfinished"])}')
+  return '\n'.join(lines)
+
+
+def fits_json(results: list[dict]) -> dict:
+  """{sweep label: runs, unfinished and every fitted number} of analyze_sweep results."""
+  out = {}
+  for r in results:
+    keys = ('name', 'n_nonembed', 'n_params', 'tokens', 'final_eval_loss', 'final_eval_loss_sem')
+    d = {
+      'runs': [{k: getattr(run, k) for k in keys} for run in r['runs']],
+      'unfinished': r['unfinished'],
+    }
+    if 'fit' in r:
+      d['power_law'] = {**r['fit'].params(), 'r2': r['fit'].r2, 'ci95': r['ci']}
+    if 'extrapolation' in r:
+      d['extrapolation'] = r['extrapolation']
+    if 'frontier' in r:
+      d['compute_frontier'] = {**r['frontier'].params(), 'r2': r['frontier'].r2}
+    if 'chinchilla' in r:
+      d['chinchilla'] = r['chinchilla'].params()
+    if 'isoflop' in r:
+      f = r['isoflop']
+      d['isoflop'] = {
+        'budgets': f.budgets.tolist(),
+        'n_opt': f.n_opt.tolist(),
+        'exponent': f.exponent,
+      }
+    out[r['label']] = d
+  return out

@@ -7,7 +7,8 @@ L(C), and (where the runs allow) Chinchilla's L(N, D) and IsoFLOP optima. Writes
   FILE_curves.png   every run's eval loss against training FLOPs, one panel per sweep;
   FILE_isoflop.png  IsoFLOP parabolas (sweeps with tags.budget_flops);
   FILE.json         every fitted number;
-and prints a table of the fits.
+and prints a table of the fits. The analysis (fits, bootstrap, table, JSON) is
+experiments/scaling.py's; this module is the command line and the drawing.
 """
 
 import json
@@ -22,57 +23,6 @@ from experiments import scaling
 _OUT = flags.DEFINE_string('out', 'scaling.png', 'Output PNG; siblings get _curves/_isoflop.')
 _X = flags.DEFINE_enum('x', 'nonembed', ['nonembed', 'total'], 'Parameter count for L(N).')
 _BOOT = flags.DEFINE_integer('bootstrap', 200, 'Bootstrap resamples for the confidence bands.')
-
-
-def analyze(sweep_dir: str, x_kind: str, n_boot: int) -> dict:
-  runs, unfinished = scaling.load_sweep(sweep_dir)
-  if not runs:
-    raise ValueError(f'{sweep_dir} has no finished runs (runs/*/summary.json)')
-  n = np.array([r.n_nonembed if x_kind == 'nonembed' else r.n_params for r in runs], float)
-  loss = np.array([r.final_eval_loss for r in runs])
-  out = {'label': os.path.basename(os.path.normpath(sweep_dir)), 'runs': runs,
-         'unfinished': unfinished, 'n': n, 'loss': loss}  # fmt: skip
-  distinct_n = len(np.unique(n))
-  if distinct_n >= 3:
-    # Several runs per size (token budgets, IsoFLOP): the size law uses each size's best.
-    sizes = np.unique(n)
-    best = np.array([loss[n == s].min() for s in sizes])
-    fit = scaling.fit_power_law(sizes, best)
-    out['fit'] = fit
-    out['fit_points'] = (sizes, best)
-    out['ci'] = scaling.bootstrap(scaling.fit_power_law, (sizes, best), n=n_boot)
-    if distinct_n >= 4:
-      out['extrapolation'] = scaling.extrapolation_check(sizes, best)
-  try:
-    out['frontier'] = scaling.fit_compute_frontier(runs)
-  except ValueError:
-    pass
-  tokens = np.array([r.tokens for r in runs], float)
-  if len(np.unique(tokens)) >= 2 and distinct_n >= 2 and len(runs) >= 6:
-    out['chinchilla'] = scaling.fit_chinchilla(n, tokens, loss)
-  try:
-    out['isoflop'] = scaling.fit_isoflop(runs)
-  except ValueError:
-    pass
-  return out
-
-
-def _band(res, xs):
-  """Pointwise 95% band of L(x) over bootstrap refits."""
-  sizes, best = res['fit_points']
-  rng = np.random.default_rng(0)
-  curves = []
-  for _ in range(100):
-    idx = rng.integers(0, len(sizes), len(sizes))
-    if len(np.unique(sizes[idx])) < 3:
-      continue
-    try:
-      curves.append(scaling.fit_power_law(sizes[idx], best[idx]).predict(xs))
-    except (ValueError, RuntimeError):
-      continue
-  if len(curves) < 10:
-    return None
-  return np.percentile(curves, 2.5, axis=0), np.percentile(curves, 97.5, axis=0)
 
 
 def plot(results: list[dict], out: str, x_kind: str) -> list[str]:
@@ -90,7 +40,7 @@ def plot(results: list[dict], out: str, x_kind: str) -> list[str]:
     if 'fit' in res:
       fit = res['fit']
       xs = np.logspace(np.log10(res['n'].min()) - 0.2, np.log10(res['n'].max()) + 0.5, 100)
-      band = _band(res, xs)
+      band = scaling.band(res['boot_fits'], xs)
       if band is not None:
         ax.fill_between(xs, *band, color=color, alpha=0.15)
       label = f'{res["label"]}: L = {fit.E:.3g} + {fit.A:.3g} N^-{fit.alpha:.3f} (R² {fit.r2:.3f})'
@@ -164,76 +114,37 @@ def plot(results: list[dict], out: str, x_kind: str) -> list[str]:
   return written
 
 
-def table(results: list[dict]) -> str:
-  head = (f'{"sweep":<18}{"runs":>5}  {"alpha [95% CI]":<24}{"E":>8}{"A":>10}{"R²":>8}'
-          f'{"extrap.%":>10}{"frontier":>10}')  # fmt: skip
-  lines = [head, '-' * len(head)]
-  for r in results:
-    fit, ci = r.get('fit'), r.get('ci', {})
-    alpha = (f'{fit.alpha:.3f} [{ci["alpha"][0]:.3f}, {ci["alpha"][1]:.3f}]'
-             if fit and 'alpha' in ci else (f'{fit.alpha:.3f}' if fit else '-'))  # fmt: skip
-    ext, front = r.get('extrapolation'), r.get('frontier')
+def compare(
+  dirs: list[str], out: str, x_kind: str = 'nonembed', n_boot: int = 200, echo=print, warn=None
+) -> int:
+  """The whole command: analyze, draw, write the JSON, print the table; returns the exit status.
 
-    def num(value, spec):
-      return '-' if value is None else format(value, spec)
-
-    lines.append(
-      f'{r["label"]:<18}{len(r["runs"]):>5}  {alpha:<24}'
-      f'{num(fit and fit.E, ".3f"):>8}{num(fit and fit.A, ".3g"):>10}'
-      f'{num(fit and fit.r2, ".3f"):>8}{num(ext and ext["error_percent"], "+.2f"):>10}'
-      f'{num(front and front.alpha, ".3f"):>10}'
-    )
-    if 'chinchilla' in r:
-      c = r['chinchilla']
-      lines.append(f'  Chinchilla: E={c.E:.3f} A={c.A:.4g} B={c.B:.4g} alpha={c.alpha:.3f} '
-                   f'beta={c.beta:.3f}')  # fmt: skip
-    if 'isoflop' in r:
-      lines.append(f'  IsoFLOP: N_opt ~ C^{r["isoflop"].exponent:.3f}')
-    if r['unfinished']:
-      lines.append(f'  unfinished (not fitted): {", ".join(r["unfinished"])}')
-  return '\n'.join(lines)
-
-
-def to_json(results: list[dict]) -> dict:
-  out = {}
-  for r in results:
-    d = {'runs': [{'name': run.name, 'n_nonembed': run.n_nonembed, 'n_params': run.n_params,
-                   'tokens': run.tokens, 'final_eval_loss': run.final_eval_loss,
-                   'final_eval_loss_sem': run.final_eval_loss_sem} for run in r['runs']],
-         'unfinished': r['unfinished']}  # fmt: skip
-    if 'fit' in r:
-      d['power_law'] = {**r['fit'].params(), 'r2': r['fit'].r2, 'ci95': r['ci']}
-    for key in ('extrapolation',):
-      if key in r:
-        d[key] = r[key]
-    if 'frontier' in r:
-      d['compute_frontier'] = {**r['frontier'].params(), 'r2': r['frontier'].r2}
-    if 'chinchilla' in r:
-      d['chinchilla'] = r['chinchilla'].params()
-    if 'isoflop' in r:
-      f = r['isoflop']
-      d['isoflop'] = {'budgets': f.budgets.tolist(), 'n_opt': f.n_opt.tolist(),
-                      'exponent': f.exponent}  # fmt: skip
-    out[r['label']] = d
-  return out
+  A run that cannot be read (a summary missing a key, a corrupt metrics.jsonl) is named in one
+  line on stderr and left out; the other runs are still compared.
+  """
+  warn = warn or (lambda line: print(f'skipped: {line}', file=sys.stderr))
+  try:
+    results = [scaling.analyze_sweep(d, x_kind, n_boot, on_bad=warn) for d in dirs]
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  written = plot(results, out, x_kind)
+  stem, _ = os.path.splitext(out)
+  with open(f'{stem}.json', 'w') as f:
+    json.dump(scaling.fits_json(results), f, indent=2)
+  echo(scaling.fits_table(results))
+  echo('wrote ' + ', '.join(written + [f'{stem}.json']))
+  return 0
 
 
 def main(argv: list[str]) -> None:
   dirs = argv[1:]
   if not dirs:
     raise app.UsageError('give one or more sweep directories')
-  try:
-    results = [analyze(d, _X.value, _BOOT.value) for d in dirs]
-  except ValueError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
-  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-  written = plot(results, _OUT.value, _X.value)
-  stem, _ = os.path.splitext(_OUT.value)
-  with open(f'{stem}.json', 'w') as f:
-    json.dump(to_json(results), f, indent=2)
-  print(table(results))
-  print('wrote ' + ', '.join(written + [f'{stem}.json']))
+  if _BOOT.value < 0:
+    raise app.UsageError(f'--bootstrap={_BOOT.value} must be >= 0')
+  sys.exit(compare(dirs, _OUT.value, _X.value, _BOOT.value))
 
 
 if __name__ == '__main__':
