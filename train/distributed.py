@@ -1,13 +1,17 @@
-"""Multi-process start-up: JAX's distributed runtime, and a check that the workdir is usable.
+"""Multi-process start-up: JAX's distributed runtime, and a check that the workdir is writable.
 
 `initialize()` is the one call the trainer makes before it touches any device:
 
 - explicit flags (`--coordinator_address`, `--num_processes`, `--process_id`): validated, then
   handed to `jax.distributed.initialize`;
-- otherwise a cluster launcher is detected from its environment (SLURM with several tasks,
-  Open MPI, a Cloud TPU VM slice with several hosts or slices) and JAX's own cluster detection
-  fills in the values (`jax.distributed.initialize()` with no arguments);
+- otherwise, under a launcher that starts several processes (SLURM with several tasks, Open
+  MPI, a Cloud TPU VM), `jax.distributed.initialize()` with no arguments: JAX's own cluster
+  detection finds the coordinator, the process count and this process's rank;
 - a single process does nothing.
+
+Only the launcher's environment variables are read here, to know whether there is anything to
+start and to catch the common mistakes in one line (a SLURM batch script that forgot `srun`,
+flags that contradict the launcher); the detection itself is JAX's.
 
 Why the extra care: in jaxlib 0.10.2 a process that cannot reach the coordinator, or a process 0
 whose peers never arrive, is killed by a C++ CHECK (SIGABRT, a stack trace, no Python exception)
@@ -18,24 +22,21 @@ for the other processes, a watchdog prints one line and exits with status 1 at t
 """
 
 import errno
+import glob
 import os
 import socket
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 
 import jax
-from jax._src import distributed as _jax_distributed
 
 # Exit status of a process the watchdog ends (jax's own failure would be SIGABRT, 134).
 WATCHDOG_EXIT_CODE = 1
 # jax aborts the process a few seconds after its initialization_timeout; the watchdog must be
 # first so that the user sees our message, not a C++ stack trace.
 _JAX_TIMEOUT_GRACE_S = 30
-_METADATA_HOST = '169.254.169.254'  # the GCE metadata server, by address: no DNS lookup.
 
 
 @dataclass(frozen=True)
@@ -63,34 +64,15 @@ def _tpu_host_list() -> list[str]:
 
 
 def _on_tpu_vm() -> bool:
-  """True on a machine with TPU chips (a Cloud TPU VM); reads /sys only, never the network."""
-  try:
-    from jax._src import hardware_utils  # private, hence guarded: a check, not a dependency.
-
-    return hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0
-  except Exception:  # noqa: BLE001 - any failure means: cannot tell, so no.
-    return os.path.exists('/dev/accel0')
-
-
-def _metadata(key: str, timeout_s: float = 1.0) -> str | None:
-  """A GCE metadata attribute, or None if the server does not answer within timeout_s."""
-  host = os.environ.get('GCE_METADATA_IP', _METADATA_HOST)
-  req = urllib.request.Request(
-    f'http://{host}/computeMetadata/v1/instance/attributes/{key}',
-    headers={'Metadata-Flavor': 'Google'},
-  )
-  try:
-    with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 - fixed URL.
-      return resp.read().decode()
-  except (OSError, urllib.error.URLError, ValueError):
-    return None
+  """True on a machine with TPU chips (a Cloud TPU VM): their device files, nothing else."""
+  return bool(glob.glob('/dev/accel*') or glob.glob('/dev/vfio/[0-9]*'))
 
 
 def detect_cluster() -> Cluster | None:
   """The multi-process launcher this process runs under, or None for a single process.
 
-  Only environment variables (and on a TPU VM one metadata query, ≤1 s) are read: nothing here
-  initializes a JAX backend.
+  Only environment variables and /dev are read: nothing here initializes a JAX backend or
+  touches the network.
   """
   ntasks = _int_env('SLURM_NTASKS')
   if os.environ.get('SLURM_JOB_ID') and ntasks is not None and ntasks > 1:
@@ -112,13 +94,12 @@ def detect_cluster() -> Cluster | None:
   if len(hosts) > 1 or slices > 1 or os.environ.get('MEGASCALE_COORDINATOR_ADDRESS'):
     n = max(len(hosts), 1) * slices
     return Cluster('Cloud TPU', n, f'{max(len(hosts), 1)} host(s) x {slices} slice(s)')
+  if os.environ.get('TPU_PROCESS_BOUNDS', '').replace(' ', '') == '1,1,1':
+    return None  # told to be a single process (launch.sweep --devices_per_run: a chip group)
   if _on_tpu_vm():
-    # A TPU VM created with `gcloud compute tpus tpu-vm create` lists its workers only in the
-    # instance metadata (the same source JAX's GCE TPU detection uses).
-    endpoints = _metadata('worker-network-endpoints')
-    n = len([e for e in (endpoints or '').split(',') if e.strip()])
-    if n > 1:
-      return Cluster('Cloud TPU', n, f'{n} workers in worker-network-endpoints metadata')
+    # How many hosts the slice has is in the instance metadata, which JAX reads; one host
+    # or many, jax.distributed.initialize() is right there.
+    return Cluster('Cloud TPU', 0, 'the TPU VM metadata')
   return None
 
 
@@ -206,10 +187,9 @@ def initialize(
   if timeout_s <= 0:
     raise ValueError(f'--distributed_timeout_s must be positive, got {timeout_s}')
   if jax.distributed.is_initialized():
-    state = _jax_distributed.global_state  # the only record of the values used.
-    if num_processes > 0 and num_processes != state.num_processes:
+    if num_processes > 0 and num_processes != jax.process_count():
       raise ValueError(
-        f'already initialized with {state.num_processes} processes, asked for {num_processes}'
+        f'already initialized with {jax.process_count()} processes, asked for {num_processes}'
       )
     return
   if num_processes < 0:
@@ -221,7 +201,8 @@ def initialize(
     )
 
   cluster = detect_cluster()
-  if cluster is not None and num_processes > 0 and num_processes != cluster.num_processes:
+  known = cluster is not None and cluster.num_processes > 0
+  if known and num_processes > 0 and num_processes != cluster.num_processes:
     raise ValueError(
       f'--num_processes={num_processes} contradicts the {cluster.kind} environment '
       f'({cluster.detail}); drop the flag or fix the launch'
@@ -262,10 +243,11 @@ def initialize(
       )
     return  # One process: nothing to start.
   # A known launcher: JAX's own detection picks the coordinator, count and rank.
+  count = f'{cluster.num_processes} ' if cluster.num_processes else ''
   _jax_initialize(
     timeout_s,
-    f'the {cluster.num_processes} processes of this {cluster.kind} job did not all join '
-    f'within {timeout_s}s (did one of them fail to start?)',
+    f'the {count}processes of this {cluster.kind} job did not all join within {timeout_s}s '
+    '(did one of them fail to start?)',
     initialization_timeout=timeout_s + _JAX_TIMEOUT_GRACE_S,
   )
 
@@ -275,67 +257,37 @@ def is_primary() -> bool:
   return jax.process_index() == 0
 
 
-def _on_gce() -> bool:
-  """Running on Google Compute Engine (TPU VMs included): DMI first, then a ≤1 s probe."""
-  try:
-    with open('/sys/class/dmi/id/product_name') as f:
-      if 'Google' in f.read():
-        return True
-  except OSError:
-    pass
-  host = os.environ.get('GCE_METADATA_IP', _METADATA_HOST)
-  req = urllib.request.Request(f'http://{host}/', headers={'Metadata-Flavor': 'Google'})
-  try:
-    with urllib.request.urlopen(req, timeout=1.0) as resp:  # noqa: S310 - fixed URL.
-      return resp.headers.get('Metadata-Flavor') == 'Google'
-  except (OSError, urllib.error.URLError, ValueError):
-    return False
-
-
-def _adc_path() -> str:
-  config_dir = os.environ.get('CLOUDSDK_CONFIG') or os.path.join(
-    os.path.expanduser('~'), '.config', 'gcloud'
-  )
-  return os.path.join(config_dir, 'application_default_credentials.json')
-
-
 def check_workdir_access(workdir: str) -> None:
-  """Fails fast (one line, how to fix) if `workdir` cannot be written from here.
+  """Fails fast (one line) unless a file can be written where `workdir` will be.
 
-  gs://: Google credentials must be discoverable (GOOGLE_APPLICATION_CREDENTIALS, the gcloud ADC
-  file, or a GCE/TPU VM's service account). Local: the nearest existing ancestor must be a
-  writable directory.
+  A probe file is written and removed (through train/files.py, so gs:// is tried for real,
+  credentials and bucket permissions included); locally in the nearest existing folder, so a
+  run that fails its next check leaves no empty workdir behind.
   """
+  from etils import epath
+
+  from train import files
+
   if not workdir:
     raise ValueError('--workdir is empty')
-  if workdir.startswith('gs://'):
-    bucket = workdir[len('gs://') :].split('/', 1)[0]
-    if not bucket:
+  if files.is_remote(workdir):
+    if not workdir.startswith('gs://'):
+      raise ValueError(f'--workdir={workdir!r}: only local paths and gs:// are supported')
+    if not workdir[len('gs://') :].split('/', 1)[0]:
       raise ValueError(f'--workdir={workdir!r} has no bucket name (gs://BUCKET/path)')
-    creds = os.environ.get('GOOGLE_APPLICATION_CREDENTIALS')
-    if creds:
-      if not os.path.isfile(creds):
-        raise ValueError(
-          f'GOOGLE_APPLICATION_CREDENTIALS={creds} does not exist: point it at a service '
-          'account key file, or unset it and run `gcloud auth application-default login`'
-        )
-      return
-    if os.path.isfile(_adc_path()) or _on_gce():
-      return
+    where = workdir
+  else:
+    where = os.path.abspath(workdir)
+    while not os.path.exists(where) and os.path.dirname(where) != where:
+      where = os.path.dirname(where)
+    if not os.path.isdir(where):
+      raise ValueError(f'--workdir={workdir!r}: {where} exists and is not a directory')
+  probe = files.join(where, f'.write_probe.{socket.gethostname()}.{os.getpid()}')
+  try:
+    files.write_text(probe, 'ok')
+    epath.Path(probe).unlink()
+  except Exception as e:  # noqa: BLE001 - whatever the filesystem or the bucket says: one line.
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
     raise ValueError(
-      f'no Google Cloud credentials found for {workdir}: run `gcloud auth application-default '
-      'login`, or set GOOGLE_APPLICATION_CREDENTIALS to a service account key file, or run on '
-      'a GCE/TPU VM with a service account'
-    )
-  if '://' in workdir:
-    raise ValueError(f'--workdir={workdir!r}: only local paths and gs:// are supported')
-  path = os.path.abspath(workdir)
-  while not os.path.exists(path):
-    parent = os.path.dirname(path)
-    if parent == path:
-      break
-    path = parent
-  if not os.path.isdir(path):
-    raise ValueError(f'--workdir={workdir!r}: {path} exists and is not a directory')
-  if not os.access(path, os.W_OK | os.X_OK):
-    raise ValueError(f'--workdir={workdir!r}: {path} is not writable by this user')
+      f'--workdir={workdir!r}: {where} is not writable from here ({first})'
+    ) from None
