@@ -475,3 +475,32 @@ def test_trainer_that_cannot_start_fails_only_its_run(tmp_path, fake_cmd):
   assert 'cannot start' in status['a']['last_line']
   status = pool.run_sweep(runs, wd, train_cmd=fake_cmd, echo=print)  # the rerun completes
   assert [status[n]['status'] for n in 'ab'] == ['done', 'done']
+
+
+def test_sixteen_concurrent_writers_of_the_shared_files(tmp_path):
+  """sweep.json and status.json written by 16 writers at once: no errors, valid JSON, no loss."""
+  import threading
+
+  wd = str(tmp_path / 'sw')
+  os.makedirs(wd)
+  runs = [sweep_spec.Run(f'r{i}', 'cfg.py', {'model.n': i}) for i in range(16)]
+  errors = []
+
+  def writer(i):
+    try:
+      for k in range(25):
+        sweep_report.write_sweep_json(runs, wd, 'sweep.py')
+        pool.StatusFile(wd).update({f'r{i}': {'status': 'running', 'k': k}})
+    except Exception as e:  # noqa: BLE001 - collected and reported below
+      errors.append(repr(e))
+
+  threads = [threading.Thread(target=writer, args=(i,)) for i in range(16)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert errors == []
+  assert len(json.load(open(os.path.join(wd, 'sweep.json')))) == 16
+  status = json.load(open(os.path.join(wd, 'status.json')))['runs']
+  assert {name: e['k'] for name, e in status.items()} == {f'r{i}': 24 for i in range(16)}
+  assert not glob.glob(os.path.join(wd, '*.tmp'))

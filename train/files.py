@@ -7,6 +7,7 @@ append there rewrites the object: fine for files of a few thousand lines.
 """
 
 import os
+import threading
 
 from etils import epath
 
@@ -40,7 +41,7 @@ def write_text(path: str, text: str) -> None:
   if is_remote(path):
     epath.Path(path).write_text(text)
   else:
-    tmp = path + '.tmp'
+    tmp = f'{path}.{os.getpid()}.{threading.get_ident()}.tmp'  # one per writer: no collisions
     with open(tmp, 'w') as f:
       f.write(text)
     os.replace(tmp, path)  # atomic: a reader never sees half a summary
