@@ -310,6 +310,10 @@ if opts.get('fake.wait_for'):
   while not os.path.exists(other) and time.time() < deadline:
     time.sleep(0.05)
   saw_other = os.path.exists(other)
+if opts.get('fake.jax') == 'true':
+  import jax
+  opts['jax_devices'] = jax.device_count()
+opts['env'] = {k: os.environ.get(k) for k in ('XLA_FLAGS', 'CUDA_VISIBLE_DEVICES')}
 summary = {'n_params_nonembed': int(opts.get('model.n', 1000)), 'final_train_loss': 2.5,
            'final_eval_loss': 2.25, 'final_eval_loss_sem': 0.01, 'wall_time_s': 1.5,
            'resumed': resumed, 'saw_other': saw_other, 'opts': opts}
@@ -447,7 +451,8 @@ def test_dry_run_and_only_run_nothing_else(tmp_path, fake_cmd):
   assert 'small (to run)' in text and 'model.n = 7' in text and '--config.model.n=7' in text
   assert sweep.launch(path, wd, only=['big'], train_cmd=fake_cmd, echo=out.append) == 0
   assert _invocations(wd) == ['big']
-  assert _summary(wd, 'big')['opts'] == {'model.n': '1000', 'fake.fail': 'false'}
+  opts = _summary(wd, 'big')['opts']
+  assert {k: opts[k] for k in ('model.n', 'fake.fail')} == {'model.n': '1000', 'fake.fail': 'false'}
 
 
 def test_cli_one_line_errors_and_dry_run(tmp_path):
@@ -504,3 +509,49 @@ def test_sixteen_concurrent_writers_of_the_shared_files(tmp_path):
   status = json.load(open(os.path.join(wd, 'status.json')))['runs']
   assert {name: e['k'] for name, e in status.items()} == {f'r{i}': 24 for i in range(16)}
   assert not glob.glob(os.path.join(wd, '*.tmp'))
+
+
+def test_devices_per_run_gives_concurrent_runs_disjoint_devices(tmp_path, fake_cmd):
+  """4 fake CPU devices, 2 per run: a and b run at once (each waits to see the other) on
+  different halves, c reuses a freed half; a real JAX process sees exactly its 2 devices."""
+  wd = str(tmp_path / 'sw')
+  runs = [
+    sweep_spec.Run('a', 'cfg.py', {'fake.wait_for': 'b'}),
+    sweep_spec.Run('b', 'cfg.py', {'fake.wait_for': 'a'}),
+    sweep_spec.Run('c', 'cfg.py', {'fake.jax': True}),
+  ]
+  groups = pool.device_groups(2, 'cpu', devices=[0, 1, 2, 3])
+  env = {
+    **pool.child_env(),
+    'JAX_PLATFORMS': 'cpu',
+    'XLA_FLAGS': '--xla_cpu_multi_thread_eigen=false',
+  }
+  quiet = dict(echo=lambda s: None, groups=groups)
+  status = pool.run_sweep(runs, wd, parallel=8, train_cmd=fake_cmd, env=env, **quiet)
+  assert [status[n]['status'] for n in 'abc'] == ['done'] * 3
+  assert _summary(wd, 'a')['saw_other'] is True and _summary(wd, 'b')['saw_other'] is True
+  assert {status['a']['devices'], status['b']['devices']} == {'cpu:0,1', 'cpu:2,3'}
+  assert status['c']['devices'] in ('cpu:0,1', 'cpu:2,3')
+  for name in 'abc':
+    flags_ = _summary(wd, name)['opts']['env']['XLA_FLAGS'].split()
+    assert flags_ == [
+      '--xla_cpu_multi_thread_eigen=false',
+      '--xla_force_host_platform_device_count=2',
+    ]
+  assert _summary(wd, 'c')['opts']['jax_devices'] == 2
+  table = sweep_report.format_table(sweep_report.table_rows(runs, wd, status))
+  assert table.splitlines()[0].split()[:3] == ['run', 'status', 'devices']
+  assert 'a    done    cpu:' in table
+
+
+def test_device_groups_env_and_bad_requests():
+  gpu = pool.device_groups(2, 'gpu', devices=[4, 5, 6, 7, 8])
+  assert [g.ids for g in gpu] == [(4, 5), (6, 7)]  # the odd one out stays idle
+  assert gpu[1].env({'A': '1'}) == {'A': '1', 'CUDA_VISIBLE_DEVICES': '6,7'}
+  tpu = pool.device_groups(2, 'tpu', devices=[0, 1, 2, 3])[1].env({})
+  assert tpu['TPU_VISIBLE_CHIPS'] == '2,3' and tpu['TPU_CHIPS_PER_PROCESS_BOUNDS'] == '1,2,1'
+  assert tpu['TPU_PROCESS_BOUNDS'] == '1,1,1' and tpu['TPU_PROCESS_ADDRESSES'].endswith(':8477')
+  with pytest.raises(ValueError, match='this host has 2 gpu devices'):
+    pool.device_groups(4, 'gpu', devices=[0, 1])
+  with pytest.raises(ValueError, match='on TPU: one of'):
+    pool.device_groups(3, 'tpu', devices=[0, 1, 2, 3])
