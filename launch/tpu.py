@@ -31,7 +31,9 @@ from launch import shell, sweep_spec
 from launch.shell import REPO_ROOT
 
 ACTIONS = ('create', 'setup', 'run', 'logs', 'delete', 'all')
-PROVISIONING = ('on_demand', 'spot', 'queued')
+PROVISIONING = ('on_demand', 'spot', 'queued', 'queued_spot')
+# The state of a usable slice (`tpu-vm describe`, `queued-resources describe`).
+HEALTHY = ('READY', 'ACTIVE')
 # What `--action=all` does, in order (delete also runs when run fails: an idle slice costs).
 ALL_ACTIONS = ('create', 'setup', 'run', 'delete')
 # Software images from the Cloud TPU "run JAX code on TPU slices" guide, per generation.
@@ -100,6 +102,7 @@ class TpuJob:
   overrides: Sequence[str] = ()
   env: Sequence[str] = ()  # NAME=VALUE set for the run (e.g. LIBTPU_INIT_ARGS=...).
   detach: bool = False  # run in the background (nohup); follow it with --action=logs.
+  retries: int = 0  # recreate a preempted/deleted slice and rerun, at most this many times.
   worker: str = '0'  # which worker's log --action=logs follows.
   python: Sequence[str] = ('.venv/bin/python',)  # on the worker, relative to repo_dir.
   jax_version: str = ''  # '' -> the jax pin of requirements.txt.
@@ -131,6 +134,8 @@ class TpuJob:
       raise ValueError('give exactly one of --config and --sweep')
     if self.sweep and self.overrides:
       raise ValueError('--override applies to --config runs; put sweep overrides in the sweep')
+    if self.retries < 0 or (self.retries and self.detach):
+      raise ValueError(f'--retries={self.retries}: >= 0, for a foreground run (no --detach)')
     if not self.workdir.startswith('gs://') or len(self.workdir) <= len('gs://'):
       raise ValueError(
         f'--workdir={self.workdir!r}: TPU workers share no disk, use gs://BUCKET/path'
@@ -144,6 +149,10 @@ class TpuJob:
     """Names the log file: the config or sweep file's stem."""
     path = self.config or self.sweep
     return os.path.splitext(os.path.basename(path))[0] if path else 'run'
+
+  @property
+  def queued(self) -> bool:
+    return self.provisioning.startswith('queued')
 
   def gcloud_scope(self) -> list[str]:
     return [f'--zone={self.zone}'] + ([f'--project={self.project}'] if self.project else [])
@@ -162,12 +171,14 @@ def ssh(job: TpuJob, remote: str, worker: str = 'all') -> list[str]:
 
 
 def create_commands(job: TpuJob) -> list[list[str]]:
-  if job.provisioning == 'queued':
+  if job.queued:
+    spot = ['--spot'] if job.provisioning == 'queued_spot' else []
     return [
       [
         'gcloud', 'compute', 'tpus', 'queued-resources', 'create', job.name,
         f'--node-id={job.name}', *job.gcloud_scope(),
         f'--accelerator-type={job.accelerator_type}', f'--runtime-version={job.runtime()}',
+        *spot,
       ],
       queued_state_command(job),
     ]  # fmt: skip
@@ -184,6 +195,14 @@ def queued_state_command(job: TpuJob) -> list[str]:
     'gcloud', 'compute', 'tpus', 'queued-resources', 'describe', job.name, *job.gcloud_scope(),
     '--format=value(state.state)',
   ]  # fmt: skip
+
+
+def state_command(job: TpuJob) -> list[str]:
+  """The slice's state: READY/ACTIVE when usable, PREEMPTED, SUSPENDED, ... (gcloud describe)."""
+  if job.queued:
+    return queued_state_command(job)
+  describe = ['gcloud', 'compute', 'tpus', 'tpu-vm', 'describe', job.name]
+  return [*describe, *job.gcloud_scope(), '--format=value(state)']
 
 
 def local_tarball(job: TpuJob) -> str:
@@ -265,12 +284,17 @@ def remote_run_script(job: TpuJob, argv: Sequence[str] | None = None) -> str:
   argv = program_argv(job) if argv is None else list(argv)
   repo, log = shlex.quote(job.repo_dir), shlex.quote(log_path(job))
   head = f'cd {repo} && mkdir -p logs && '
+  # When the program ends, each worker copies its log to WORKDIR/logs/<label>.<hostname>.log.
+  dest = shlex.quote(f'{job.workdir.rstrip("/")}/logs/{job.label}.')
+  copy = f'gcloud storage cp --quiet {log} {dest}"$(hostname)".log > /dev/null 2>&1 || true'
   if job.detach:
     # Survives the ssh session: new session, no terminal, output to the log.
-    return head + f'nohup setsid {shell.join(argv)} >> {log} 2>&1 < /dev/null &'
+    inner = f'{shell.join(argv)} >> {log} 2>&1 < /dev/null; rc=$?; {copy}; exit $rc'
+    return head + f'nohup setsid bash -c {shlex.quote(inner)} > /dev/null 2>&1 < /dev/null &'
   # Foreground: output to the terminal and the log; the exit status is the program's
   # (pipefail: the login shell of a TPU VM user is bash).
-  return f'set -o pipefail && {head}{shell.join(argv)} 2>&1 | tee -a {log}'
+  run = f'{shell.join(argv)} 2>&1 | tee -a {log}'
+  return f'set -o pipefail && {head}{{ {run}; rc=$?; {copy}; exit $rc; }}'
 
 
 def run_commands(job: TpuJob) -> list[list[str]]:
@@ -284,7 +308,7 @@ def logs_commands(job: TpuJob) -> list[list[str]]:
 
 
 def delete_commands(job: TpuJob) -> list[list[str]]:
-  if job.provisioning == 'queued':
+  if job.queued:
     # --force deletes the TPU VM of the request too.
     return [
       ['gcloud', 'compute', 'tpus', 'queued-resources', 'delete', job.name, *job.gcloud_scope(),
@@ -340,23 +364,80 @@ def _wait_until_active(job: TpuJob, timeout_s: float) -> None:
   raise RuntimeError(f'queued resource {job.name} not ACTIVE after {timeout_s:.0f}s ({state})')
 
 
+def create(job: TpuJob, dry_run: bool, queued_wait_s: float) -> None:
+  """Creates the slice (a queued request: then waits until it is ACTIVE)."""
+  commands = create_commands(job)
+  if not job.queued:
+    shell.execute(commands, dry_run)
+    return
+  shell.execute(commands[:1], dry_run)
+  print(f'# poll until ACTIVE: {shell.join(commands[1])}')
+  if not dry_run:
+    _wait_until_active(job, queued_wait_s)
+
+
+def slice_state(job: TpuJob) -> str:
+  """The slice's state (HEALTHY ones mean usable), or MISSING when gcloud finds no slice."""
+  out = subprocess.run(state_command(job), capture_output=True, text=True, check=False)
+  if out.returncode:
+    if 'NOT_FOUND' in out.stderr or 'not found' in out.stderr.lower():
+      return 'MISSING'
+    last = (out.stderr.strip().splitlines() or ['?'])[-1]
+    raise RuntimeError(f'cannot read the state of {job.name}: {last}')
+  return out.stdout.strip() or '?'
+
+
+def run_watched(job: TpuJob, retries: int, dry_run: bool, queued_wait_s: float) -> None:
+  """The run; if it fails because the slice was preempted or deleted, recreate the slice, set
+  it up and rerun the same command (which resumes from the run's last checkpoint)."""
+  run = run_commands(job)
+  if dry_run:
+    shell.execute(run, True)
+    check = shell.join(state_command(job))
+    print(f'# if the run fails: {check}; unless {"/".join(HEALTHY)}, recreate and rerun:')
+    for builder in (delete_commands, create_commands, setup_commands):
+      shell.execute(builder(job), True)
+    return
+  for attempt in range(1, retries + 2):
+    try:
+      shell.execute(run, False)
+      return
+    except subprocess.CalledProcessError:
+      state = slice_state(job)
+      if state in HEALTHY or attempt > retries:
+        raise  # the program failed on a healthy slice, or no retries are left
+    again = f'retry {attempt}/{retries}; the run resumes from its last checkpoint'
+    print(f'# {job.name} is {state}: recreating it, then the same command ({again})', flush=True)
+    if state != 'MISSING':
+      shell.execute(delete_commands(job), False)
+    create(job, False, queued_wait_s)
+    shell.execute(setup_commands(job), False)
+
+
 def execute(
-  steps: list[tuple[str, list[list[str]]]], job: TpuJob, dry_run: bool, queued_wait_s: float
+  steps: list[tuple[str, list[list[str]]]],
+  job: TpuJob,
+  dry_run: bool,
+  queued_wait_s: float,
+  retries: int = 0,
 ) -> None:
-  """Prints every command; unless dry_run, runs them (delete of --action=all runs regardless)."""
+  """Prints every command; unless dry_run, runs them (delete of --action=all runs regardless).
+
+  With `retries`, the run is watched: a preempted or deleted slice is recreated and the run
+  started again, at most `retries` times (run_watched)."""
   failure = None
   for action, commands in steps:
     print(f'# {action}')
     if action == 'delete' and failure is not None:
       print('# the run failed; deleting the TPU anyway (rerun with --action=run to retry)')
-    if action == 'create' and job.provisioning == 'queued':
-      shell.execute(commands[:1], dry_run)
-      print(f'# poll until ACTIVE: {shell.join(commands[1])}')
-      if not dry_run:
-        _wait_until_active(job, queued_wait_s)
+    if action == 'create':
+      create(job, dry_run, queued_wait_s)
       continue
     try:
-      shell.execute(commands, dry_run)
+      if action == 'run' and retries:
+        run_watched(job, retries, dry_run, queued_wait_s)
+      else:
+        shell.execute(commands, dry_run)
     except subprocess.CalledProcessError as e:
       if action != 'run' or 'delete' not in [a for a, _ in steps]:
         raise
@@ -376,7 +457,7 @@ def main(argv: list[str]) -> None:
     runtime_version=f.runtime_version, provisioning=f.provisioning, repo_dir=f.repo_dir,
     repo_url=f.repo_url, repo_ref=f.repo_ref, config=f.config, sweep=f.sweep,
     workdir=f.workdir, overrides=f.override or [], env=f.env or [], detach=f.detach,
-    worker=f.worker,
+    worker=f.worker, retries=f.retries,
   )  # fmt: skip
   try:
     steps = plan(job, f.action)
@@ -386,7 +467,10 @@ def main(argv: list[str]) -> None:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   try:
-    execute(steps, job, f.dry_run, f.queued_wait_s)
+    execute(steps, job, f.dry_run, f.queued_wait_s, job.retries)
+  except RuntimeError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
   except subprocess.CalledProcessError as e:
     print(f'error: command failed with status {e.returncode}: {shell.join(e.cmd)}', file=sys.stderr)
     sys.exit(1)
@@ -414,6 +498,7 @@ def _define_flags() -> None:
   flags.DEFINE_multi_string('override', [], 'KEY=VALUE -> --config.KEY=VALUE (repeatable).')
   flags.DEFINE_multi_string('env', [], 'NAME=VALUE for the run, e.g. LIBTPU_INIT_ARGS=...')
   flags.DEFINE_bool('detach', False, 'Run in the background; follow with --action=logs.')
+  flags.DEFINE_integer('retries', 0, 'Recreate a preempted/deleted slice and rerun, N times.')
   flags.DEFINE_string('worker', '0', 'Worker whose log --action=logs follows (or all).')
   flags.DEFINE_bool('check_mesh', True, "Check the config's mesh against the slice first.")
   flags.DEFINE_bool('dry_run', False, 'Print the commands, run nothing.')

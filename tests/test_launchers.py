@@ -8,6 +8,7 @@ here with bash, the program swapped for a printer, and the marker file must not 
 import dataclasses
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -401,3 +402,134 @@ def test_execute_prints_and_runs_argument_lists():
   shell.execute([['echo', 'a b']], dry_run=False, printer=printed.append,
                 runner=lambda argv, check: ran.append((argv, check)))  # fmt: skip
   assert ran == [(['echo', 'a b'], True)]
+
+
+# --- Cloud TPU preemption: --retries with a fake gcloud ---------------------------------------
+
+FAKE_GCLOUD = r'''#!/usr/bin/env python3
+"""A fake gcloud: the slice's state lives in a file; run commands follow a plan of outcomes."""
+import os, shutil, sys
+root = os.environ['FAKE_GCLOUD_DIR']
+args = sys.argv[1:]
+with open(os.path.join(root, 'calls.txt'), 'a') as f:
+  f.write(' '.join(a for a in args if not a.startswith('--command=')) + '\n')
+state = os.path.join(root, 'state')
+queued = 'queued-resources' in args
+if 'describe' in args:
+  if not os.path.exists(state):
+    sys.exit(print('ERROR: (gcloud) NOT_FOUND: Resource not found', file=sys.stderr) or 1)
+  print(open(state).read())
+elif 'create' in args:
+  open(state, 'w').write('ACTIVE' if queued else 'READY')
+elif 'delete' in args:
+  os.remove(state)
+elif 'storage' in args:  # cp SRC gs://... -> a local folder standing in for the bucket
+  src, dest = [a for a in args if not a.startswith('-')][-2:]
+  dest = os.path.join(root, 'gcs', dest[len('gs://'):])
+  os.makedirs(os.path.dirname(dest), exist_ok=True)
+  shutil.copy(src, dest)
+elif 'ssh' in args and any('launch.' in a for a in args):
+  plan = open(os.path.join(root, 'plan')).read().split()
+  outcome = plan.pop(0)
+  open(os.path.join(root, 'plan'), 'w').write(' '.join(plan))
+  if outcome == 'preempt':
+    open(state, 'w').write('SUSPENDED' if queued else 'PREEMPTED')
+    sys.exit(255)
+  if outcome == 'delete':
+    os.remove(state)
+    sys.exit(255)
+  sys.exit(1 if outcome == 'fail' else 0)
+'''
+
+
+@pytest.fixture
+def fake_gcloud(tmp_path, monkeypatch):
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir()
+  (bin_dir / 'gcloud').write_text(FAKE_GCLOUD)
+  (bin_dir / 'gcloud').chmod(0o755)
+  monkeypatch.setenv('PATH', f'{bin_dir}{os.pathsep}{os.environ["PATH"]}')
+  monkeypatch.setenv('FAKE_GCLOUD_DIR', str(tmp_path))
+
+  def start(plan: str, state: str | None = 'READY'):
+    (tmp_path / 'plan').write_text(plan)
+    if state:
+      (tmp_path / 'state').write_text(state)
+
+  def calls() -> list[str]:
+    lines = (tmp_path / 'calls.txt').read_text().splitlines()
+    return [ln.split()[3] for ln in lines]  # the verb: ssh, describe, create, delete
+
+  return start, calls
+
+
+def watched(**kwargs) -> tpu.TpuJob:
+  return job(**{'repo_url': 'https://example.org/r.git', 'retries': 2, **kwargs})
+
+
+@pytest.mark.parametrize(
+  'provisioning, plan, expected',
+  [
+    ('on_demand', 'preempt ok', ['ssh', 'describe', 'delete', 'create', 'ssh', 'ssh', 'ssh']),
+    ('spot', 'delete ok', ['ssh', 'describe', 'create', 'ssh', 'ssh', 'ssh']),
+    (
+      'queued_spot',
+      'preempt ok',
+      ['ssh', 'describe', 'delete', 'create', 'describe', 'ssh', 'ssh', 'ssh'],
+    ),
+  ],
+)
+def test_preempted_or_deleted_slice_is_recreated_and_the_run_repeated(
+  fake_gcloud, capsys, provisioning, plan, expected
+):
+  start, calls = fake_gcloud
+  start(plan, 'ACTIVE' if provisioning.startswith('queued') else 'READY')
+  j = watched(provisioning=provisioning)
+  tpu.execute(tpu.plan(j, 'run'), j, dry_run=False, queued_wait_s=60, retries=j.retries)
+  got = calls()
+  assert got == expected
+  if provisioning == 'queued_spot':
+    create = [ln for ln in (open(os.environ['FAKE_GCLOUD_DIR'] + '/calls.txt')) if 'create' in ln]
+    assert create[0].split()[2] == 'queued-resources' and '--spot' in create[0].split()
+  assert 'recreating it, then the same command' in capsys.readouterr().out
+
+
+def test_program_failure_on_a_healthy_slice_is_not_retried(fake_gcloud):
+  start, calls = fake_gcloud
+  start('fail ok ok')
+  j = watched()
+  with pytest.raises(subprocess.CalledProcessError):
+    tpu.execute(tpu.plan(j, 'run'), j, dry_run=False, queued_wait_s=60, retries=2)
+  assert calls() == ['ssh', 'describe']  # READY: a real failure
+
+
+def test_retries_run_out(fake_gcloud):
+  start, calls = fake_gcloud
+  start('preempt preempt ok')
+  j = watched(retries=1)
+  with pytest.raises(subprocess.CalledProcessError):
+    tpu.execute(tpu.plan(j, 'run'), j, dry_run=False, queued_wait_s=60, retries=1)
+  assert calls().count('create') == 1
+
+
+def test_retries_dry_run_and_bad_values(capsys):
+  j = watched(provisioning='spot')
+  tpu.execute(tpu.plan(j, 'all'), j, dry_run=True, queued_wait_s=60, retries=2)
+  out = capsys.readouterr().out
+  assert 'if the run fails: gcloud compute tpus tpu-vm describe lm-test' in out
+  assert out.count('tpu-vm create lm-test') == 2 and out.count('tpu-vm delete lm-test') == 2
+  for bad in (dict(retries=-1), dict(retries=1, detach=True)):
+    with pytest.raises(ValueError, match='--retries'):
+      tpu.plan(job(**bad), 'run')
+
+
+def test_worker_log_is_copied_to_the_workdir(fake_gcloud, tmp_path):
+  repo = tmp_path / 'repo'
+  repo.mkdir()
+  j = job(repo_dir=str(repo), python=PRINTER)
+  proc = subprocess.run(['bash', '-c', tpu.remote_run_script(j)], capture_output=True, timeout=30)
+  assert proc.returncode == 0, proc.stderr
+  copied = (
+    tmp_path / 'gcs' / 'bucket' / 'runs' / 'a' / 'logs' / f'default.{socket.gethostname()}.log'
+  )
+  assert copied.read_bytes() == (repo / 'logs' / 'default.log').read_bytes() != b''
