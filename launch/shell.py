@@ -64,3 +64,15 @@ def read_pin(requirements: str, package: str) -> str:
       if m:
         return m.group(1)
   raise ValueError(f'{requirements} pins no {package}==VERSION')
+
+
+def define_run_flags(where: str) -> None:
+  """The flags both cluster launchers take: what to run, its overrides, and the checks."""
+  from absl import flags
+
+  flags.DEFINE_string('config', '', 'Config file (repo-relative) for one training run.')
+  flags.DEFINE_string('sweep', '', 'Sweep file (repo-relative) to run instead.')
+  flags.DEFINE_multi_string('override', [], 'KEY=VALUE -> --config.KEY=VALUE (repeatable).')
+  flags.DEFINE_multi_string('env', [], 'NAME=VALUE set for the run (e.g. XLA_FLAGS=...).')
+  flags.DEFINE_bool('check_mesh', True, f"Check the config's mesh against {where} first.")
+  flags.DEFINE_bool('dry_run', False, 'Print what would run; run nothing.')

@@ -231,10 +231,9 @@ def _define_flags() -> None:
   """Defined only when run as a program (importing the module registers no absl flags)."""
   from absl import flags
 
+  shell.define_run_flags('nodes x GPUs')
   flags.DEFINE_string('name', None, 'Job name (letters, digits, _ . -).', required=True)
   flags.DEFINE_string('workdir', None, 'Shared run directory or gs://BUCKET/path.', required=True)
-  flags.DEFINE_string('config', '', 'Config file (repo-relative) for one training run.')
-  flags.DEFINE_string('sweep', '', 'Sweep file (repo-relative): one array task per run.')
   flags.DEFINE_list('runs', [], 'Submit only these runs of the sweep (default: all).')
   flags.DEFINE_integer('max_concurrent', 0, 'Sweep: array tasks at once (0: no limit).')
   flags.DEFINE_integer('nodes', 1, 'Nodes per run.')
@@ -247,10 +246,6 @@ def _define_flags() -> None:
   flags.DEFINE_string('output_dir', '', 'Folder of the SLURM logs (default: WORKDIR/slurm).')
   flags.DEFINE_string('repo_dir', '', 'The checkout on the cluster (default: this one).')
   flags.DEFINE_string('venv', '.venv', 'Virtual environment (relative to repo_dir).')
-  flags.DEFINE_multi_string('override', [], 'KEY=VALUE -> --config.KEY=VALUE (repeatable).')
-  flags.DEFINE_multi_string('env', [], 'NAME=VALUE exported for the run (e.g. XLA_FLAGS=...).')
-  flags.DEFINE_bool('check_mesh', True, "Check the config's mesh against nodes x GPUs.")
-  flags.DEFINE_bool('dry_run', False, 'Print the script, submit nothing.')
 
 
 if __name__ == '__main__':

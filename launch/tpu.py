@@ -49,16 +49,7 @@ DEFAULT_RUNTIME = {
 _TYPE_RE = re.compile(r'(v2|v3|v4|v5p|v5litepod|v5e|v6e)-(\d+)')
 # The tarball of the repository on each worker, a fixed name (scp parses the remote path).
 _REMOTE_TARBALL = '/tmp/scaling_lm_repo.tar.gz'
-_TAR_EXCLUDES = (
-  '.git',
-  '.venv',
-  '.data',
-  'runs',
-  'slurm_logs',
-  '__pycache__',
-  '.pytest_cache',
-  '.ruff_cache',
-)
+_TAR_EXCLUDES = '.git .venv .data runs slurm_logs __pycache__ .pytest_cache .ruff_cache'.split()
 GCSFS_VERSION = '2025.10.0'
 UV_VERSION = '0.13.8'  # installs a Python 3.11 where the image has an older one.
 PYTHON_VERSION = '3.11'  # the version the pinned requirements are tested with.
@@ -481,6 +472,7 @@ def _define_flags() -> None:
   launchers) adds nothing to absl's global flag registry."""
   from absl import flags
 
+  shell.define_run_flags('the slice')
   flags.DEFINE_enum('action', 'all', ACTIONS, 'What to do; all = create, setup, run, delete.')
   flags.DEFINE_string('name', None, 'TPU name (lowercase letters, digits, -).', required=True)
   flags.DEFINE_string('zone', None, 'Zone, e.g. us-central2-b.', required=True)
@@ -492,16 +484,10 @@ def _define_flags() -> None:
   flags.DEFINE_string('repo_dir', 'scaling_lm', 'Repository path on the workers (under ~).')
   flags.DEFINE_string('repo_url', '', "git URL to clone on the workers ('': copy this checkout).")
   flags.DEFINE_string('repo_ref', 'origin/HEAD', 'git ref to check out with --repo_url.')
-  flags.DEFINE_string('config', '', 'Config file (repo-relative) for one training run.')
-  flags.DEFINE_string('sweep', '', 'Sweep file (repo-relative) to run instead.')
   flags.DEFINE_string('workdir', '', 'gs://BUCKET/path for runs, checkpoints, metrics.')
-  flags.DEFINE_multi_string('override', [], 'KEY=VALUE -> --config.KEY=VALUE (repeatable).')
-  flags.DEFINE_multi_string('env', [], 'NAME=VALUE for the run, e.g. LIBTPU_INIT_ARGS=...')
   flags.DEFINE_bool('detach', False, 'Run in the background; follow with --action=logs.')
   flags.DEFINE_integer('retries', 0, 'Recreate a preempted/deleted slice and rerun, N times.')
   flags.DEFINE_string('worker', '0', 'Worker whose log --action=logs follows (or all).')
-  flags.DEFINE_bool('check_mesh', True, "Check the config's mesh against the slice first.")
-  flags.DEFINE_bool('dry_run', False, 'Print the commands, run nothing.')
 
 
 if __name__ == '__main__':
