@@ -6,12 +6,8 @@ trainer resumes it from its newest checkpoint); a failing run is recorded in DIR
 the others go on.
 
 Device subsets (`devices_per_run=K`): the host's devices are cut into disjoint groups of K and
-each running trainer sees only its group, through the variable its runtime reads:
-  gpu: CUDA_VISIBLE_DEVICES;
-  tpu: TPU_VISIBLE_CHIPS (and the older TPU_VISIBLE_DEVICES), TPU_CHIPS_PER_PROCESS_BOUNDS (the
-       group's chip grid), TPU_PROCESS_BOUNDS=1,1,1 (a single-process runtime), and a port of its
-       own in TPU_PROCESS_ADDRESSES / TPU_PROCESS_PORT;
-  cpu: XLA_FLAGS=--xla_force_host_platform_device_count=K (K fake devices, for tests).
+each running trainer sees only its group: CUDA_VISIBLE_DEVICES on GPUs, the libtpu runtime's
+visible-chip variables on a TPU VM, K fake devices on CPU (`DeviceGroup.env`, docs/CLUSTER.md).
 """
 
 import contextlib

@@ -7,11 +7,8 @@ Every worker of the slice runs the same command (`--worker=all`); JAX finds its 
 TPU metadata (train/distributed.py), so nothing here passes process ids. The workdir must be
 gs://: the workers share no filesystem.
 
-Devices per accelerator type (`tpu_device_count`), as JAX counts them:
-  v2-N, v3-N:          N counts TensorCores; each core is one JAX device -> N devices.
-  v4-N, v5p-N:         N counts TensorCores, two per chip; the two cores of a chip act as one
-                       "megacore" device -> N/2 devices (v4-8 and v5p-8 are 4 chips, 4 devices).
-  v5litepod-N (v5e-N), v6e-N:  N counts chips, one TensorCore each -> N devices.
+Devices per accelerator type: `tpu_device_count` (v4/v5p count two TensorCores per device;
+table in docs/CLUSTER.md). `--retries=N` recreates a preempted or deleted slice and reruns.
 
 Commands are argument lists run without a shell; the string that gcloud hands to the remote
 shell (--command=...) is built only from shlex.quote'd pieces (launch/shell.py).
