@@ -152,16 +152,30 @@ def _locked(path: str):
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
+_RANK_VARS = ('SWEEP_WORKER_ID', 'SLURM_PROCID', 'OMPI_COMM_WORLD_RANK')
+
+
+def is_primary_host(env: Mapping[str, str] | None = None) -> bool:
+  """False on the other hosts of a job that runs this sweep on every host (launch.tpu on a
+  multi-host slice): sweep.json and status.json then have one writer, host 0."""
+  env = os.environ if env is None else env
+  rank = next((env[v].strip() for v in _RANK_VARS if env.get(v, '').strip()), '0')
+  return rank == '0'
+
+
 class StatusFile:
   """DIR/status.json: {'updated': time, 'runs': {name: {...}}}, merged with what is there.
 
   Merging (under a lock) keeps the entries of other runner processes on the same workdir.
   """
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, enabled: bool = True):
     self.path = files.join(workdir, 'status.json')
+    self.enabled = enabled
 
   def update(self, entries: Mapping[str, dict]) -> None:
+    if not self.enabled:
+      return
     with _locked(self.path + '.lock'):
       current = {}
       if files.exists(self.path):
@@ -214,7 +228,7 @@ def run_sweep(
   if not remote:
     workdir = os.path.abspath(workdir)
   files.makedirs(workdir)
-  status_file = StatusFile(workdir)
+  status_file = StatusFile(workdir, enabled=is_primary_host())
   env = dict(child_env() if env is None else env)
   status: dict[str, dict] = {}
   todo = []

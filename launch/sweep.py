@@ -64,7 +64,8 @@ def launch(
     if groups:
       echo(f'device groups: {", ".join(g.label for g in groups)}')
     return 0
-  sweep_report.write_sweep_json(sweep.runs, workdir, sweep_file)
+  if pool.is_primary_host():
+    sweep_report.write_sweep_json(sweep.runs, workdir, sweep_file)
   t0 = time.time()
   status = pool.run_sweep(runs, workdir, parallel, train_cmd, echo=echo, groups=groups)
   rows = sweep_report.table_rows(runs, workdir, status)

@@ -46,6 +46,11 @@ DEFAULT_RUNTIME = {
 _TYPE_RE = re.compile(r'(v2|v3|v4|v5p|v5litepod|v5e|v6e)-(\d+)')
 # The tarball of the repository on each worker, a fixed name (scp parses the remote path).
 _REMOTE_TARBALL = '/tmp/scaling_lm_repo.tar.gz'
+# This worker's number, from the metadata server (the attribute JAX's TPU detection reads).
+_WORKER_ID_QUERY = (
+  "curl -sf -H 'Metadata-Flavor: Google' "
+  'http://169.254.169.254/computeMetadata/v1/instance/attributes/agent-worker-number'
+)
 _TAR_EXCLUDES = '.git .venv .data runs slurm_logs __pycache__ .pytest_cache .ruff_cache'.split()
 GCSFS_VERSION = '2025.10.0'
 UV_VERSION = '0.13.8'  # installs a Python 3.11 where the image has an older one.
@@ -272,6 +277,8 @@ def remote_run_script(job: TpuJob, argv: Sequence[str] | None = None) -> str:
   argv = program_argv(job) if argv is None else list(argv)
   repo, log = shlex.quote(job.repo_dir), shlex.quote(log_path(job))
   head = f'cd {repo} && mkdir -p logs && '
+  if job.sweep:  # every worker runs the sweep; worker 0 alone writes sweep.json, status.json
+    head += f'export SWEEP_WORKER_ID="$({_WORKER_ID_QUERY})" && '
   # When the program ends, each worker copies its log to WORKDIR/logs/<label>.<hostname>.log.
   dest = shlex.quote(f'{job.workdir.rstrip("/")}/logs/{job.label}.')
   copy = f'gcloud storage cp --quiet {log} {dest}"$(hostname)".log > /dev/null 2>&1 || true'

@@ -555,3 +555,16 @@ def test_device_groups_env_and_bad_requests():
     pool.device_groups(4, 'gpu', devices=[0, 1])
   with pytest.raises(ValueError, match='on TPU: one of'):
     pool.device_groups(3, 'tpu', devices=[0, 1, 2, 3])
+
+
+def test_other_hosts_of_a_multi_host_sweep_write_no_shared_file(tmp_path, fake_cmd, monkeypatch):
+  """Every worker of a TPU slice runs the sweep; only worker 0 writes sweep.json, status.json."""
+  path = _fake_sweep(tmp_path, fail=False)
+  monkeypatch.setenv('SWEEP_WORKER_ID', '1')
+  wd = tmp_path / 'w1'
+  assert sweep.launch(path, str(wd), only=['small'], train_cmd=fake_cmd, echo=lambda s: None) == 0
+  assert sorted(os.listdir(wd)) == ['invocations.txt', 'runs']  # the run itself still happens
+  monkeypatch.setenv('SWEEP_WORKER_ID', '0')
+  wd = tmp_path / 'w0'
+  assert sweep.launch(path, str(wd), only=['small'], train_cmd=fake_cmd, echo=lambda s: None) == 0
+  assert {'sweep.json', 'status.json'} <= set(os.listdir(wd))
