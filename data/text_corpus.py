@@ -60,7 +60,7 @@ def split_files(files: list[str]) -> dict[str, list[str]]:
   return {'train': train, 'validation': val}
 
 
-class TextCorpus(tfds.core.GeneratorBasedBuilder):
+class TextCorpus(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Documents from text files: features {'text': bytes, 'name': str}."""
 
   VERSION = tfds.core.Version(VERSION)

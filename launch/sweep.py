@@ -214,8 +214,21 @@ def expand(sweep_file: str, overrides: Mapping[str, Any] | None = None) -> list[
     for key, value in {**dict(run_overrides), **dict(overrides or {})}.items():
       key = key.removeprefix('config.')
       merged[key] = check_override(config, key, value, f'run {name!r}')
+    _check_run_config(config, merged, name)
     runs.append(Run(name, base, merged))
   return runs
+
+
+def _check_run_config(config, merged: Mapping[str, Any], name: str) -> None:
+  """The run's whole config passes launch.train's range checks (before anything is written)."""
+  from train import validate
+
+  run_config = config.copy_and_resolve_references()
+  run_config.update_from_flattened_dict(dict(merged))
+  try:
+    validate.check_config(run_config, on_this_machine=False)
+  except ValueError as e:
+    raise ValueError(f'run {name!r}: {e}') from None
 
 
 def select(runs: Sequence[Run], only: Iterable[str]) -> list[Run]:

@@ -263,10 +263,7 @@ CASES: dict[str, tuple[str, list[str]]] = {
   # Comparing sweeps.
   'compare/dir-missing': ('launch.compare', ['{case}/nosweep', '--out={case}/out/s.png']),
   'compare/dir-empty': ('launch.compare', ['{inputs}/empty', '--out={case}/out/s.png']),
-  'compare/bootstrap-negative': (
-    'launch.compare',
-    ['{inputs}/empty', '--bootstrap=-1', '--out={case}/out/s.png'],
-  ),
+  'compare/a-file-not-a-sweep': ('launch.compare', ['{inputs}/afile.txt', '--out={case}/s.png']),
   # Attention maps.
   'attention/workdir-missing': ('launch.attention', ['--workdir={case}/run']),
   'attention/not-a-run': ('launch.attention', ['--workdir={inputs}/empty']),

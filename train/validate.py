@@ -39,8 +39,12 @@ def _get(config, key: str):
   return config
 
 
-def check_config(config) -> None:
-  """Raises ValueError (one line) for any value that cannot make a working run."""
+def check_config(config, on_this_machine: bool = True) -> None:
+  """Raises ValueError (one line) for any value that cannot make a working run.
+
+  `on_this_machine=False` skips what only the machine that trains must provide (a GPU for
+  cuDNN attention): a sweep may be planned on one machine and run on another.
+  """
   _int_at_least(config, 'train.steps', 1, 'the number of optimizer steps')
   _int_at_least(config, 'train.global_batch', 1, 'sequences per step')
   _int_at_least(config, 'train.grad_accum', 1)
@@ -71,7 +75,7 @@ def check_config(config) -> None:
       f'model.pos_emb=rope needs an even head dimension, got {model.head_dim} '
       f'(d_model={model.d_model} / num_heads={model.num_heads}); change one, or set model.head_dim'
     )
-  if model.attention_impl == 'cudnn' and jax.default_backend() != 'gpu':
+  if on_this_machine and model.attention_impl == 'cudnn' and jax.default_backend() != 'gpu':
     raise ValueError(
       f"model.attention_impl='cudnn' needs an NVIDIA GPU, but JAX runs on "
       f'{jax.default_backend()}; use model.attention_impl=xla (or reference)'
