@@ -17,6 +17,7 @@ import io
 import os
 import re
 import runpy
+import signal
 import sys
 import traceback
 import warnings
@@ -80,6 +81,7 @@ def run_entry(module: str, argv: list[str]) -> Result:
   out, err = io.StringIO(), io.StringIO()
   handler = absl_logging.get_absl_handler().python_handler
   saved_argv, saved_stream = sys.argv, handler.stream
+  saved_signals = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
   sys.argv, handler.stream = [module, *argv], err
   code = 0
   try:
@@ -95,6 +97,8 @@ def run_entry(module: str, argv: list[str]) -> Result:
           err.write(traceback.format_exc())
   finally:
     sys.argv, handler.stream = saved_argv, saved_stream
+    for sig, action in saved_signals.items():  # launch.sweep installs its own
+      signal.signal(sig, action)
     _remove_flags(_entry_point_flags())
     for name, flag in set_aside.items():
       flags.FLAGS[name] = flag
