@@ -1,6 +1,8 @@
 """Train one model: python -m launch.train --config=experiments/configs/default.py --workdir=DIR.
 
 Any config value can be overridden with --config.<key>=<value> (an unknown key is an error).
+Bad input of any kind (flags, config file, config values, data) is one `error:` line on stderr
+and exit status 2, before anything is compiled or written (train/validate.py, data/cli.py).
 Rerunning the same command resumes from the newest checkpoint in DIR. On several processes
 (Cloud TPU VM, SLURM, or explicit --coordinator_address/--num_processes/--process_id) JAX's
 distributed runtime is initialized first.
