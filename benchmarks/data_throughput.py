@@ -10,10 +10,11 @@ import json
 import time
 
 from absl import app, flags
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file('config', 'experiments/configs/default.py', 'Config.')
-_BATCHES = flags.DEFINE_integer('batches', 500, 'Batches to time.')
+from data import cli
+
+_CONFIG = cli.define_config_file('config', 'experiments/configs/default.py', 'Config.')
+_BATCHES = flags.DEFINE_integer('batches', 500, 'Batches to time.', lower_bound=1)
 
 
 def main(argv: list[str]) -> None:
@@ -22,7 +23,10 @@ def main(argv: list[str]) -> None:
 
   c = _CONFIG.value
   t0 = time.perf_counter()
-  pipe = DataPipeline(c.data, c.train.global_batch, c.data.seq_len, c.seed)
+  try:
+    pipe = DataPipeline(c.data, c.train.global_batch, c.data.seq_len, c.seed)
+  except (ValueError, OSError) as e:
+    cli.fail(str(e))
   setup_s = time.perf_counter() - t0
   it = pipe.train_iterator()
   next(it)  # first documents read and tokenized
@@ -41,4 +45,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

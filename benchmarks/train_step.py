@@ -22,18 +22,19 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from data import cli
 from experiments.configs import default
 from models import accounting, gpt3
 from models.transformer import ModelConfig
-from train import metrics, sharding
+from train import metrics, sharding, validate
 from train.step import make_trainer
 
 _SHAPES = flags.DEFINE_list('shapes', ['d256.L4.H4', 'd512.L8.H8', 'd768.L12.H12'], 'Shapes.')
-_SEQ = flags.DEFINE_integer('seq_len', 256, 'Sequence length.')
-_BATCH = flags.DEFINE_integer('batch', 8, 'Global batch (sequences).')
-_STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps.')
-_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps after compilation.')
-_VOCAB = flags.DEFINE_integer('vocab', 256, 'Vocabulary size.')
+_SEQ = flags.DEFINE_integer('seq_len', 256, 'Sequence length.', lower_bound=1)
+_BATCH = flags.DEFINE_integer('batch', 8, 'Global batch (sequences).', lower_bound=1)
+_STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps.', lower_bound=1)
+_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps after compilation.', lower_bound=0)
+_VOCAB = flags.DEFINE_integer('vocab', 256, 'Vocabulary size.', lower_bound=1)
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype.')
 _REMAT = flags.DEFINE_enum('remat', 'none', ['none', 'full', 'dots'], 'Rematerialization.')
 _SCAN = flags.DEFINE_bool('scan_layers', False, 'Scan over layers.')
@@ -69,7 +70,9 @@ def bench_config(shape: str):
   c.data.seq_len = _SEQ.value
   c.train.update(dict(global_batch=_BATCH.value, steps=1000, warmup_steps=10))
   for item in _MESH.value.split(','):
-    axis, size = item.split('=')
+    axis, _, size = item.partition('=')
+    if axis not in c.mesh or not size.lstrip('-').isdigit():
+      raise ValueError(f'--mesh={_MESH.value}: use AXIS=SIZE,... over {list(c.mesh)}')
     c.mesh[axis] = int(size)
   return c
 
@@ -156,7 +159,15 @@ def torch_row(model_cfg: ModelConfig, b: int, t: int) -> dict:
 
 
 def main(argv: list[str]) -> None:
-  del argv
+  if len(argv) > 1:
+    cli.fail(f'unexpected arguments {argv[1:]}; give every setting as --flag=value')
+  try:  # every shape's config, before the minutes of measuring
+    for shape in _SHAPES.value:
+      config = bench_config(shape)
+      validate.check_config(config)
+      sharding.make_mesh(config.mesh)
+  except ValueError as e:
+    cli.fail(str(e))
   if _COMPILE_ONLY.value:
     peak, src = 0.0, 'not measured'
   elif jax.devices()[0].platform == 'cpu':
@@ -188,4 +199,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -161,6 +161,10 @@ class DataPipeline:
 
   def __init__(self, data_cfg, global_batch: int, seq_len: int, seed: int,
                process_index: int = 0, process_count: int = 1):  # fmt: skip
+    if global_batch < 1 or seq_len < 1:  # either would loop forever looking for tokens
+      raise ValueError(
+        f'global batch {global_batch} and sequence length {seq_len} must both be >= 1'
+      )
     if global_batch % process_count:
       raise ValueError(f'global batch {global_batch} does not split over {process_count} processes')
     self.cfg, self.global_batch, self.seq_len, self.seed = data_cfg, global_batch, seq_len, seed
@@ -201,6 +205,8 @@ class DataPipeline:
 
   def eval_batches(self, num_batches: int, batch_size: int) -> list[dict[str, np.ndarray]]:
     """The same held-out batches on every call (this process's rows of each)."""
+    if batch_size < 1 or num_batches < 1:
+      raise ValueError(f'{num_batches} eval batches of {batch_size}: both must be >= 1')
     if batch_size % self.process_count:
       raise ValueError(
         f'eval batch {batch_size} does not split over {self.process_count} processes'

@@ -54,13 +54,13 @@ def is_validation(name: str) -> bool:
 
 def split_files(files: list[str]) -> dict[str, list[str]]:
   val = [f for f in files if is_validation(f)]
-  if not val and len(files) > 1:
-    val = files[-1:]  # at least one held-out document
+  if len(files) > 1 and len(val) in (0, len(files)):
+    val = files[-1:]  # at least one held-out document, and at least one to train on
   train = [f for f in files if f not in val]
   return {'train': train, 'validation': val}
 
 
-class TextCorpus(tfds.core.GeneratorBasedBuilder):
+class TextCorpus(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Documents from text files: features {'text': bytes, 'name': str}."""
 
   VERSION = tfds.core.Version(VERSION)
@@ -86,9 +86,7 @@ class TextCorpus(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing is downloaded
-    files = list_files(self._glob)
-    if not files:
-      raise FileNotFoundError(f'no text files match {self._glob!r}')
+    files = list_files(self._glob)  # prepare() checked that there are enough
     return {split: self._generate_examples(fs) for split, fs in split_files(files).items()}
 
   def _generate_examples(self, files):
@@ -97,12 +95,27 @@ class TextCorpus(tfds.core.GeneratorBasedBuilder):
       yield os.path.basename(path), {'text': text, 'name': os.path.basename(path)}
 
 
+def check_files(pattern: str) -> None:
+  """Raises (one line) unless the files make a train and a validation split."""
+  files = list_files(pattern)
+  if not files:
+    raise FileNotFoundError(f'no text files match {pattern!r}; check the glob (quote it)')
+  if len(files) < 2:
+    raise ValueError(
+      f'{pattern!r} matches only {files[0]}: a corpus needs at least 2 files, since whole '
+      'files are held out for validation; split the text into several files'
+    )
+
+
 def prepare(name: str, text_glob: str, data_dir: str) -> TextCorpus:
   """Builds the corpus once (under a file lock: parallel runs may start together)."""
-  os.makedirs(data_dir, exist_ok=True)
+  if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+    raise NotADirectoryError(f'data_dir {data_dir} is a file; give a folder (or leave it empty)')
   builder = TextCorpus(name=name, text_glob=text_glob, data_dir=data_dir)
   if builder.is_prepared():
     return builder
+  check_files(builder._glob)  # before anything (the data_dir, a lock file) is written
+  os.makedirs(data_dir, exist_ok=True)
   with open(os.path.join(data_dir, f'.{builder.builder_config.name}.lock'), 'w') as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     builder = TextCorpus(name=name, text_glob=text_glob, data_dir=data_dir)
@@ -119,12 +132,18 @@ if __name__ == '__main__':
   _DIR = flags.DEFINE_string('data_dir', default_data_dir(), 'Where to write the dataset.')
   _GLOB = flags.DEFINE_string('text_glob', '', 'Text files (default: the embedded corpus).')
 
+  from data import cli
+
   def _main(argv):
-    del argv
+    if len(argv) > 1:
+      cli.fail(f'unexpected arguments {argv[1:]}; give every setting as --flag=value')
     name = 'text_folder' if _GLOB.value else 'shakespeare'
-    builder = prepare(name, _GLOB.value, _DIR.value)
+    try:
+      builder = prepare(name, _GLOB.value, _DIR.value)
+    except (ValueError, OSError) as e:
+      cli.fail(str(e))
     print(builder.data_path)
     print(f'--config.data.name=text_corpus/{builder.builder_config.name} '
           f'--config.data.data_dir={_DIR.value}')  # fmt: skip
 
-  app.run(_main)
+  app.run(_main, flags_parser=cli.parse_flags)

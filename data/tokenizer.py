@@ -15,6 +15,10 @@ import tempfile
 
 import numpy as np
 
+# SentencePiece with byte fallback needs 256 byte pieces, <unk>, <s>, </s>, and then the
+# corpus's characters: a vocabulary below this can never be trained.
+MIN_VOCAB = 260
+
 
 class ByteTokenizer:
   vocab_size = 257
@@ -39,7 +43,13 @@ class SentencePieceTokenizer:
         f'tokenizer file {path} does not exist; train one with python -m data.tokenizer'
       )
     self.path = path
-    self._sp = spm.SentencePieceProcessor(model_file=path)
+    try:
+      self._sp = spm.SentencePieceProcessor(model_file=path)
+    except (RuntimeError, OSError) as e:
+      raise ValueError(
+        f'data.tokenizer={path} is not a SentencePiece model ({str(e).strip()}); '
+        'train one with python -m data.tokenizer'
+      ) from e
     self.vocab_size = self._sp.get_piece_size()
     self.eos_id = self._sp.eos_id()
     # Byte length of every piece, for bits-per-byte ('▁' is a space; <0xNN> is one byte).
@@ -80,33 +90,51 @@ def train_sentencepiece(texts, vocab_size: int, out_prefix: str) -> str:
     for text in texts:
       f.write(text.decode('utf-8', 'replace').replace('\r', '') + '\n')
   try:
-    spm.SentencePieceTrainer.train(
-        input=f.name, model_prefix=out_prefix, vocab_size=vocab_size, model_type='bpe',
-        byte_fallback=True, character_coverage=1.0, max_sentence_length=1 << 16,
-        minloglevel=2, num_threads=os.cpu_count() or 1,
-    )  # fmt: skip
+    _train(spm, f.name, out_prefix, vocab_size)
   finally:
     os.unlink(f.name)
   return out_prefix + '.model'
 
 
-def main(argv) -> None:
-  del argv
-  from data import sources
+def _train(spm, text_path: str, out_prefix: str, vocab_size: int) -> None:
+  try:
+    spm.SentencePieceTrainer.train(
+        input=text_path, model_prefix=out_prefix, vocab_size=vocab_size, model_type='bpe',
+        byte_fallback=True, character_coverage=1.0, max_sentence_length=1 << 16,
+        minloglevel=2, num_threads=os.cpu_count() or 1,
+    )  # fmt: skip
+  except RuntimeError as e:  # e.g. 'Vocabulary size is smaller than required_chars. 262 vs 270'
+    detail = str(e).split(']')[-1].strip()
+    raise ValueError(
+      f'SentencePiece could not train a vocabulary of {vocab_size}: {detail}; '
+      f'use a --vocab_size of at least {MIN_VOCAB} and above the number of distinct characters'
+    ) from e
 
+
+def main(argv) -> None:
+  from data import cli, sources
+
+  if len(argv) > 1:
+    cli.fail(f'unexpected arguments {argv[1:]}; give every setting as --flag=value')
   config = _CONFIG.value
-  src = sources.open_split(config.data, config.data.train_split)
-  texts = (src[i][config.data.text_key] for i in range(len(src)))
-  prefix = os.path.join(sources.dataset_dir(config.data), f'spm_bpe_{_VOCAB.value}')
-  path = train_sentencepiece(texts, _VOCAB.value, prefix)
+  try:
+    src = sources.open_split(config.data, config.data.train_split)
+    texts = (src[i][config.data.text_key] for i in range(len(src)))
+    prefix = os.path.join(sources.dataset_dir(config.data), f'spm_bpe_{_VOCAB.value}')
+    path = train_sentencepiece(texts, _VOCAB.value, prefix)
+  except (ValueError, OSError) as e:
+    cli.fail(str(e))
   print(path)
   print(f'use it with: --config.data.tokenizer={path}', file=sys.stderr)
 
 
 if __name__ == '__main__':
   from absl import app, flags
-  from ml_collections import config_flags
 
-  _CONFIG = config_flags.DEFINE_config_file('config', 'experiments/configs/default.py', 'Config.')
-  _VOCAB = flags.DEFINE_integer('vocab_size', 1024, 'SentencePiece vocabulary size.')
-  app.run(main)
+  from data import cli
+
+  _CONFIG = cli.define_config_file('config', 'experiments/configs/default.py', 'Config.')
+  _VOCAB = flags.DEFINE_integer(
+    'vocab_size', 1024, 'SentencePiece vocabulary size.', lower_bound=MIN_VOCAB
+  )
+  app.run(main, flags_parser=cli.parse_flags)

@@ -195,9 +195,20 @@ def expand(sweep_file: str, overrides: Mapping[str, Any] | None = None) -> Sweep
       raise ValueError(f'{sweep_file}: duplicate run name {name!r}; run names must be unique')
     seen.add(name)
     merged = {**dict(run_overrides), **dict(overrides or {})}
-    _, typed = apply_overrides(config, merged, f'run {name!r}')
+    resolved, typed = apply_overrides(config, merged, f'run {name!r}')
+    _check_run_config(resolved, name)
     runs.append(Run(name, base, typed))
   return Sweep(path, base, config, runs)
+
+
+def _check_run_config(run_config, name: str) -> None:
+  """The run's whole config passes launch.train's range checks (before anything is written)."""
+  from train import validate  # imports JAX: only when a sweep is expanded
+
+  try:
+    validate.check_config(run_config, on_this_machine=False)
+  except ValueError as e:
+    raise ValueError(f'run {name!r}: {e}') from None
 
 
 def select(runs: Sequence[Run], only: Iterable[str]) -> list[Run]:

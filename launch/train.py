@@ -1,34 +1,36 @@
 """Train one model: python -m launch.train --config=experiments/configs/default.py --workdir=DIR.
 
 Any config value can be overridden with --config.<key>=<value> (an unknown key is an error).
+Bad input of any kind (flags, config file, config values, data) is one `error:` line on stderr
+and exit status 2, before anything is compiled or written (train/validate.py, data/cli.py).
 Rerunning the same command resumes from the newest checkpoint in DIR. On several processes
 (Cloud TPU VM, SLURM, or explicit --coordinator_address/--num_processes/--process_id) JAX's
 distributed runtime is initialized first.
 """
 
-import sys
-
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-  'config', 'experiments/configs/default.py', 'Config file.'
-)
+from data import cli
+
+_CONFIG = cli.define_config_file('config', 'experiments/configs/default.py', 'Config file.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (local or gs://).', required=True)
 _COORD = flags.DEFINE_string('coordinator_address', '', 'host:port of process 0 (multi-process).')
 _NPROC = flags.DEFINE_integer('num_processes', 0, 'Number of processes (0: auto-detect).')
 _PID = flags.DEFINE_integer('process_id', -1, 'This process (-1: auto-detect).')
 _TIMEOUT = flags.DEFINE_integer('distributed_timeout_s', 300, 'Seconds to wait for the others.')
 _STOP = flags.DEFINE_integer(
-  'stop_after_step', 0, 'End this invocation after this step with a checkpoint (0: run to the end).'
+  'stop_after_step',
+  0,
+  'End this invocation after this step with a checkpoint (0: run to the end).',
+  lower_bound=0,
 )
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    cli.fail(f'unexpected arguments {argv[1:]}; give every setting as --flag=value')
   # Imported here so that --help and flag errors do not pay for importing JAX.
-  from train import distributed, loop, metrics
+  from train import distributed, files, loop, metrics
 
   metrics.quiet_library_logs()
 
@@ -40,10 +42,12 @@ def main(argv: list[str]) -> None:
   try:
     distributed.check_workdir_access(_WORKDIR.value)
     prepared = loop.prepare(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, FileNotFoundError) as e:
-    # Bad input: one clear line, nothing compiled or written.
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+  except (ValueError, OSError) as e:  # bad input: one clear line, nothing compiled or written
+    cli.fail(str(e))
+  try:  # the first write, once everything is known to be valid
+    files.makedirs(_WORKDIR.value)
+  except OSError as e:
+    cli.fail(f'cannot create --workdir={_WORKDIR.value}: {e.strerror or e}; choose another')
   summary = loop.run(prepared, stop_at=_STOP.value or None)
   if summary is None:
     logging.info('stopped after step %d; rerun the same command to continue', _STOP.value)
@@ -55,4 +59,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -17,7 +17,7 @@ from absl import logging
 from data.pipeline import DataPipeline
 from models import accounting
 from models.transformer import ModelConfig
-from train import checkpoint, files, metrics, sharding
+from train import checkpoint, files, metrics, sharding, validate
 from train.step import make_trainer
 
 
@@ -75,6 +75,7 @@ def _check_rows_per_process(config, mesh) -> None:
 
 def prepare(config, workdir: str) -> Prepared:
   """All validation: raises a one-line error before anything is compiled or written."""
+  validate.check_config(config)
   if config.model.pos_emb == 'learned' and config.data.seq_len > config.model.max_seq_len:
     raise ValueError(
       f'data.seq_len={config.data.seq_len} exceeds the position table '

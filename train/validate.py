@@ -1,0 +1,82 @@
+"""Range checks of a whole training config, run before anything is built, compiled or written.
+
+Each check raises ValueError with one line that names the key, the bad value and what to do.
+Shape rules of the model live in ModelConfig.from_config, schedule names in step.lr_schedule;
+they are called from here rather than restated.
+"""
+
+import math
+
+import jax
+
+from models.transformer import ModelConfig
+from train.step import lr_schedule
+
+
+def _int_at_least(config, key: str, low: int, what: str = '') -> None:
+  value = _get(config, key)
+  if not isinstance(value, int) or isinstance(value, bool) or value < low:
+    hint = f' ({what})' if what else ''
+    raise ValueError(f'{key}={value!r} must be an integer >= {low}{hint}')
+
+
+def _finite(config, key: str, low: float, *, strict: bool, high: float | None = None,
+            high_strict: bool = False) -> None:  # fmt: skip
+  value = _get(config, key)
+  ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+  ok = ok and (value > low if strict else value >= low)
+  if ok and high is not None:
+    ok = value < high if high_strict else value <= high
+  if not ok:
+    lo = f'> {low:g}' if strict else f'>= {low:g}'
+    hi = '' if high is None else (f' and < {high:g}' if high_strict else f' and <= {high:g}')
+    raise ValueError(f'{key}={value!r} must be a finite number {lo}{hi}')
+
+
+def _get(config, key: str):
+  for part in key.split('.'):
+    config = config[part]
+  return config
+
+
+def check_config(config, on_this_machine: bool = True) -> None:
+  """Raises ValueError (one line) for any value that cannot make a working run.
+
+  `on_this_machine=False` skips what only the machine that trains must provide (a GPU for
+  cuDNN attention): a sweep may be planned on one machine and run on another.
+  """
+  _int_at_least(config, 'train.steps', 1, 'the number of optimizer steps')
+  _int_at_least(config, 'train.global_batch', 1, 'sequences per step')
+  _int_at_least(config, 'train.grad_accum', 1)
+  _int_at_least(config, 'train.warmup_steps', 0)
+  _int_at_least(config, 'data.seq_len', 1, 'tokens per sequence')
+  _int_at_least(config, 'eval.every', 1, 'evaluate every this many steps')
+  _int_at_least(config, 'eval.batches', 1)
+  _int_at_least(config, 'eval.batch_size', 1)
+  _int_at_least(config, 'checkpoint.every', 1, 'save every this many steps')
+  _int_at_least(config, 'checkpoint.max_to_keep', 1, 'a run must keep a checkpoint to resume')
+  _int_at_least(config, 'log_every', 1, 'write a train record every this many steps')
+  _int_at_least(config, 'seed', 0)
+  _finite(config, 'train.lr', 0.0, strict=True)
+  _finite(config, 'train.grad_clip', 0.0, strict=False)  # 0: no clipping
+  _finite(config, 'train.weight_decay', 0.0, strict=False)
+  _finite(config, 'train.min_lr_ratio', 0.0, strict=False, high=1.0)
+  _finite(config, 'train.decay_fraction', 0.0, strict=False, high=1.0)
+  _finite(config, 'train.b1', 0.0, strict=False, high=1.0, high_strict=True)
+  _finite(config, 'train.b2', 0.0, strict=False, high=1.0, high_strict=True)
+  _finite(config, 'train.eps', 0.0, strict=True)
+  _finite(config, 'train.z_loss', 0.0, strict=False)
+  _finite(config, 'model.init_std', 0.0, strict=True)
+  _finite(config, 'peak_flops', 0.0, strict=False)
+  lr_schedule(config.train)  # raises for an unknown schedule name
+  model = ModelConfig.from_config(config.model, vocab_size=config.model.vocab_size or 256)
+  if model.pos_emb == 'rope' and model.head_dim % 2:
+    raise ValueError(
+      f'model.pos_emb=rope needs an even head dimension, got {model.head_dim} '
+      f'(d_model={model.d_model} / num_heads={model.num_heads}); change one, or set model.head_dim'
+    )
+  if on_this_machine and model.attention_impl == 'cudnn' and jax.default_backend() != 'gpu':
+    raise ValueError(
+      f"model.attention_impl='cudnn' needs an NVIDIA GPU, but JAX runs on "
+      f'{jax.default_backend()}; use model.attention_impl=xla (or reference)'
+    )
