@@ -458,7 +458,13 @@ def profile_shape(shape: str, steps: int, warmup: int, trace_dir: str) -> dict:
   if not times:
     raise RuntimeError(f'the trace in {trace_dir} holds no operation of {module}')
   by_cat, rows = summarize(times, counts, infos, unattributed)
-  return {'by_category_ns': by_cat, 'rows': rows, 'wall_s': wall_s, 'steps': steps}
+  return {
+    'by_category_ns': by_cat,
+    'rows': rows,
+    'wall_s': wall_s,
+    'steps': steps,
+    'module': module,
+  }
 
 
 def main(argv: list[str]) -> None:

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import resource
+import shlex
 import sys
 import time
 
@@ -53,6 +54,7 @@ _DETERMINISTIC = flags.DEFINE_bool(
   'config.train.deterministic=True where the config has it).',
 )
 _MESH = flags.DEFINE_string('mesh', 'data=-1', 'Mesh, e.g. data=2,fsdp=2,tensor=2.')
+_NUM_DEVICES = flags.DEFINE_integer('num_devices', 0, 'Use the first N devices (0: all).')
 _COMPILE_ONLY = flags.DEFINE_bool('compile_only', False, 'Only measure compile time.')
 _TORCH = flags.DEFINE_bool('torch', True, 'Also time the PyTorch reference, if installed.')
 _TORCH_COMPILE = flags.DEFINE_bool('torch_compile', True, 'Use torch.compile if it works.')
@@ -110,6 +112,8 @@ def check_flags() -> None:
     for key, value in (('steps', _STEPS.value), ('batch', _BATCH.value), ('seq_len', _SEQ.value)):
       if value < 1:
         raise ValueError(f'--{key} must be >= 1, got {value}')
+    if _NUM_DEVICES.value < 0:
+      raise ValueError(f'--num_devices must be >= 0, got {_NUM_DEVICES.value}')
     if _WARMUP.value < 0:
       raise ValueError(f'--warmup must be >= 0, got {_WARMUP.value}')
     if not _SHAPES.value:
@@ -134,6 +138,10 @@ def describe() -> str:
   )
 
 
+def devices() -> list:
+  return jax.devices()[: _NUM_DEVICES.value or None]
+
+
 @dataclasses.dataclass
 class Bench:
   """One shape's trainer, its device-resident random batch, and the step's abstract inputs."""
@@ -151,7 +159,7 @@ class Bench:
 def build(shape: str) -> Bench:
   config = bench_config(shape)
   model_cfg = ModelConfig.from_config(config.model)
-  mesh = sharding.make_mesh(config.mesh)
+  mesh = sharding.make_mesh(config.mesh, devices())
   trainer = make_trainer(config, model_cfg, mesh)
   b, t = _BATCH.value, _SEQ.value
   x = np.random.default_rng(0).integers(0, _VOCAB.value, (b, t + 1)).astype(np.int32)
@@ -202,7 +210,7 @@ def bench_shape(shape: str, peak: float) -> dict:
     'compile_s': round(compile_s, 2),
     'device': jax.devices()[0].device_kind,
     'platform': jax.devices()[0].platform,
-    'num_devices': jax.device_count(),
+    'num_devices': len(devices()),
   }
   if _COMPILE_ONLY.value:
     return row
@@ -306,8 +314,9 @@ def main(argv: list[str]) -> None:
     peak, src = metrics.measure_cpu_matmul_flops(n=2048, repeats=5), 'measured f32 2048^3 matmul'
   else:
     peak, src = metrics.peak_flops()
+    peak = peak / jax.device_count() * len(devices())  # the devices this run uses
   print(
-    f'# {jax.device_count()} x {jax.devices()[0].device_kind}; peak {peak / 1e12:.3f} '
+    f'# {len(devices())} x {jax.devices()[0].device_kind}; peak {peak / 1e12:.3f} '
     f'TFLOP/s ({src}); jax {jax.__version__}',
     flush=True,
   )
@@ -315,7 +324,9 @@ def main(argv: list[str]) -> None:
   # JAX's allocator keeps what it took until the process ends.
   device = _torch_device()
   torch_rows = {s: torch_row(s, peak, device) for s in _SHAPES.value} if device else {}
-  command = 'python -m benchmarks.train_step ' + ' '.join(sys.argv[1:])
+  # The command as one would retype it: without where this run's rows went or their name.
+  args = [a for a in sys.argv[1:] if not a.startswith(('--out=', '--label='))]
+  command = shlex.join(['python', '-m', 'benchmarks.train_step', *args])
   for shape in _SHAPES.value:
     row = bench_shape(shape, peak)
     row.update(torch_rows.get(shape, {}))
