@@ -11,6 +11,16 @@ credit for causal masking) against the peak of the devices: the vendor table on 
 CPU this machine's float32 matmul rate measured in the same run. HFU adds the recomputed
 forward when remat='full'. The step is the real jitted train step (AdamW, clipping, donation)
 on a device-resident random batch, timed after warm-up with one block at the end.
+
+--config (default experiments/configs/default.py, with --config.KEY=VALUE overrides) is the
+base; the shape flags override it. --attention_impl is passed through to
+model.attention_impl as given ('' keeps the config's default). --deterministic adds
+--xla_gpu_deterministic_ops=true to XLA_FLAGS. With --torch (the default, when torch is
+installed) the PyTorch reference (torch_reference.py) runs on the same shape, dtype and batch,
+on the GPU when JAX runs on one (bf16 autocast, flash attention, fused AdamW, torch.compile),
+before JAX in the same process; JAX then does not preallocate GPU memory. The row gets the
+reference's tokens/s, MFU, peak memory and jax_over_torch. benchmarks/gpu_check.sh runs the
+whole GPU table; benchmarks/profile.py shows where a step's time goes.
 """
 
 import dataclasses

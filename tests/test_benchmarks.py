@@ -44,7 +44,8 @@ def _covered_ns(trace_dir, module) -> float:
 
 
 def test_profile_partitions_the_traced_time_and_a_wide_model_is_matmul_bound(tmp_path):
-  r = _run_profile(tmp_path, 'd512.L1.H4', seq_len=64, batch=8, vocab=256)
+  # scan_layers: on CPU the layers' operations are traced inside the while loop's own event.
+  r = _run_profile(tmp_path, 'd512.L2.H4', seq_len=64, batch=8, vocab=256, scan_layers=True)
   by_cat = r['by_category_ns']
   # Own times add up to exactly the time the operations cover: nothing counted twice
   # (a while loop and its body), nothing lost.
