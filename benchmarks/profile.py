@@ -22,7 +22,9 @@ operations by time and the split between categories:
 An operation's time is its own time on its thread or stream: operations traced inside it
 (the body of a while loop on CPU) are subtracted. On a GPU that is kernel time on the device;
 on a CPU the "device" is the host thread pool, and operations that run concurrently on
-different threads each count in full, so the total can exceed the wall time.
+different threads each count in full, so the total can exceed the wall time. On a GPU the
+tool turns XLA's command buffers (CUDA graphs) off unless --command_buffers, so that every
+kernel is traced to its operation; the profiled step is then slightly slower than the timed one.
 """
 
 import collections
@@ -51,6 +53,13 @@ CATEGORIES = (
 
 _TOP = flags.DEFINE_integer('top', 15, 'How many operations to list.')
 _TRACE_DIR = flags.DEFINE_string('trace_dir', '', 'Keep the trace here (default: a temp dir).')
+_COMMAND_BUFFERS = flags.DEFINE_bool(
+  'command_buffers',
+  False,
+  'Keep XLA:GPU command buffers (CUDA graphs). Off by default: kernels replayed from a graph '
+  'are not attributed to their HLO operations in the trace.',
+)
+NO_COMMAND_BUFFERS = '--xla_gpu_enable_command_buffer='
 
 _MATMUL_OPS = {'dot', 'convolution', 'ragged-dot', 'scaled-dot'}
 _MOVEMENT_OPS = {
@@ -473,6 +482,15 @@ def main(argv: list[str]) -> None:
   if _FLAGS_STEPS() < 1:
     raise app.UsageError('--steps must be >= 1')
   train_step.check_flags()
+  if not _COMMAND_BUFFERS.value and 'xla_gpu_enable_command_buffer' not in os.environ.get(
+    'XLA_FLAGS', ''
+  ):
+    # Read when JAX starts its backend (below); ignored on CPU.
+    os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {NO_COMMAND_BUFFERS}'
+  if flags.FLAGS.deterministic:
+    os.environ['XLA_FLAGS'] = (
+      f'{os.environ.get("XLA_FLAGS", "")} {train_step.DETERMINISTIC_XLA_FLAG}'
+    )
   import jax
 
   print(f'# {jax.devices()[0].device_kind}, jax {jax.__version__}', flush=True)
