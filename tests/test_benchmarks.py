@@ -43,21 +43,25 @@ def _covered_ns(trace_dir, module) -> float:
   return total
 
 
-def test_profile_partitions_the_traced_time_and_a_wide_model_is_matmul_bound(tmp_path):
+def test_profile_partitions_the_traced_time(tmp_path):
   # scan_layers: on CPU the layers' operations are traced inside the while loop's own event.
-  r = _run_profile(tmp_path, 'd512.L2.H4', seq_len=64, batch=8, vocab=256, scan_layers=True)
+  r = _run_profile(tmp_path, 'd128.L2.H2', seq_len=32, batch=8, vocab=256, scan_layers=True)
   by_cat = r['by_category_ns']
   # Own times add up to exactly the time the operations cover: nothing counted twice
   # (a while loop and its body), nothing lost.
   assert sum(by_cat.values()) == pytest.approx(_covered_ns(str(tmp_path), r['module']), rel=1e-6)
   # Every traced operation was found in the compiled HLO.
   assert all(info.opcode != '?' for _, _, _, info in r['rows'])
-  share = {k: v / sum(by_cat.values()) for k, v in by_cat.items()}
-  assert max(share, key=share.get) == 'matmul' and share['matmul'] > 0.5, share
-  assert share['optimizer'] > 0  # the AdamW update is found (optax frames)
+  assert by_cat['optimizer'] > 0  # the AdamW update is found (optax frames)
   text = profile.format_report(by_cat, r['rows'], r['steps'], r['wall_s'], top=5)
   shares = [float(ln.split('|')[3].strip(' %')) for ln in text.splitlines()[4:11]]
   assert sum(shares) == pytest.approx(100, abs=0.5)
+
+
+def test_profile_wide_model_is_matmul_bound(tmp_path):
+  by_cat = _run_profile(tmp_path, 'd512.L1.H4', seq_len=64, batch=8, vocab=256)['by_category_ns']
+  share = {k: v / sum(by_cat.values()) for k, v in by_cat.items()}
+  assert max(share, key=share.get) == 'matmul' and share['matmul'] > 0.5, share
 
 
 @pytest.mark.parametrize('impl', ['xla', 'reference'])
