@@ -10,6 +10,16 @@ logits = x @ embedding.T. Init normal(0.02), residual output projections normal(
 biases 0. The step mirrors train/step.py: float32, cross-entropy, global-norm clipping at 1.0,
 AdamW (lr 1e-3, betas (0.9, 0.95), weight decay 0.1 on matrices except the position table).
 
+On a GPU (device='cuda') it is the strongest standard PyTorch recipe, nanoGPT's, with this
+model's biases kept: float32 parameters under bfloat16 autocast (dtype='bfloat16'),
+`F.scaled_dot_product_attention(is_causal=True)` (flash attention), fused AdamW,
+torch.compile, TF32 matmuls for what stays float32, clipping at 1.0; the loss stays on the
+device inside the timed loop (one synchronization at the end), and the peak memory is
+torch.cuda.max_memory_allocated.
+
+  python -m benchmarks.torch_reference --device=cuda --dtype=bfloat16 --compile \
+      --d_model=1024 --num_layers=24 --num_heads=16 --vocab_size=50304 --seq_len=2048 --batch=8
+
 PyTorch is an optional benchmark dependency: this module imports it only inside functions, so it
 imports without torch and changes no global state until `benchmark` runs.
 """
@@ -17,6 +27,7 @@ imports without torch and changes no global state until `benchmark` runs.
 import functools
 import json
 import math
+import sys
 import time
 from typing import Any
 
@@ -41,6 +52,15 @@ def available() -> bool:
   except ImportError:
     return False
   return True
+
+
+def cuda_available() -> bool:
+  """True when torch is installed and sees a CUDA GPU."""
+  if not available():
+    return False
+  import torch
+
+  return torch.cuda.is_available()
 
 
 def _require_torch():
@@ -200,19 +220,30 @@ def train_step(model: Any, optimizer: Any, tokens_BxT1: Any, forward: Any = None
 
   `forward` (default: `model`) is the callable that computes the logits, e.g. a compiled model.
   """
+  return float(_step(model, optimizer, tokens_BxT1, forward))
+
+
+def _step(model: Any, optimizer: Any, tokens_BxT1: Any, forward: Any = None, autocast=None):
+  """train_step without the host synchronization: returns the loss as a device tensor.
+
+  `autocast`: a context manager around the forward pass and the loss (mixed precision).
+  """
   torch = _require_torch()
+  import contextlib
+
   from torch.nn import functional as F
 
   forward = model if forward is None else forward
-  logits_BxTxV = forward(tokens_BxT1[:, :-1])
-  loss = F.cross_entropy(
-    logits_BxTxV.reshape(-1, logits_BxTxV.shape[-1]), tokens_BxT1[:, 1:].reshape(-1)
-  )
+  with autocast if autocast is not None else contextlib.nullcontext():
+    logits_BxTxV = forward(tokens_BxT1[:, :-1])
+    loss = F.cross_entropy(
+      logits_BxTxV.reshape(-1, logits_BxTxV.shape[-1]).float(), tokens_BxT1[:, 1:].reshape(-1)
+    )
   optimizer.zero_grad(set_to_none=True)
   loss.backward()
   torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
   optimizer.step()
-  return float(loss.detach())
+  return loss.detach()
 
 
 def _resolve_shape(shape: dict, seq_len: int) -> dict:
@@ -238,6 +269,27 @@ def _resolve_shape(shape: dict, seq_len: int) -> dict:
   return s
 
 
+_DTYPES = ('float32', 'bfloat16')
+
+
+def _check_device(device: str, dtype: str) -> None:
+  """One-line errors for a device or dtype this run cannot use (torch is imported here)."""
+  if dtype not in _DTYPES:
+    raise ValueError(f'dtype={dtype!r}; use one of {_DTYPES}')
+  if device != 'cpu' and device != 'cuda' and not device.startswith('cuda:'):
+    raise ValueError(f"device={device!r}; use 'cpu', 'cuda' or 'cuda:N'")
+  torch = _require_torch()
+  if device.startswith('cuda'):
+    if not torch.cuda.is_available():
+      raise ValueError(
+        f'device={device!r} but torch {torch.__version__} sees no CUDA GPU '
+        '(torch.cuda.is_available() is False)'
+      )
+    index = int(device.split(':')[1]) if ':' in device else 0
+    if index >= torch.cuda.device_count():
+      raise ValueError(f'device={device!r} but torch sees {torch.cuda.device_count()} GPU(s)')
+
+
 def benchmark(
   shape: dict,
   batch: int,
@@ -246,13 +298,17 @@ def benchmark(
   warmup: int,
   compile: bool,
   threads: int | None = None,
+  *,
+  device: str = 'cpu',
+  dtype: str = 'float32',
 ) -> dict:
   """Times `steps` training steps after `warmup` untimed ones on random tokens (seed 0).
 
   `shape` has the keys of `build` (head_dim, d_ff, vocab_size, max_seq_len may be 0 or missing:
   D/H, 4D, 256, seq_len). With compile=True the model is wrapped in torch.compile; if that fails
   the run falls back to eager and says why in 'compile_error'. `threads` sets torch's intra-op
-  threads for this call only.
+  threads for this call only. `device`: 'cpu' or 'cuda[:N]'; `dtype`: 'float32', or 'bfloat16'
+  for float32 parameters under bfloat16 autocast (on either device).
   """
   for key, value in (('batch', batch), ('seq_len', seq_len), ('steps', steps)):
     if value < 1:
@@ -262,62 +318,92 @@ def benchmark(
   if threads is not None and threads < 1:
     raise ValueError(f'threads must be >= 1 or None, got {threads}')
   s = _resolve_shape(shape, seq_len)
+  _check_device(device, dtype)
   torch = _require_torch()
+  cuda = device.startswith('cuda')
 
   old_threads = torch.get_num_threads()
+  old_tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
   if threads is not None:
     torch.set_num_threads(threads)
+  model = optimizer = forward = None
   try:
-    model = build(**s)
+    if cuda:
+      torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+      torch.cuda.reset_peak_memory_stats(device)
+    model = build(**s).to(device)
     model.train()
     optimizer = make_optimizer(model)
     gen = torch.Generator().manual_seed(0)
     tokens_BxT1 = torch.randint(0, s['vocab_size'], (batch, seq_len + 1), generator=gen)
+    tokens_BxT1 = tokens_BxT1.to(device)
+    autocast = None
+    if dtype == 'bfloat16':
+      autocast = torch.autocast(device_type='cuda' if cuda else 'cpu', dtype=torch.bfloat16)
+
+    def sync():
+      if cuda:
+        torch.cuda.synchronize(device)
 
     forward, compiled, compile_error = model, False, None
     if compile:
       try:
         forward, compiled = torch.compile(model), True
       except Exception as e:  # noqa: BLE001 - any compiler failure means "run eager"
-        compile_error = _first_line(e)
+        compile_error = first_line(e)
 
     t0 = time.perf_counter()
     for _ in range(warmup):
       try:
-        loss = train_step(model, optimizer, tokens_BxT1, forward)
+        loss = _step(model, optimizer, tokens_BxT1, forward, autocast)
       except Exception as e:  # noqa: BLE001
         if not compiled:
           raise
         # torch.compile compiles lazily, so its failures surface at the first call.
-        forward, compiled, compile_error = model, False, _first_line(e)
-        loss = train_step(model, optimizer, tokens_BxT1, forward)
+        forward, compiled, compile_error = model, False, first_line(e)
+        loss = _step(model, optimizer, tokens_BxT1, forward, autocast)
+    sync()
     warmup_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     for _ in range(steps):
-      loss = train_step(model, optimizer, tokens_BxT1, forward)
-    final_loss = loss
+      loss = _step(model, optimizer, tokens_BxT1, forward, autocast)
+    sync()
     step_s = (time.perf_counter() - t0) / steps
+    final_loss = float(loss)
+    peak_memory_gb = torch.cuda.max_memory_allocated(device) / 1e9 if cuda else None
+    params = param_count(model)
   finally:
     torch.set_num_threads(old_threads)
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old_tf32
+    del model, optimizer, forward
+    if cuda:
+      torch.cuda.empty_cache()  # give the memory back before JAX runs in this process
 
   return {
     'tokens_per_s': batch * seq_len / step_s,
     'step_time_s': step_s,
     'compile_time_s': warmup_s if compiled else None,
     'warmup_time_s': warmup_s,
-    'params': param_count(model),
+    'params': params,
     'torch_version': torch.__version__,
     'compiled': compiled,
     'compile_error': compile_error,
     'threads': torch.get_num_threads() if threads is None else threads,
     'final_loss': final_loss,
+    'device': device,
+    'dtype': dtype,
+    'peak_memory_gb': peak_memory_gb,
   }
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+  """`Type: first line of the message` of an exception."""
   text = str(e).strip().splitlines()
   return f'{type(e).__name__}: {text[0] if text else ""}'
+
+
+_first_line = first_line
 
 
 def _define_flags() -> dict:
@@ -337,6 +423,8 @@ def _define_flags() -> dict:
     'warmup': f.DEFINE_integer('warmup', 2, 'Untimed steps first (compilation included).'),
     'compile': f.DEFINE_bool('compile', False, 'Use torch.compile (falls back to eager).'),
     'threads': f.DEFINE_integer('threads', 0, 'torch intra-op threads (0: torch default).'),
+    'device': f.DEFINE_string('device', 'cpu', "'cpu' or 'cuda[:N]'."),
+    'dtype': f.DEFINE_enum('dtype', 'float32', list(_DTYPES), 'bfloat16: autocast.'),
   }
 
 
@@ -344,17 +432,23 @@ def main(argv: list[str], fl: dict) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}')
   v = {k: flag.value for k, flag in fl.items()}
-  shape = {k: v[k] for k in _SHAPE_KEYS if k != 'max_seq_len'}
+  shape = {k: v[k] for k in _SHAPE_KEYS if k in v}
   shape['max_seq_len'] = v['seq_len']
-  result = benchmark(
-    shape,
-    batch=v['batch'],
-    seq_len=v['seq_len'],
-    steps=v['steps'],
-    warmup=v['warmup'],
-    compile=v['compile'],
-    threads=v['threads'] or None,
-  )
+  try:
+    result = benchmark(
+      shape,
+      batch=v['batch'],
+      seq_len=v['seq_len'],
+      steps=v['steps'],
+      warmup=v['warmup'],
+      compile=v['compile'],
+      threads=v['threads'] or None,
+      device=v['device'],
+      dtype=v['dtype'],
+    )
+  except (ValueError, ImportError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
   print(json.dumps({**shape, 'seq_len': v['seq_len'], 'batch': v['batch'], **result}), flush=True)
 
 

@@ -1,0 +1,191 @@
+"""The benchmark tools: the profile's accounting, train_step's flags, the report, the reference's
+device checks (without torch)."""
+
+import collections
+import json
+import sys
+import types
+
+import jax
+import jax.numpy as jnp
+import pytest
+from absl.testing import flagsaver
+
+from benchmarks import profile, report, train_step
+from benchmarks import torch_reference as tr
+
+# One device: the benchmark's own setting (the tests' 8 fake CPU devices would each repeat
+# the replicated optimizer update and split the matmuls into slivers).
+_ONE = dict(num_devices=1, torch=False, remat='none', scan_layers=False, dtype='float32')
+
+
+def _run_profile(tmp_path, shape, **kw):
+  with flagsaver.flagsaver(**{**_ONE, **kw}):
+    return profile.profile_shape(shape, steps=2, warmup=1, trace_dir=str(tmp_path))
+
+
+def _covered_ns(trace_dir, module) -> float:
+  """Time covered by the module's operations, line by line (union of intervals)."""
+  data = jax.profiler.ProfileData.from_file(profile.find_xspace(trace_dir))
+  total = 0.0
+  for plane in data.planes:
+    for line in plane.lines:
+      spans = sorted(
+        (e.start_ns, e.end_ns)
+        for e in line.events
+        if dict(e.stats).get('hlo_module') == module and dict(e.stats).get('hlo_op')
+      )
+      end = float('-inf')
+      for s, e in spans:
+        if e > end:
+          total += e - max(s, end)
+          end = e
+  return total
+
+
+def test_profile_partitions_the_traced_time(tmp_path):
+  # scan_layers: on CPU the layers' operations are traced inside the while loop's own event.
+  r = _run_profile(tmp_path, 'd128.L2.H2', seq_len=32, batch=8, vocab=256, scan_layers=True)
+  by_cat = r['by_category_ns']
+  # Own times add up to exactly the time the operations cover: nothing counted twice
+  # (a while loop and its body), nothing lost.
+  assert sum(by_cat.values()) == pytest.approx(_covered_ns(str(tmp_path), r['module']), rel=1e-6)
+  # Every traced operation was found in the compiled HLO.
+  assert all(info.opcode != '?' for _, _, _, info in r['rows'])
+  assert by_cat['optimizer'] > 0  # the AdamW update is found (optax frames)
+  text = profile.format_report(by_cat, r['rows'], r['steps'], r['wall_s'], top=5)
+  shares = [float(ln.split('|')[3].strip(' %')) for ln in text.splitlines()[4:11]]
+  assert sum(shares) == pytest.approx(100, abs=0.5)
+
+
+def test_profile_wide_model_is_matmul_bound(tmp_path):
+  by_cat = _run_profile(tmp_path, 'd512.L1.H4', seq_len=64, batch=8, vocab=256)['by_category_ns']
+  share = {k: v / sum(by_cat.values()) for k, v in by_cat.items()}
+  assert max(share, key=share.get) == 'matmul' and share['matmul'] > 0.5, share
+
+
+@pytest.mark.parametrize('impl', ['xla', 'reference'])
+def test_profile_long_narrow_model_is_attention_bound(tmp_path, impl):
+  """T x T work dominates at T=1024, d=32: both attention paths are found as attention."""
+  r = _run_profile(tmp_path, 'd32.L1.H1', seq_len=1024, batch=1, vocab=256, attention_impl=impl)
+  by_cat = r['by_category_ns']
+  assert max(by_cat, key=by_cat.get) == 'attention', by_cat
+
+
+def _nested(x):
+  return jnp.sin(x) * 2
+
+
+def _outer(x):
+  y = _nested(x)
+  return y + jnp.exp(y)
+
+
+def test_parse_hlo_recovers_the_python_call_stack():
+  instrs = profile.parse_hlo(jax.jit(_outer).lower(jnp.ones(3)).compile().as_text())
+  sines = [i for i in instrs.values() if i.opcode == 'sine']
+  assert len(sines) == 1
+  names = [f.function for f in sines[0].frames]
+  assert names[:2] == ['_nested', '_outer'], names  # innermost first, then its caller
+  exps = [i for i in instrs.values() if i.opcode == 'exponential']
+  assert [f.function for f in exps[0].frames][:1] == ['_outer']
+
+
+def test_bad_attention_impl_is_one_line_before_any_work(capsys):
+  with flagsaver.flagsaver(shapes=['d64.L1.H1'], attention_impl='flash9'):
+    with pytest.raises(SystemExit) as e:
+      train_step.check_flags()
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and 'attention_impl' in err and 'flash9' in err
+
+
+def test_attention_impl_is_passed_through_or_left_to_the_config():
+  from experiments.configs import default
+
+  with flagsaver.flagsaver(attention_impl=''):
+    assert (
+      train_step.bench_config('d64.L1.H1').model.attention_impl
+      == default.get_config().model.attention_impl
+    )
+  with flagsaver.flagsaver(attention_impl='reference'):
+    assert train_step.bench_config('d64.L1.H1').model.attention_impl == 'reference'
+
+
+def test_main_writes_a_row_that_the_report_reads(tmp_path, monkeypatch):
+  monkeypatch.setenv('XLA_FLAGS', '')  # main appends the deterministic flag to it
+  out = tmp_path / 'rows.jsonl'
+  kw = dict(
+    shapes=['d64.L1.H2'],
+    seq_len=16,
+    batch=2,
+    vocab=64,
+    steps=1,
+    warmup=1,
+    deterministic=True,
+    label='tiny',
+    out=str(out),
+    attention_impl='reference',
+  )
+  with flagsaver.flagsaver(**{**_ONE, **kw}):
+    train_step.main(['train_step'])
+  (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+  assert row['label'] == 'tiny' and row['attention_impl'] == 'reference'
+  assert row['deterministic'] and train_step.DETERMINISTIC_XLA_FLAG in row['xla_flags']
+  assert row['num_devices'] == 1 and row['tokens_per_s'] > 0
+  # A reference measured on the same shape gives the ratio; a failed run shows its reason.
+  ref = dict(row, label='with ref', torch_tokens_per_s=row['tokens_per_s'] / 4)
+  oom = report.failure_row('big', 1, 60, 'x\nRESOURCE_EXHAUSTED: Out of memory\n', ['--a'])
+  late = report.failure_row('slow', 124, 60, '', ['--b'])
+  lines = report.table([ref, row, oom, late]).splitlines()
+  assert len(lines) == 2 + 4 + 1  # header, 4 runs, the reference once
+  assert lines[2].endswith('| 4.00× |') and lines[4].endswith('| 4.00× |')
+  assert 'PyTorch reference' in lines[3] and lines[3].endswith('| 1.00× |')
+  assert 'out of memory' in lines[5] and 'did not finish in 60 s' in lines[6]
+  assert '--out=' not in lines[2] and '--label=' not in lines[2]
+
+
+@pytest.fixture
+def torch_without_gpu(monkeypatch):
+  """A stand-in torch that has no CUDA device (the real one may be absent here)."""
+  fake = types.ModuleType('torch')
+  fake.__version__ = '0.0-fake'
+  fake.cuda = types.SimpleNamespace(is_available=lambda: False, device_count=lambda: 0)
+  monkeypatch.setitem(sys.modules, 'torch', fake)
+  return fake
+
+
+_SHAPE = dict(d_model=32, num_layers=1, num_heads=2, vocab_size=64)
+
+
+@pytest.mark.parametrize(
+  'kwargs, match',
+  [
+    (dict(device='cuda'), 'sees no CUDA GPU'),
+    (dict(device='cuda:1'), 'sees no CUDA GPU'),
+    (dict(device='tpu'), "use 'cpu', 'cuda'"),
+    (dict(dtype='float16'), 'dtype'),
+  ],
+)
+def test_reference_device_errors_are_one_line(torch_without_gpu, kwargs, match):
+  with pytest.raises(ValueError, match=match) as e:
+    tr.benchmark(_SHAPE, batch=2, seq_len=8, steps=1, warmup=1, compile=False, **kwargs)
+  assert '\n' not in str(e.value)
+
+
+def test_reference_follows_jax_onto_the_gpu(torch_without_gpu, monkeypatch):
+  assert not tr.cuda_available()
+  with flagsaver.flagsaver(torch=True, compile_only=False):
+    monkeypatch.setattr(jax, 'devices', lambda *a: [types.SimpleNamespace(platform='gpu')])
+    assert train_step._torch_device() == 'cuda'
+    monkeypatch.setattr(jax, 'devices', lambda *a: [types.SimpleNamespace(platform='cpu')])
+    assert train_step._torch_device() == 'cpu'
+
+
+def test_report_command_line(tmp_path, capsys):
+  rows = tmp_path / 'rows.jsonl'
+  report.main(['failure', str(rows), '--label=x', '--rc=137', '--timeout=5', '--', '--steps=1'])
+  report.main(['table', str(rows)])
+  text = capsys.readouterr().out
+  assert 'did not finish in 5 s' in text and '--steps=1' in text
+  assert collections.Counter(text)['\n'] == 3
