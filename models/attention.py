@@ -268,9 +268,13 @@ def _splash_kernel(length: int, group: int, interpret: bool):
 
   block = next(blk for blk in (512, 256, 128) if length % blk == 0)
   sizes = sk.BlockSizes(
-    block_q=block, block_kv=block, block_q_dkv=block, block_kv_dkv=block,
-    block_q_dq=block, block_kv_dq=block,
-  )  # fmt: skip
+    block_q=block,
+    block_kv=block,
+    block_q_dkv=block,
+    block_kv_dkv=block,
+    block_q_dq=block,
+    block_kv_dq=block,
+  )
   mask = sm.MultiHeadMask([sm.CausalMask((length, length))] * group)
   return sk.make_splash_mqa_single_device(mask, block_sizes=sizes, interpret=interpret)
 
@@ -314,9 +318,12 @@ class MultiHeadAttention(nnx.Module):
     self.bk_KxDh = param(rngs, zeros, (k, dh), ('kv_heads', 'head_dim'), param_dtype)
     self.bv_KxDh = param(rngs, zeros, (k, dh), ('kv_heads', 'head_dim'), param_dtype)
     self.wo_HxDhxD = param(
-        rngs, nnx.initializers.normal(out_init_std), (h, dh, d), ('heads', 'head_dim', 'embed'),
-        param_dtype,
-    )  # fmt: skip
+      rngs,
+      nnx.initializers.normal(out_init_std),
+      (h, dh, d),
+      ('heads', 'head_dim', 'embed'),
+      param_dtype,
+    )
     self.bo_D = param(rngs, zeros, (d,), ('embed',), param_dtype)
 
   def resolved_impl(self, length: int, segments: bool) -> str:

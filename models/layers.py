@@ -57,8 +57,15 @@ def dense(x: jax.Array, w: jax.Array, n_in: int = 1, out_dtype=None) -> jax.Arra
 #   'act_mlp'      the MLP's hidden width
 #   'act_vocab'    the logits' vocabulary axis
 RESIDUAL = ('batch', 'act_length', 'act_embed')  # B x L x D between and around sublayers
-ACTIVATION_AXES = ('batch', 'act_length', 'act_embed', 'act_heads', 'act_kv_heads', 'act_mlp',
-                   'act_vocab')  # fmt: skip
+ACTIVATION_AXES = (
+  'batch',
+  'act_length',
+  'act_embed',
+  'act_heads',
+  'act_kv_heads',
+  'act_mlp',
+  'act_vocab',
+)
 
 _TO_SHARDING: contextvars.ContextVar[Callable | None] = contextvars.ContextVar(
   'activation_sharding', default=None
@@ -112,9 +119,16 @@ class Mlp(nnx.Module):
   """Two projections with a GELU between them: D -> F -> D."""
 
   def __init__(
-      self, d_model: int, d_ff: int, *, rngs: nnx.Rngs, init_std: float, out_init_std: float,
-      dtype=jnp.float32, param_dtype=jnp.float32,
-  ):  # fmt: skip
+    self,
+    d_model: int,
+    d_ff: int,
+    *,
+    rngs: nnx.Rngs,
+    init_std: float,
+    out_init_std: float,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+  ):
     zeros = nnx.initializers.zeros
     self.w1_DxF = param(
       rngs, nnx.initializers.normal(init_std), (d_model, d_ff), ('embed', 'mlp'), param_dtype

@@ -118,15 +118,28 @@ class Block(nnx.Module):
     out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
     self.ln1 = LayerNorm(cfg.d_model, rngs=rngs, param_dtype=pdt)
     self.attn = MultiHeadAttention(
-        cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, rngs=rngs,
-        impl=cfg.attention_impl, use_rope=cfg.pos_emb == 'rope', init_std=cfg.init_std,
-        out_init_std=out_std, dtype=dt, param_dtype=pdt,
-    )  # fmt: skip
+      cfg.d_model,
+      cfg.num_heads,
+      cfg.num_kv_heads,
+      cfg.head_dim,
+      rngs=rngs,
+      impl=cfg.attention_impl,
+      use_rope=cfg.pos_emb == 'rope',
+      init_std=cfg.init_std,
+      out_init_std=out_std,
+      dtype=dt,
+      param_dtype=pdt,
+    )
     self.ln2 = LayerNorm(cfg.d_model, rngs=rngs, param_dtype=pdt)
     self.mlp = Mlp(
-        cfg.d_model, cfg.d_ff, rngs=rngs, init_std=cfg.init_std, out_init_std=out_std,
-        dtype=dt, param_dtype=pdt,
-    )  # fmt: skip
+      cfg.d_model,
+      cfg.d_ff,
+      rngs=rngs,
+      init_std=cfg.init_std,
+      out_init_std=out_std,
+      dtype=dt,
+      param_dtype=pdt,
+    )
 
   def __call__(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array | None) -> jax.Array:
     x_BxLxD = constrain(x_BxLxD, RESIDUAL)
