@@ -89,7 +89,7 @@ def test_auto_on_gpu(kw, impl, why):
   assert (why in reason) if why else reason == ''
 
 
-@pytest.mark.parametrize('length, dh', [(64, 64), (100, 64), (1000, 128), (2047, 8)])
+@pytest.mark.parametrize('length, dh', [(64, 64), (100, 64), (1000, 128), (2047, 8), (64, 256)])
 def test_cudnn_rule_agrees_with_jaxs_own_check(length, dh):
   """Below Hopper, our cuDNN rule refuses exactly what JAX's own flash-attention check does."""
   from jax._src.cudnn import fused_attention_stablehlo as fa
