@@ -23,7 +23,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments.configs import default
-from models import accounting, gpt3
+from models import accounting, attention, gpt3
 from models.transformer import ModelConfig
 from train import metrics, sharding
 from train.step import make_trainer
@@ -37,7 +37,7 @@ _VOCAB = flags.DEFINE_integer('vocab', 256, 'Vocabulary size.')
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype.')
 _REMAT = flags.DEFINE_enum('remat', 'none', ['none', 'full', 'dots'], 'Rematerialization.')
 _SCAN = flags.DEFINE_bool('scan_layers', False, 'Scan over layers.')
-_IMPL = flags.DEFINE_enum('attention_impl', 'xla', ['reference', 'xla', 'cudnn'], 'Attention.')
+_IMPL = flags.DEFINE_enum('attention_impl', 'auto', list(attention.IMPLS), 'Attention.')
 _MESH = flags.DEFINE_string('mesh', 'data=-1', 'Mesh, e.g. data=2,fsdp=2,tensor=2.')
 _COMPILE_ONLY = flags.DEFINE_bool('compile_only', False, 'Only measure compile time.')
 _TORCH = flags.DEFINE_bool('torch', True, 'Also time the PyTorch reference, if installed.')

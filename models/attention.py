@@ -222,9 +222,10 @@ def splash_attention(
   if q_sh is None or q_sh.mesh.size == 1:
     return _splash_local(q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, segment_ids_BxL)
   kv_sh = current_sharding(('batch', None, 'act_kv_heads', None), k_BxSxKxDh.shape)
-  if q_sh.spec[2] is not None and kv_sh.spec[2] != q_sh.spec[2]:
-    # Heads split but kv heads not (e.g. K = 1 on a tensor mesh): give each query head its own
+  if k > 1 and q_sh.spec[2] is not None and kv_sh.spec[2] != q_sh.spec[2]:
+    # Heads split but kv heads not (e.g. K = 2 on tensor = 4): give each query head its own
     # copy of its kv head, so that every device holds the kv heads its query heads read.
+    # (K = 1 needs nothing: every device holds the one kv head.)
     k_BxSxKxDh = jnp.repeat(k_BxSxKxDh, h // k, axis=2)
     v_BxSxKxDh = jnp.repeat(v_BxSxKxDh, h // k, axis=2)
     kv_sh = q_sh

@@ -140,3 +140,23 @@ def test_train_step_on_a_mixed_sequence_parallel_mesh_equals_one_device():
   (p1, loss1), (p8, loss8) = results
   assert abs(loss1 - loss8) < 1e-5
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), p1, p8)
+
+
+def test_splash_kernel_under_shard_map_on_a_tensor_mesh():
+  """The Pallas kernel runs per device (shard_map over batch and heads); with 2 kv heads for 4
+  query heads on tensor = 4, each device gets the kv head its query head reads. Interpreted."""
+  rules = default.get_config().sharding_rules
+  mesh = sharding.make_mesh({'data': 2, 'tensor': 4})
+  splash = attention.MultiHeadAttention(16, 4, 2, 8, rngs=nnx.Rngs(1), impl='splash')
+  graph, params = nnx.split(splash)
+  x = jax.random.normal(jax.random.key(3), (2, 128, 16))
+  seg = jnp.array([[1] * 50 + [2] * 78, [1] * 128])
+
+  @jax.jit
+  def forward(params, x, seg):
+    with sharding.activation_sharding(rules, mesh):
+      return nnx.merge(graph, params)(x, seg)
+
+  assert 'sdy.manual_computation' in forward.lower(params, x, seg).as_text()
+  splash.impl = 'reference'
+  np.testing.assert_allclose(forward(params, x, seg), splash(x, seg), rtol=1e-5, atol=1e-6)
