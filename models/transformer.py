@@ -166,7 +166,7 @@ class Transformer(nnx.Module):
     if cfg.pos_emb == 'learned':
       self.pos_LxD = param(rngs, normal, (cfg.max_seq_len, cfg.d_model), (None, 'embed'), pdt)
     if cfg.scan_layers:
-      # One Block whose parameters have a leading [num_layers] axis, each layer its own init.
+      # One Block whose parameters have a leading Ly axis, each layer its own init.
       @nnx.split_rngs(splits=cfg.num_layers)
       @nnx.vmap(in_axes=(0,), out_axes=0)
       def make_stacked(rngs: nnx.Rngs) -> Block:
@@ -182,11 +182,7 @@ class Transformer(nnx.Module):
   def __call__(self, tokens_BxL: jax.Array, segment_ids_BxL: jax.Array | None = None) -> jax.Array:
     cfg = self.cfg
     dt = _DTYPES[cfg.dtype]
-    length = tokens_BxL.shape[1]
-    x_BxLxD = jnp.take(self.embed_VxD[...], tokens_BxL, axis=0).astype(dt)
-    if cfg.pos_emb == 'learned':
-      x_BxLxD = x_BxLxD + self.pos_LxD[...][:length].astype(dt)
-    x_BxLxD = constrain(x_BxLxD, RESIDUAL)
+    x_BxLxD = constrain(self.embed(tokens_BxL, dt), RESIDUAL)
 
     def block_fn(graph):
       def apply(state, x, segment_ids):
@@ -212,13 +208,17 @@ class Transformer(nnx.Module):
     logits_BxLxV = dense(x_BxLxD, unembed_DxV.astype(dt), out_dtype=jnp.float32)
     return constrain(logits_BxLxV, ('batch', 'act_length', 'act_vocab'))
 
+  def embed(self, tokens_BxL: jax.Array, dtype) -> jax.Array:
+    """Token embeddings plus learned positions (rope rotates inside attention instead)."""
+    x_BxLxD = jnp.take(self.embed_VxD[...], tokens_BxL, axis=0).astype(dtype)
+    if self.cfg.pos_emb == 'learned':
+      x_BxLxD = x_BxLxD + self.pos_LxD[...][: tokens_BxL.shape[1]].astype(dtype)
+    return x_BxLxD
+
   def attention_weights(self, tokens_BxL: jax.Array) -> jax.Array:
     """Attention weights of every layer and head, LyxBxHxLxS (for inspection)."""
     cfg = self.cfg
-    length = tokens_BxL.shape[1]
-    x_BxLxD = jnp.take(self.embed_VxD[...], tokens_BxL, axis=0)
-    if cfg.pos_emb == 'learned':
-      x_BxLxD = x_BxLxD + self.pos_LxD[...][:length]
+    x_BxLxD = self.embed(tokens_BxL, self.embed_VxD[...].dtype)
     blocks = (
       [nnx.merge(*_layer(self.blocks, i)) for i in range(cfg.num_layers)]
       if cfg.scan_layers
