@@ -1,42 +1,56 @@
-"""Multi-head attention as the textbook describes it.
+"""Multi-head attention as the textbook describes it (shape letters: models/layers.py).
 
-Each token is projected to a query, a key and a value per head; scores are QK^T / sqrt(d_head);
+Each token is projected to a query, a key and a value per head; scores are QK^T / sqrt(Dh);
 a softmax (in float32) over the visible keys weights the values; the heads are concatenated
-and projected back to d_model. Grouped-query attention shares each key/value head between
-num_heads // num_kv_heads query heads (num_kv_heads = 1 is multi-query attention).
+and projected back to D. Grouped-query attention shares each key/value head between
+G = H // K query heads (K = 1 is multi-query attention).
 
-Two paths compute the same function:
-* `reference_attention`: plain einsums, returns the attention weights for inspection;
-* `jax.nn.dot_product_attention`: XLA's fused path, cuDNN flash attention on GPUs.
-
-Shape suffixes: B batch, L query length, S key length, D d_model, H query heads,
-K kv heads, G = H // K query heads per kv head, Dh head_dim.
+The softmax(QK^T)V step has several implementations of the same function, all called from
+`attend` (the one call site of `jax.nn.dot_product_attention`):
+* 'reference': plain einsums (`reference_attention`), returns the weights for inspection;
+* 'xla': XLA's dot_product_attention; it materializes B x H x L x S scores;
+* 'cudnn': cuDNN flash attention (GPU; bf16/fp16), nothing L x S in memory;
+* 'splash': the Pallas splash-attention kernel JAX ships for TPUs (interpreted elsewhere);
+* 'auto' (the default) picks with `choose_attention`, a pure function of the platform and
+  the shapes, and says once, in one log line, why it did not take the fused kernel.
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from absl import logging
 from flax import nnx
 
-from models.layers import param
+from models.layers import RESIDUAL, constrain, current_sharding, dense, param
+
+IMPLS = ('auto', 'reference', 'xla', 'cudnn', 'splash')
+# From this length on, an accelerator never materializes L x S scores without saying so.
+LONG = 1024
+_FUSED_DTYPES = ('bfloat16', 'float16')
 
 
 def causal_mask(segment_ids_BxL: jax.Array | None, length: int) -> jax.Array:
-  """Boolean [B or 1, 1, L, L] mask: query l sees key s iff s <= l (and same segment)."""
-  mask_LxL = jnp.tril(jnp.ones((length, length), dtype=bool))
-  mask = mask_LxL[None, None]
-  if segment_ids_BxL is not None:
-    same_BxLxL = segment_ids_BxL[:, :, None] == segment_ids_BxL[:, None, :]
-    mask = mask & same_BxLxL[:, None]
-  return mask
+  """Boolean [B or 1, 1, L, S] mask: query l sees key s iff s <= l (and same segment)."""
+  mask_LxS = jnp.tril(jnp.ones((length, length), dtype=bool))
+  return mask_LxS[None, None] & segment_mask(segment_ids_BxL)
+
+
+def segment_mask(segment_ids_BxL: jax.Array | None) -> jax.Array:
+  """Boolean [B, 1, L, S] mask: l and s lie in the same document (all True without ids)."""
+  if segment_ids_BxL is None:
+    return jnp.ones((1, 1, 1, 1), dtype=bool)
+  return (segment_ids_BxL[:, :, None] == segment_ids_BxL[:, None, :])[:, None]
 
 
 def reference_attention(
   q_BxLxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: jax.Array, mask: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
   """softmax(QK^T / sqrt(Dh)) V with einsums; returns (output BxLxHxDh, weights BxHxLxS)."""
-  b, l, h, dh = q_BxLxHxDh.shape
+  b, length, h, dh = q_BxLxHxDh.shape
   k = k_BxSxKxDh.shape[2]
-  q_BxLxKxGxDh = q_BxLxHxDh.reshape(b, l, k, h // k, dh)
+  q_BxLxKxGxDh = q_BxLxHxDh.reshape(b, length, k, h // k, dh)
   scores_BxKxGxLxS = jnp.einsum(
     'blkgd,bskd->bkgls', q_BxLxKxGxDh, k_BxSxKxDh, preferred_element_type=jnp.float32
   ) / jnp.sqrt(jnp.float32(dh))
@@ -47,21 +61,227 @@ def reference_attention(
   out_BxLxKxGxDh = jnp.einsum(
     'bkgls,bskd->blkgd', weights_BxKxGxLxS.astype(v_BxSxKxDh.dtype), v_BxSxKxDh
   )
-  weights_BxHxLxS = weights_BxKxGxLxS.reshape(b, h, l, -1)
-  return out_BxLxKxGxDh.reshape(b, l, h, dh), weights_BxHxLxS
+  weights_BxHxLxS = weights_BxKxGxLxS.reshape(b, h, length, -1)
+  return out_BxLxKxGxDh.reshape(b, length, h, dh), weights_BxHxLxS
 
 
-def rope(x_BxLxNxDh: jax.Array, positions_L: jax.Array, base: float = 10000.0) -> jax.Array:
-  """Rotary position embedding (Su et al. 2021), rotating pairs (i, i + Dh/2)."""
-  dh = x_BxLxNxDh.shape[-1]
+def rope(x_BxLxHxDh: jax.Array, positions_L: jax.Array, base: float = 10000.0) -> jax.Array:
+  """Rotary position embedding (Su et al. 2021), rotating pairs (i, i + Dh/2); H or K heads."""
+  dh = x_BxLxHxDh.shape[-1]
   half = dh // 2
   freqs = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
   angles_LxHalf = positions_L[:, None].astype(jnp.float32) * freqs[None, :]
   sin = jnp.sin(angles_LxHalf)[None, :, None, :]
   cos = jnp.cos(angles_LxHalf)[None, :, None, :]
-  x1, x2 = x_BxLxNxDh[..., :half].astype(jnp.float32), x_BxLxNxDh[..., half:].astype(jnp.float32)
+  x1, x2 = x_BxLxHxDh[..., :half].astype(jnp.float32), x_BxLxHxDh[..., half:].astype(jnp.float32)
   rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-  return rotated.astype(x_BxLxNxDh.dtype)
+  return rotated.astype(x_BxLxHxDh.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Which implementation runs: a pure function, so that the table is testable on any machine.
+
+
+def cudnn_problem(dtype: str, head_dim: int, length: int, segments: bool, capability) -> str:
+  """Why cuDNN flash attention cannot take this call ('' if it can).
+
+  The conditions are those `jax.nn.dot_product_attention(implementation='cudnn')` checks
+  (jax/_src/cudnn/fused_attention_stablehlo.py): a CUDA GPU of compute capability >= 8.0,
+  bf16/fp16, head_dim a multiple of 8 up to 128 (256 from Hopper, 9.0, on); segment ids
+  become a B x 1 x L x S mask, which cuDNN takes as a bias only for even lengths.
+  """
+  if capability is None:
+    return 'not a CUDA GPU'
+  if capability < 8.0:
+    return f'cuDNN flash attention needs compute capability >= 8.0, this GPU has {capability}'
+  if dtype not in _FUSED_DTYPES:
+    return f'cuDNN flash attention takes bfloat16/float16, not {dtype} (set model.dtype)'
+  max_dh = 256 if capability >= 9.0 else 128
+  if head_dim % 8 or head_dim > max_dh:
+    return f'head_dim {head_dim} is not a multiple of 8 up to {max_dh} (cuDNN flash attention)'
+  if segments and length % 2:
+    return f'cuDNN takes segment ids (as a mask) only at even lengths, not {length}'
+  return ''
+
+
+def splash_problem(length: int) -> str:
+  """Why the Pallas splash-attention kernel cannot take this call ('' if it can)."""
+  if length % 128:
+    return f'splash attention needs a length that is a multiple of 128, not {length}'
+  return ''
+
+
+def choose_attention(
+  requested: str,
+  *,
+  platform: str,
+  dtype: str,
+  head_dim: int,
+  length: int,
+  segments: bool = False,
+  capability: float | None = None,
+) -> tuple[str, str]:
+  """(implementation, reason): what runs, and a one-line reason to log ('' = nothing to say).
+
+  platform is 'cpu', 'gpu' or 'tpu'; capability is the CUDA compute capability (e.g. 9.0),
+  None on other devices. An explicit 'cudnn' or 'splash' that cannot run is a ValueError.
+  """
+  accelerator = platform in ('gpu', 'tpu')
+  materializes = f'materializes B x H x L x L scores at L={length}'
+  if requested in ('reference', 'xla'):
+    long = accelerator and length >= LONG
+    return requested, f'attention_impl={requested!r} {materializes} on {platform}' if long else ''
+  if requested == 'cudnn':
+    problem = (
+      'not a GPU'
+      if platform != 'gpu'
+      else cudnn_problem(dtype, head_dim, length, segments, capability)
+    )
+    if problem:
+      raise ValueError(f'attention_impl=cudnn: {problem}')
+    return 'cudnn', ''
+  if requested == 'splash':
+    problem = splash_problem(length)
+    if problem:
+      raise ValueError(f'attention_impl=splash: {problem}')
+    return 'splash', ''
+  if requested != 'auto':
+    raise ValueError(f'attention_impl={requested!r}; choose one of {IMPLS}')
+  if platform == 'gpu':
+    problem = cudnn_problem(dtype, head_dim, length, segments, capability)
+    if not problem:
+      return 'cudnn', ''
+  elif platform == 'tpu':
+    problem = splash_problem(length)
+    if not problem:
+      return 'splash', ''
+  else:
+    return 'xla', ''
+  return 'xla', f'attention falls back to XLA, which {materializes}: {problem}'
+
+
+_logged: set[str] = set()
+
+
+def log_once(reason: str) -> None:
+  """One warning line per distinct reason per process (not per call or per trace)."""
+  if reason and reason not in _logged:
+    _logged.add(reason)
+    logging.warning('%s', reason)
+
+
+def device_capability() -> float | None:
+  """CUDA compute capability of the first device (e.g. 9.0), None elsewhere."""
+  device = jax.devices()[0]
+  try:
+    return float(device.compute_capability) if device.platform == 'gpu' else None
+  except (AttributeError, TypeError, ValueError):
+    return None  # e.g. a ROCm GPU: no cuDNN
+
+
+# ---------------------------------------------------------------------------------------------
+# The implementations, behind one function.
+
+
+def attend(
+  q_BxLxHxDh: jax.Array,
+  k_BxSxKxDh: jax.Array,
+  v_BxSxKxDh: jax.Array,
+  segment_ids_BxL: jax.Array | None,
+  impl: str,
+) -> jax.Array:
+  """Causal softmax(QK^T / sqrt(Dh)) V within segments, by a resolved implementation."""
+  length = q_BxLxHxDh.shape[1]
+  if impl == 'reference':
+    mask = causal_mask(segment_ids_BxL, length)
+    return reference_attention(q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask)[0]
+  if impl == 'splash':
+    return splash_attention(q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, segment_ids_BxL)
+  # 'xla' or 'cudnn'. Causality is is_causal (cuDNN skips the masked blocks); segment ids add
+  # a B x 1 x L x S mask, which both combine with it.
+  mask = None if segment_ids_BxL is None else segment_mask(segment_ids_BxL)
+  return jax.nn.dot_product_attention(
+    q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask=mask, is_causal=True, implementation=impl
+  )
+
+
+def splash_attention(
+  q_BxLxHxDh: jax.Array,
+  k_BxSxKxDh: jax.Array,
+  v_BxSxKxDh: jax.Array,
+  segment_ids_BxL: jax.Array | None,
+) -> jax.Array:
+  """The Pallas splash-attention kernel (TPU; run by the Pallas interpreter on other devices).
+
+  One multi-query kernel per kv head serves its G query heads. On a mesh (inside
+  `activation_sharding`) it runs under shard_map over the batch and heads, since XLA cannot
+  partition a Pallas kernel itself.
+  """
+  h, k = q_BxLxHxDh.shape[2], k_BxSxKxDh.shape[2]
+  q_sh = current_sharding(('batch', None, 'act_heads', None), q_BxLxHxDh.shape)
+  if q_sh is None or q_sh.mesh.size == 1:
+    return _splash_local(q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, segment_ids_BxL)
+  kv_sh = current_sharding(('batch', None, 'act_kv_heads', None), k_BxSxKxDh.shape)
+  if k > 1 and q_sh.spec[2] is not None and kv_sh.spec[2] != q_sh.spec[2]:
+    # Heads split but kv heads not (e.g. K = 2 on tensor = 4): give each query head its own
+    # copy of its kv head, so that every device holds the kv heads its query heads read.
+    # (K = 1 needs nothing: every device holds the one kv head.)
+    k_BxSxKxDh = jnp.repeat(k_BxSxKxDh, h // k, axis=2)
+    v_BxSxKxDh = jnp.repeat(v_BxSxKxDh, h // k, axis=2)
+    kv_sh = q_sh
+  args, specs = [q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh], [q_sh.spec, kv_sh.spec, kv_sh.spec]
+  if segment_ids_BxL is not None:
+    args.append(segment_ids_BxL)
+    specs.append(jax.sharding.PartitionSpec(q_sh.spec[0], None))
+  return jax.shard_map(
+    _splash_local, mesh=q_sh.mesh, in_specs=tuple(specs), out_specs=q_sh.spec, check_vma=False
+  )(*args)
+
+
+def _splash_local(q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, segment_ids_BxL=None) -> jax.Array:
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+
+  b, length, h, dh = q_BxLxHxDh.shape
+  k = k_BxSxKxDh.shape[2]
+  kernel = _splash_kernel(length, h // k, jax.default_backend() != 'tpu')
+  scale = 1.0 / np.sqrt(dh)  # the kernel does not scale the scores itself
+  q_BxKxGxLxDh = (q_BxLxHxDh * scale).reshape(b, length, k, h // k, dh).transpose(0, 2, 3, 1, 4)
+  k_BxKxSxDh = k_BxSxKxDh.transpose(0, 2, 1, 3)
+  v_BxKxSxDh = v_BxSxKxDh.transpose(0, 2, 1, 3)
+
+  def one(q_GxLxDh, k_SxDh, v_SxDh, seg_L):
+    seg = None if seg_L is None else sk.SegmentIds(q=seg_L, kv=seg_L)
+    return kernel(q_GxLxDh, k_SxDh, v_SxDh, segment_ids=seg)
+
+  seg_axis = None if segment_ids_BxL is None else 0
+  per_kv_head = jax.vmap(one, in_axes=(0, 0, 0, None))
+  out_BxKxGxLxDh = jax.vmap(per_kv_head, in_axes=(0, 0, 0, seg_axis))(
+    q_BxKxGxLxDh, k_BxKxSxDh, v_BxKxSxDh, segment_ids_BxL
+  )
+  return out_BxKxGxLxDh.transpose(0, 3, 1, 2, 4).reshape(b, length, h, dh)
+
+
+@functools.cache
+def _splash_kernel(length: int, group: int, interpret: bool):
+  """A causal multi-query splash kernel for `group` query heads (built once per shape)."""
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+
+  block = next(blk for blk in (512, 256, 128) if length % blk == 0)
+  sizes = sk.BlockSizes(
+    block_q=block,
+    block_kv=block,
+    block_q_dkv=block,
+    block_kv_dkv=block,
+    block_q_dq=block,
+    block_kv_dq=block,
+  )
+  mask = sm.MultiHeadMask([sm.CausalMask((length, length))] * group)
+  return sk.make_splash_mqa_single_device(mask, block_sizes=sizes, interpret=interpret)
+
+
+# ---------------------------------------------------------------------------------------------
+# The layer.
 
 
 class MultiHeadAttention(nnx.Module):
@@ -75,7 +295,7 @@ class MultiHeadAttention(nnx.Module):
     head_dim: int,
     *,
     rngs: nnx.Rngs,
-    impl: str = 'xla',
+    impl: str = 'auto',
     use_rope: bool = False,
     init_std: float = 0.02,
     out_init_std: float = 0.02,
@@ -86,6 +306,8 @@ class MultiHeadAttention(nnx.Module):
       raise ValueError(f'num_kv_heads={num_kv_heads} must divide num_heads={num_heads}')
     if use_rope and head_dim % 2:
       raise ValueError(f'rope needs an even head_dim, got {head_dim}')
+    if impl not in IMPLS:
+      raise ValueError(f'attention impl={impl!r}; choose one of {IMPLS}')
     self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
     self.impl, self.use_rope, self.dtype = impl, use_rope, dtype
     h, k, dh, d = num_heads, num_kv_heads, head_dim, d_model
@@ -97,10 +319,27 @@ class MultiHeadAttention(nnx.Module):
     self.bk_KxDh = param(rngs, zeros, (k, dh), ('kv_heads', 'head_dim'), param_dtype)
     self.bv_KxDh = param(rngs, zeros, (k, dh), ('kv_heads', 'head_dim'), param_dtype)
     self.wo_HxDhxD = param(
-        rngs, nnx.initializers.normal(out_init_std), (h, dh, d), ('heads', 'head_dim', 'embed'),
-        param_dtype,
-    )  # fmt: skip
+      rngs,
+      nnx.initializers.normal(out_init_std),
+      (h, dh, d),
+      ('heads', 'head_dim', 'embed'),
+      param_dtype,
+    )
     self.bo_D = param(rngs, zeros, (d,), ('embed',), param_dtype)
+
+  def resolved_impl(self, length: int, segments: bool) -> str:
+    """The implementation that runs for this length on the default backend (logs why, once)."""
+    impl, reason = choose_attention(
+      self.impl,
+      platform=jax.default_backend(),
+      dtype=jnp.dtype(self.dtype).name,
+      head_dim=self.head_dim,
+      length=length,
+      segments=segments,
+      capability=device_capability(),
+    )
+    log_once(reason)
+    return impl
 
   def __call__(
     self,
@@ -109,39 +348,28 @@ class MultiHeadAttention(nnx.Module):
     return_weights: bool = False,
   ) -> jax.Array | tuple[jax.Array, jax.Array]:
     dt = self.dtype
-    b, length, d = x_BxLxD.shape
-    h, k, dh = self.num_heads, self.num_kv_heads, self.head_dim
-    # Projections as 2-D matmuls over all B*L tokens: XLA's CPU backward runs [B, L, D]-shaped
-    # weight gradients at about half the matmul rate, and this is the same math.
-    x_NxD = x_BxLxD.astype(dt).reshape(b * length, d)
-
-    def project(w_DxMxDh, bias_MxDh, m):
-      y_NxM = x_NxD @ w_DxMxDh[...].astype(dt).reshape(d, m * dh)
-      return (y_NxM + bias_MxDh[...].astype(dt).reshape(m * dh)).reshape(b, length, m, dh)
-
-    q_BxLxHxDh = project(self.wq_DxHxDh, self.bq_HxDh, h)
-    k_BxLxKxDh = project(self.wk_DxKxDh, self.bk_KxDh, k)
-    v_BxLxKxDh = project(self.wv_DxKxDh, self.bv_KxDh, k)
+    length = x_BxLxD.shape[1]
+    x_BxLxD = x_BxLxD.astype(dt)
+    heads, kv_heads = ('batch', None, 'act_heads', None), ('batch', None, 'act_kv_heads', None)
+    q_BxLxHxDh = dense(x_BxLxD, self.wq_DxHxDh[...].astype(dt)) + self.bq_HxDh[...].astype(dt)
+    k_BxSxKxDh = dense(x_BxLxD, self.wk_DxKxDh[...].astype(dt)) + self.bk_KxDh[...].astype(dt)
+    v_BxSxKxDh = dense(x_BxLxD, self.wv_DxKxDh[...].astype(dt)) + self.bv_KxDh[...].astype(dt)
     if self.use_rope:
-      positions = jnp.arange(length)
-      q_BxLxHxDh, k_BxLxKxDh = rope(q_BxLxHxDh, positions), rope(k_BxLxKxDh, positions)
+      positions_L = jnp.arange(length)
+      q_BxLxHxDh, k_BxSxKxDh = rope(q_BxLxHxDh, positions_L), rope(k_BxSxKxDh, positions_L)
+    q_BxLxHxDh = constrain(q_BxLxHxDh, heads)
+    k_BxSxKxDh, v_BxSxKxDh = constrain(k_BxSxKxDh, kv_heads), constrain(v_BxSxKxDh, kv_heads)
 
-    weights = None
-    if self.impl == 'reference' or return_weights:
+    weights_BxHxLxS = None
+    if return_weights:  # for inspection: the reference path, which has the weights
       mask = causal_mask(segment_ids_BxL, length)
-      out_BxLxHxDh, weights = reference_attention(q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh, mask)
-    elif segment_ids_BxL is None:
-      out_BxLxHxDh = jax.nn.dot_product_attention(
-          q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh, is_causal=True,
-          implementation='cudnn' if self.impl == 'cudnn' else None,
-      )  # fmt: skip
+      out_BxLxHxDh, weights_BxHxLxS = reference_attention(q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask)
     else:
-      out_BxLxHxDh = jax.nn.dot_product_attention(
-          q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh, mask=causal_mask(segment_ids_BxL, length),
-          implementation='cudnn' if self.impl == 'cudnn' else None,
-      )  # fmt: skip
+      impl = self.resolved_impl(length, segment_ids_BxL is not None)
+      out_BxLxHxDh = attend(q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, segment_ids_BxL, impl)
+    out_BxLxHxDh = constrain(out_BxLxHxDh, heads)
 
-    wo_HDhxD = self.wo_HxDhxD[...].astype(dt).reshape(h * dh, d)
-    out_NxD = out_BxLxHxDh.reshape(b * length, h * dh) @ wo_HDhxD + self.bo_D[...].astype(dt)
-    out_BxLxD = out_NxD.reshape(b, length, d)
-    return (out_BxLxD, weights) if return_weights else out_BxLxD
+    out_BxLxD = dense(out_BxLxHxDh, self.wo_HxDhxD[...].astype(dt), 2) + self.bo_D[...].astype(dt)
+    # Back on the residual stream's sharding: the all-reduce (or reduce-scatter) of B x L x D.
+    out_BxLxD = constrain(out_BxLxD, RESIDUAL)
+    return (out_BxLxD, weights_BxHxLxS) if return_weights else out_BxLxD

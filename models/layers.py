@@ -1,9 +1,25 @@
-"""Small building blocks: parameters born with logical axis names, LayerNorm, MLP.
+"""Small building blocks: parameters born with logical axis names, the one matmul helper,
+activation sharding constraints, LayerNorm, MLP.
+
+Shape legend, used the same way in every file of models/ (suffixes like `x_BxLxD`):
+  B   batch (sequences)                 D   d_model (the residual stream's width)
+  L   length: token positions           F   d_ff (the MLP's hidden width)
+  S   key/value positions (S = L here)  V   vocabulary
+  H   query heads                       K   key/value heads (GQA; K = H is plain MHA)
+  G   query heads per kv head, H // K   Dh  head_dim
+  Ly  layers (the stacked axis of scanned blocks)
+  BL  B * L tokens flattened into one axis (inside `dense` only)
 
 Every parameter carries `logical_axes` metadata (e.g. ('embed', 'mlp')). `train/sharding.py`
-maps those names to mesh axes with the config's rules; this is the one place sharding is
-declared.
+maps those names to mesh axes with the config's rules; this is the one place parameter
+sharding is declared. Activations are pinned the same way by `constrain`, with their own
+logical names (see ACTIVATION_AXES) looked up in the same rules.
 """
+
+import contextlib
+import contextvars
+import math
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +30,72 @@ def param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple, dtype) -> n
   """A parameter initialized by `init`, annotated with one logical axis name per dimension."""
   assert len(shape) == len(axes), (shape, axes)
   return nnx.Param(init(rngs.params(), shape, dtype), logical_axes=tuple(axes))
+
+
+def dense(x: jax.Array, w: jax.Array, n_in: int = 1, out_dtype=None) -> jax.Array:
+  """Contracts the last `n_in` axes of x with the first `n_in` axes of w.
+
+  E.g. dense(x_BxLxD, w_DxHxDh) -> BxLxHxDh and dense(o_BxLxHxDh, w_HxDhxD, 2) -> BxLxD. It is
+  computed as ONE 2-D matmul [BL, in] @ [in, out]: XLA:CPU runs the weight gradient of a
+  [B, L, D]-shaped dot at about half the matmul rate, and the flattened form is the same math.
+  """
+  lead, out = x.shape[: x.ndim - n_in], w.shape[n_in:]
+  size_in = math.prod(w.shape[:n_in])
+  y_BLxO = jnp.dot(x.reshape(-1, size_in), w.reshape(size_in, -1), preferred_element_type=out_dtype)
+  return y_BLxO.reshape(*lead, *out)
+
+
+# Logical names of activation axes, looked up in the same `sharding_rules` as the parameters'.
+# They are distinct from the parameter names because one mesh axis plays different roles: with
+# FSDP, the parameter axis 'embed' is split over 'fsdp' while activations are split over
+# ('data', 'fsdp') along the batch, so the residual stream's 'act_embed' must stay unsplit.
+#   'batch'        batch rows (the same rule that shards the input batch)
+#   'act_length'   positions of the residual stream between blocks; mapping it to 'tensor'
+#                  gives Megatron-style sequence parallelism (attention and the MLP gather it)
+#   'act_embed'    d_model of the residual stream
+#   'act_heads', 'act_kv_heads'   heads inside attention (Megatron tensor parallelism)
+#   'act_mlp'      the MLP's hidden width
+#   'act_vocab'    the logits' vocabulary axis
+RESIDUAL = ('batch', 'act_length', 'act_embed')  # B x L x D between and around sublayers
+ACTIVATION_AXES = (
+  'batch',
+  'act_length',
+  'act_embed',
+  'act_heads',
+  'act_kv_heads',
+  'act_mlp',
+  'act_vocab',
+)
+
+_TO_SHARDING: contextvars.ContextVar[Callable | None] = contextvars.ContextVar(
+  'activation_sharding', default=None
+)
+
+
+@contextlib.contextmanager
+def activation_sharding(to_sharding: Callable) -> Iterator[None]:
+  """While tracing inside it, `constrain` pins activations to `to_sharding(axes, shape)`.
+
+  train/sharding.py opens it with the config's rules and the mesh; outside it (one device,
+  tests, inspection) `constrain` does nothing.
+  """
+  token = _TO_SHARDING.set(to_sharding)
+  try:
+    yield
+  finally:
+    _TO_SHARDING.reset(token)
+
+
+def current_sharding(logical_axes: tuple, shape: tuple[int, ...]):
+  """The sharding that `constrain` would give an array, or None outside `activation_sharding`."""
+  to_sharding = _TO_SHARDING.get()
+  return None if to_sharding is None else to_sharding(logical_axes, shape)
+
+
+def constrain(x: jax.Array, logical_axes: tuple) -> jax.Array:
+  """`with_sharding_constraint` by logical activation axis names (None: not split)."""
+  sharding = current_sharding(logical_axes, x.shape)
+  return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
 
 
 class LayerNorm(nnx.Module):
@@ -37,9 +119,16 @@ class Mlp(nnx.Module):
   """Two projections with a GELU between them: D -> F -> D."""
 
   def __init__(
-      self, d_model: int, d_ff: int, *, rngs: nnx.Rngs, init_std: float, out_init_std: float,
-      dtype=jnp.float32, param_dtype=jnp.float32,
-  ):  # fmt: skip
+    self,
+    d_model: int,
+    d_ff: int,
+    *,
+    rngs: nnx.Rngs,
+    init_std: float,
+    out_init_std: float,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+  ):
     zeros = nnx.initializers.zeros
     self.w1_DxF = param(
       rngs, nnx.initializers.normal(init_std), (d_model, d_ff), ('embed', 'mlp'), param_dtype
@@ -53,9 +142,9 @@ class Mlp(nnx.Module):
 
   def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
     dt = self.dtype
-    b, length, d = x_BxLxD.shape
-    # 2-D matmuls over all B*L tokens (see attention.py: faster backward on XLA:CPU).
-    x_NxD = x_BxLxD.astype(dt).reshape(b * length, d)
-    h_NxF = jax.nn.gelu(x_NxD @ self.w1_DxF[...].astype(dt) + self.b1_F[...].astype(dt))
-    y_NxD = h_NxF @ self.w2_FxD[...].astype(dt) + self.b2_D[...].astype(dt)
-    return y_NxD.reshape(b, length, d)
+    h_BxLxF = dense(x_BxLxD.astype(dt), self.w1_DxF[...].astype(dt)) + self.b1_F[...].astype(dt)
+    # Tensor parallelism splits F; the full length is gathered here (see 'act_length').
+    h_BxLxF = constrain(jax.nn.gelu(h_BxLxF), ('batch', None, 'act_mlp'))
+    y_BxLxD = dense(h_BxLxF, self.w2_FxD[...].astype(dt)) + self.b2_D[...].astype(dt)
+    # Back on the residual stream's sharding: the all-reduce (or reduce-scatter) of B x L x D.
+    return constrain(y_BxLxD, RESIDUAL)

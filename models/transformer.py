@@ -1,11 +1,13 @@
-"""A decoder-only transformer (GPT-2/GPT-3 style) in Flax NNX.
+"""A decoder-only transformer (GPT-2/GPT-3 style) in Flax NNX (shape letters: models/layers.py).
 
-tokens -> token embedding (+ learned positions) -> N pre-LayerNorm blocks
+tokens -> token embedding (+ learned positions) -> Ly pre-LayerNorm blocks
 (x + attn(ln(x)), then x + mlp(ln(x))) -> final LayerNorm -> logits (tied or untied unembedding).
 
 With `scan_layers` the blocks are one stacked module (parameters with a leading layer axis)
 applied by `jax.lax.scan`, so compile time does not grow with depth. `remat` recomputes
 block activations in the backward pass ('full') or keeps only matmul outputs ('dots').
+Activations are pinned to the mesh at block boundaries and inside attention and the MLP by
+`models.layers.constrain` (a no-op unless the train step opens `activation_sharding`).
 """
 
 import dataclasses
@@ -15,8 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models.attention import MultiHeadAttention
-from models.layers import LayerNorm, Mlp, param
+from models.attention import IMPLS, MultiHeadAttention
+from models.layers import RESIDUAL, LayerNorm, Mlp, constrain, dense, param
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
@@ -37,14 +39,20 @@ class ModelConfig:
   tie_embeddings: bool = True
   dtype: str = 'float32'
   param_dtype: str = 'float32'
-  attention_impl: str = 'xla'
+  attention_impl: str = 'auto'
   remat: str = 'none'
   scan_layers: bool = False
   init_std: float = 0.02
 
   @classmethod
-  def from_config(cls, m, vocab_size: int | None = None) -> 'ModelConfig':
-    """Validates `config.model` and fills derived sizes. Raises ValueError on bad shapes."""
+  def from_config(
+    cls, m, vocab_size: int | None = None, platform: str | None = None
+  ) -> 'ModelConfig':
+    """Validates `config.model` and fills derived sizes. Raises ValueError on bad shapes.
+
+    `platform` ('cpu', 'gpu', 'tpu'; default: JAX's backend) is where the model will run: a
+    fused attention kernel insisted on must exist there.
+    """
     vocab = m.vocab_size or vocab_size
     if not vocab:
       raise ValueError('model.vocab_size is 0 and no tokenizer vocabulary was given')
@@ -66,7 +74,7 @@ class ModelConfig:
       raise ValueError(f'model.num_kv_heads={kv} must divide model.num_heads={m.num_heads}')
     choices = {
       'pos_emb': ('learned', 'rope'),
-      'attention_impl': ('reference', 'xla', 'cudnn'),
+      'attention_impl': IMPLS,
       'remat': ('none', 'full', 'dots'),
       'dtype': tuple(_DTYPES),
       'param_dtype': tuple(_DTYPES),
@@ -74,6 +82,13 @@ class ModelConfig:
     for key, allowed in choices.items():
       if m[key] not in allowed:
         raise ValueError(f'model.{key}={m[key]!r}; choose one of {allowed}')
+    needs = {'cudnn': 'gpu', 'splash': 'tpu'}.get(m.attention_impl)
+    platform = platform or jax.default_backend()
+    if needs and platform != needs:
+      raise ValueError(
+        f'model.attention_impl={m.attention_impl} needs a {needs.upper()}, but JAX runs on '
+        f'{platform}; use auto (the fused kernel wherever it applies)'
+      )
     return cls(
       vocab_size=int(vocab),
       d_model=m.d_model,
@@ -103,19 +118,33 @@ class Block(nnx.Module):
     out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
     self.ln1 = LayerNorm(cfg.d_model, rngs=rngs, param_dtype=pdt)
     self.attn = MultiHeadAttention(
-        cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, rngs=rngs,
-        impl=cfg.attention_impl, use_rope=cfg.pos_emb == 'rope', init_std=cfg.init_std,
-        out_init_std=out_std, dtype=dt, param_dtype=pdt,
-    )  # fmt: skip
+      cfg.d_model,
+      cfg.num_heads,
+      cfg.num_kv_heads,
+      cfg.head_dim,
+      rngs=rngs,
+      impl=cfg.attention_impl,
+      use_rope=cfg.pos_emb == 'rope',
+      init_std=cfg.init_std,
+      out_init_std=out_std,
+      dtype=dt,
+      param_dtype=pdt,
+    )
     self.ln2 = LayerNorm(cfg.d_model, rngs=rngs, param_dtype=pdt)
     self.mlp = Mlp(
-        cfg.d_model, cfg.d_ff, rngs=rngs, init_std=cfg.init_std, out_init_std=out_std,
-        dtype=dt, param_dtype=pdt,
-    )  # fmt: skip
+      cfg.d_model,
+      cfg.d_ff,
+      rngs=rngs,
+      init_std=cfg.init_std,
+      out_init_std=out_std,
+      dtype=dt,
+      param_dtype=pdt,
+    )
 
   def __call__(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array | None) -> jax.Array:
+    x_BxLxD = constrain(x_BxLxD, RESIDUAL)
     x_BxLxD = x_BxLxD + self.attn(self.ln1(x_BxLxD), segment_ids_BxL)
-    return x_BxLxD + self.mlp(self.ln2(x_BxLxD))
+    return constrain(x_BxLxD + self.mlp(self.ln2(x_BxLxD)), RESIDUAL)
 
 
 def _remat(fn, mode: str):
@@ -137,7 +166,7 @@ class Transformer(nnx.Module):
     if cfg.pos_emb == 'learned':
       self.pos_LxD = param(rngs, normal, (cfg.max_seq_len, cfg.d_model), (None, 'embed'), pdt)
     if cfg.scan_layers:
-      # One Block whose parameters have a leading [num_layers] axis, each layer its own init.
+      # One Block whose parameters have a leading Ly axis, each layer its own init.
       @nnx.split_rngs(splits=cfg.num_layers)
       @nnx.vmap(in_axes=(0,), out_axes=0)
       def make_stacked(rngs: nnx.Rngs) -> Block:
@@ -153,10 +182,7 @@ class Transformer(nnx.Module):
   def __call__(self, tokens_BxL: jax.Array, segment_ids_BxL: jax.Array | None = None) -> jax.Array:
     cfg = self.cfg
     dt = _DTYPES[cfg.dtype]
-    length = tokens_BxL.shape[1]
-    x_BxLxD = jnp.take(self.embed_VxD[...], tokens_BxL, axis=0).astype(dt)
-    if cfg.pos_emb == 'learned':
-      x_BxLxD = x_BxLxD + self.pos_LxD[...][:length].astype(dt)
+    x_BxLxD = constrain(self.embed(tokens_BxL, dt), RESIDUAL)
 
     def block_fn(graph):
       def apply(state, x, segment_ids):
@@ -179,19 +205,20 @@ class Transformer(nnx.Module):
 
     x_BxLxD = self.ln_f(x_BxLxD)
     unembed_DxV = self.embed_VxD[...].T if cfg.tie_embeddings else self.unembed_DxV[...]
-    b, _, d = x_BxLxD.shape
-    logits_NxV = jnp.dot(
-      x_BxLxD.reshape(b * length, d), unembed_DxV.astype(dt), preferred_element_type=jnp.float32
-    )
-    return logits_NxV.reshape(b, length, -1)
+    logits_BxLxV = dense(x_BxLxD, unembed_DxV.astype(dt), out_dtype=jnp.float32)
+    return constrain(logits_BxLxV, ('batch', 'act_length', 'act_vocab'))
+
+  def embed(self, tokens_BxL: jax.Array, dtype) -> jax.Array:
+    """Token embeddings plus learned positions (rope rotates inside attention instead)."""
+    x_BxLxD = jnp.take(self.embed_VxD[...], tokens_BxL, axis=0).astype(dtype)
+    if self.cfg.pos_emb == 'learned':
+      x_BxLxD = x_BxLxD + self.pos_LxD[...][: tokens_BxL.shape[1]].astype(dtype)
+    return x_BxLxD
 
   def attention_weights(self, tokens_BxL: jax.Array) -> jax.Array:
-    """Attention weights of every layer and head, [layers, B, H, L, L] (for inspection)."""
+    """Attention weights of every layer and head, LyxBxHxLxS (for inspection)."""
     cfg = self.cfg
-    length = tokens_BxL.shape[1]
-    x_BxLxD = jnp.take(self.embed_VxD[...], tokens_BxL, axis=0)
-    if cfg.pos_emb == 'learned':
-      x_BxLxD = x_BxLxD + self.pos_LxD[...][:length]
+    x_BxLxD = self.embed(tokens_BxL, self.embed_VxD[...].dtype)
     blocks = (
       [nnx.merge(*_layer(self.blocks, i)) for i in range(cfg.num_layers)]
       if cfg.scan_layers
@@ -199,10 +226,10 @@ class Transformer(nnx.Module):
     )
     weights = []
     for block in blocks:
-      _, w_BxHxLxL = block.attn(block.ln1(x_BxLxD), None, return_weights=True)
-      weights.append(w_BxHxLxL)
+      _, weights_BxHxLxS = block.attn(block.ln1(x_BxLxD), None, return_weights=True)
+      weights.append(weights_BxHxLxS)
       x_BxLxD = block(x_BxLxD, None)
-    return jnp.stack(weights)
+    return jnp.stack(weights)  # LyxBxHxLxS
 
 
 def _layer(stacked: Block, i: int):

@@ -7,6 +7,7 @@ is replicated rather than failing, so e.g. multi-query attention (1 kv head) sti
 tensor-parallel mesh.
 """
 
+import contextlib
 import math
 
 import jax
@@ -14,6 +15,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from models import layers
 from models.shapes import MESH_AXES, mesh_shape
 
 
@@ -74,6 +76,18 @@ def param_shardings(abstract_model: nnx.Module, rules, mesh: Mesh) -> dict:
 def batch_sharding(mesh: Mesh, rules) -> NamedSharding:
   """Sharding of a [batch, length] array: rows split over the batch axes."""
   return NamedSharding(mesh, PartitionSpec(batch_axes(rules) or None))
+
+
+def activation_sharding(rules, mesh: Mesh):
+  """Context in which the model pins its activations (models.layers.constrain) by `rules`.
+
+  Open it around the model call inside the jitted function; with one device it does nothing.
+  """
+  if mesh.size == 1:
+    return contextlib.nullcontext()
+  return layers.activation_sharding(
+    lambda axes, shape: NamedSharding(mesh, spec_for(axes, shape, rules, mesh))
+  )
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -99,7 +99,8 @@ def make_trainer(config, model_cfg: ModelConfig, mesh: jax.sharding.Mesh) -> Tra
   def loss_fn(params, batch):
     model = nnx.merge(graphdef, params)
     segment_ids = batch.get('segment_ids') if config.data.segment_ids else None
-    logits_BxLxV = model(batch['inputs'], segment_ids)
+    with sharding.activation_sharding(config.sharding_rules, mesh):
+      logits_BxLxV = model(batch['inputs'], segment_ids)
     nll_BxL, logz_BxL = cross_entropy(logits_BxLxV, batch['targets'])
     loss = nll_BxL.mean()
     if z_loss:
@@ -135,7 +136,9 @@ def make_trainer(config, model_cfg: ModelConfig, mesh: jax.sharding.Mesh) -> Tra
   def eval_step(params, batch):
     model = nnx.merge(graphdef, params)
     segment_ids = batch.get('segment_ids') if config.data.segment_ids else None
-    nll_BxL, _ = cross_entropy(model(batch['inputs'], segment_ids), batch['targets'])
+    with sharding.activation_sharding(config.sharding_rules, mesh):
+      logits_BxLxV = model(batch['inputs'], segment_ids)
+    nll_BxL, _ = cross_entropy(logits_BxLxV, batch['targets'])
     return nll_BxL.mean(axis=-1)
 
   batch_tree_sh = {'inputs': batch_sh, 'targets': batch_sh, 'segment_ids': batch_sh}

@@ -25,9 +25,9 @@ def get_config() -> ml_collections.ConfigDict:
   m.tie_embeddings = True
   m.dtype = 'float32'  # compute dtype: 'float32' | 'bfloat16'.
   m.param_dtype = 'float32'
-  # 'reference': einsums, softmax in float32. 'xla': jax.nn.dot_product_attention, JAX picks the
-  # implementation (cuDNN flash attention on GPUs where it applies). 'cudnn': insist on cuDNN.
-  m.attention_impl = 'xla'
+  # 'auto': cuDNN flash attention on GPUs, Pallas splash attention on TPUs where they apply,
+  # else XLA (says once why). 'reference' (einsums) | 'xla' | 'cudnn' | 'splash': insist.
+  m.attention_impl = 'auto'
   m.remat = 'none'  # 'none' | 'full' | 'dots'.
   m.scan_layers = False
   m.init_std = 0.02
@@ -85,6 +85,14 @@ def get_config() -> ml_collections.ConfigDict:
       'head_dim': None,
       'mlp': 'tensor',
       'layers': None,
+      # Activations (models/layers.py): 'batch' above, then the residual stream's length and
+      # width, heads, MLP hidden, logits' vocabulary. Megatron-style tensor parallelism.
+      'act_length': None,  # 'tensor': sequence parallelism between blocks
+      'act_embed': None,
+      'act_heads': 'tensor',
+      'act_kv_heads': 'tensor',
+      'act_mlp': 'tensor',
+      'act_vocab': 'tensor',
     }
   )
 
