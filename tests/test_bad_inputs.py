@@ -260,9 +260,13 @@ CASES: dict[str, tuple[str, list[str]]] = {
     'launch.sweep',
     ['--sweep=experiments/sweeps/demo.py', '--workdir={case}/sw', '--only=nosuchrun'],
   ),
-  'sweep/parallel-0': (
+  'sweep/parallel-negative': (
     'launch.sweep',
-    ['--sweep=experiments/sweeps/demo.py', '--workdir={case}/sw', '--parallel=0'],
+    ['--sweep=experiments/sweeps/demo.py', '--workdir={case}/sw', '--parallel=-1'],
+  ),
+  'sweep/devices-per-run-negative': (
+    'launch.sweep',
+    ['--sweep=experiments/sweeps/demo.py', '--workdir={case}/sw', '--devices_per_run=-2'],
   ),
   # Comparing sweeps.
   'compare/dir-missing': ('launch.compare', ['{case}/nosweep', '--out={case}/out/s.png']),
