@@ -21,7 +21,7 @@ The time model (benchmarks/PLANNER.md compares it with measurements and publishe
 
 import dataclasses
 import itertools
-import math
+import re
 import sys
 
 from absl import app, flags
@@ -29,9 +29,17 @@ from absl import app, flags
 from benchmarks import hardware
 from train import comm
 
-_MODEL = flags.DEFINE_string('model', 'gpt3.175B', 'gpt3.<row of Table 2.1> or palm.540B.')
-_HW = flags.DEFINE_string('hardware', 'v5p-512', 'v4-N, v5p-N (N TensorCores), v5e-N, v6e-N (N '
-                          'chips), a100-N, h100-N, h200-N (N GPUs), cpu-2core.')  # fmt: skip
+_MODEL = flags.DEFINE_string(
+  'model', 'gpt3.175B', 'gpt3.<row of Table 2.1>, palm.540B, or dD.LN.HH (d_ff 4D).'
+)
+_VOCAB = flags.DEFINE_integer('vocab_size', 0, "Vocabulary (0: the named model's; dD.LN.HH: 256).")
+_DTYPE = flags.DEFINE_enum('dtype', 'bfloat16', ['bfloat16', 'float32'], 'Compute dtype.')
+_HW = flags.DEFINE_string(
+  'hardware',
+  'v5p-512',
+  'v4-N, v5p-N (N TensorCores), v5e-N, v6e-N (N '
+  'chips), a100-N, h100-N, h200-N (N GPUs), cpu-2core.',
+)
 _SLICES = flags.DEFINE_integer(
   'slices', 1, 'TPU slices joined over DCN (the data axis spans them).'
 )
@@ -44,11 +52,10 @@ _SUGGEST = flags.DEFINE_boolean('suggest', False, 'Search mesh and remat; print 
 
 REMATS = ('none', 'dots', 'full')
 PARAM_BYTES = 4  # float32 parameters, gradients and both AdamW moments (train/step.py)
-ACT_BYTES = 2  # bfloat16 compute
 HEADROOM = 0.9  # fraction of HBM the plan may fill (XLA's own buffers, fragmentation)
 
 
-def model_config(name: str, seq_len: int):
+def model_config(name: str, seq_len: int, vocab_size: int = 0, dtype: str = 'bfloat16'):
   """A ModelConfig for a named model (scan_layers on: its shapes, nothing is built)."""
   from models import gpt3
   from models.transformer import ModelConfig
@@ -60,16 +67,36 @@ def model_config(name: str, seq_len: int):
     # PaLM 540B (Chowdhery et al. 2022, Table 1): 118 layers, d_model 18432, 48 heads x 256,
     # multi-query, vocab 256k, SwiGLU with d_ff 73728 (3 matrices). This model's MLP is GELU
     # with 2 matrices, so d_ff = 1.5 x 73728 gives the same parameters and FLOPs.
-    shape = dict(vocab_size=256000, d_model=18432, num_layers=118, num_heads=48, num_kv_heads=1,
-                 head_dim=256, d_ff=110592, max_seq_len=2048, pos_emb='rope',
-                 tie_embeddings=True)  # fmt: skip
+    shape = dict(
+      vocab_size=256000,
+      d_model=18432,
+      num_layers=118,
+      num_heads=48,
+      num_kv_heads=1,
+      head_dim=256,
+      d_ff=110592,
+      max_seq_len=2048,
+      pos_emb='rope',
+      tie_embeddings=True,
+    )
+  elif re.fullmatch(r'd\d+\.L\d+\.H\d+', name):
+    d, layers, heads = (int(p[1:]) for p in name.split('.'))
+    shape = dict(d_model=d, num_layers=layers, num_heads=heads, vocab_size=256, max_seq_len=seq_len)
   else:
-    raise ValueError(f'unknown model {name!r}; use gpt3.<{"|".join(gpt3.GPT3_TABLE)}> or palm.540B')
-  shape['max_seq_len'] = max(shape['max_seq_len'], seq_len)
-  return ModelConfig(**shape, dtype='bfloat16', scan_layers=True)
+    raise ValueError(
+      f'unknown model {name!r}; use gpt3.<{"|".join(gpt3.GPT3_TABLE)}>, palm.540B or dD.LN.HH'
+    )
+  if vocab_size:
+    shape['vocab_size'] = vocab_size
+  from experiments.configs import default
+
+  m = default.get_config().model
+  m.update(shape, dtype=dtype, scan_layers=True)
+  m.max_seq_len = max(m.max_seq_len, seq_len)
+  return ModelConfig.from_config(m)
 
 
-def parse_mesh(text: str, chips: int) -> dict[str, int]:
+def parse_mesh(text: str, hw: hardware.Slice) -> dict[str, int]:
   from ml_collections import ConfigDict
 
   from train.sharding import MESH_AXES, mesh_shape
@@ -82,13 +109,24 @@ def parse_mesh(text: str, chips: int) -> dict[str, int]:
     pairs[key.strip()] = int(value)
   if not pairs:
     pairs = {'data': -1}
-  return dict(zip(MESH_AXES, mesh_shape(ConfigDict(pairs), chips), strict=True))
+  try:
+    sizes = mesh_shape(ConfigDict(pairs), hw.chips)
+  except ValueError as e:
+    if hw.chip.chips_per_name_unit != 1:
+      raise ValueError(f'{e} ({hw.chip.name}-N counts TensorCores, 2 per chip)') from None
+    raise
+  return dict(zip(MESH_AXES, sizes, strict=True))
+
+
+def _act_bytes(cfg) -> int:
+  return 2 if cfg.dtype in ('bfloat16', 'float16') else 4
 
 
 def activation_bytes(cfg, tokens: int, tensor: int, remat: str) -> float:
   """Activations one device keeps for the backward pass, `tokens` = its B x L.
 
-  Per layer, in bf16, following Korthikanti et al. 2022 (Table 2) without dropout and with
+  Per layer, in the compute dtype (sizes below for bf16; float32 doubles them), following
+  Korthikanti et al. 2022 (Table 2) without dropout and with
   flash-style attention (no L x L scores kept): 'none' keeps both LayerNorm inputs, the QKV
   and MLP inputs (8 x BLD, replicated over tensor) and Q, K, V, the attention output and the
   GELU input and output (24 x BLD / tensor); 'dots' keeps the block input and the matmul
@@ -96,7 +134,7 @@ def activation_bytes(cfg, tokens: int, tensor: int, remat: str) -> float:
   block input (2 x BLD) and rebuilds one layer at a time. The float32 logits and their
   gradient (2 x 4 x B L V / tensor) come on top.
   """
-  bld = tokens * cfg.d_model
+  bld = tokens * cfg.d_model * _act_bytes(cfg) / 2
   none_layer = bld * (8 + 24 / tensor)
   per_layer = {'none': none_layer, 'dots': bld * (6 + 14 / tensor), 'full': 2 * bld}[remat]
   layers = cfg.num_layers * per_layer + (none_layer if remat == 'full' else 0)
@@ -149,15 +187,24 @@ def _axis_bandwidth(hw: hardware.Slice, mesh: dict) -> dict[str, tuple[float, st
   return out
 
 
-def plan(cfg, hw: hardware.Slice, mesh: dict, seq_len: int, global_batch: int, remat: str,
-         efficiency: float = 1.0) -> Plan:  # fmt: skip
+def plan(
+  cfg,
+  hw: hardware.Slice,
+  mesh: dict,
+  seq_len: int,
+  global_batch: int,
+  remat: str,
+  efficiency: float = 1.0,
+) -> Plan:
   from models import accounting
 
   shards = mesh['data'] * mesh['fsdp']
   if global_batch % shards:
     raise ValueError(f'global_batch={global_batch} does not split over data x fsdp = {shards}')
   cfg = dataclasses.replace(cfg, remat=remat)
-  table = comm.param_table(cfg, mesh)
+  from experiments.configs import default
+
+  table = comm.param_table(cfg, mesh, default.get_config().sharding_rules)
   params = PARAM_BYTES * sum(p.local for p in table)
   tokens = global_batch // shards * seq_len
   acts = activation_bytes(cfg, tokens, mesh['tensor'], remat)
@@ -169,9 +216,15 @@ def plan(cfg, hw: hardware.Slice, mesh: dict, seq_len: int, global_batch: int, r
   compute_s = hw_flops / hw.chips / (hw.chip.peak_flops * efficiency)
   bw = _axis_bandwidth(hw, mesh)
   volume = comm.step_volume(
-    cfg, table, mesh, global_batch, seq_len,
-    param_bytes=PARAM_BYTES, act_bytes=ACT_BYTES, remat=remat,
-  )  # fmt: skip
+    cfg,
+    table,
+    mesh,
+    global_batch,
+    seq_len,
+    param_bytes=PARAM_BYTES,
+    act_bytes=_act_bytes(cfg),
+    remat=remat,
+  )
   rows, hidden, exposed = [], 0.0, 0.0
   for (axis, kind), (result_bytes, n) in volume.items():
     sent = comm.ring_bytes(kind, result_bytes, n)
@@ -183,8 +236,9 @@ def plan(cfg, hw: hardware.Slice, mesh: dict, seq_len: int, global_batch: int, r
       hidden += seconds
   step_s = max(compute_s, hidden) + exposed
   mfu = model_flops / (step_s * hw.chips * hw.chip.peak_flops)
-  return Plan(mesh, remat, memory, model_flops, hw_flops, compute_s, rows, step_s, mfu,
-              hbm=hw.chip.hbm_bytes)  # fmt: skip
+  return Plan(
+    mesh, remat, memory, model_flops, hw_flops, compute_s, rows, step_s, mfu, hbm=hw.chip.hbm_bytes
+  )
 
 
 def candidate_meshes(cfg, chips: int, island: int, global_batch: int):
@@ -246,8 +300,9 @@ def report(cfg, hw: hardware.Slice, p: Plan, seq_len: int, global_batch: int) ->
     'communication per device per step:',
   ]
   for axis, kind, sent, seconds, link in p.comm:
-    lines.append(f'  {axis:6s} {kind:14s} {sent / 1e9:9.3f} GB sent over {link:10s} '
-                 f'{seconds * 1e3:9.1f} ms')  # fmt: skip
+    lines.append(
+      f'  {axis:6s} {kind:14s} {sent / 1e9:9.3f} GB sent over {link:10s} {seconds * 1e3:9.1f} ms'
+    )
   lines += [
     f'predicted step time: {p.step_s * 1e3:.1f} ms, '
     f'{global_batch * seq_len / p.step_s:,.0f} tokens/s, MFU {100 * p.mfu:.1f}%',
@@ -262,15 +317,18 @@ def main(argv):
     if _SEQ.value < 1 or _BATCH.value < 1 or not 0 < _EFF.value <= 1:
       raise ValueError('seq_len and global_batch must be >= 1, efficiency in (0, 1]')
     hw = hardware.parse(_HW.value, _SLICES.value)
-    cfg = model_config(_MODEL.value, _SEQ.value)
+    mesh = None if _SUGGEST.value else parse_mesh(_MESH.value, hw)
+    cfg = model_config(_MODEL.value, _SEQ.value, _VOCAB.value, _DTYPE.value)
     if _SUGGEST.value:
       p = suggest(cfg, hw, _SEQ.value, _BATCH.value, _EFF.value)
       if p is None:
         raise ValueError(f'no mesh and remat setting fits {_MODEL.value} on {_HW.value}')
-      print('suggested: --mesh=' + ','.join(f'{k}={v}' for k, v in p.mesh.items() if v > 1)
-            + f' --remat={p.remat}')  # fmt: skip
+      print(
+        'suggested: --mesh='
+        + ','.join(f'{k}={v}' for k, v in p.mesh.items() if v > 1)
+        + f' --remat={p.remat}'
+      )
     else:
-      mesh = parse_mesh(_MESH.value, hw.chips)
       p = plan(cfg, hw, mesh, _SEQ.value, _BATCH.value, _REMAT.value, _EFF.value)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)

@@ -24,18 +24,30 @@ _PORT_TAKEN = ('Address already in use', 'address already in use', 'Failed to bi
 
 
 def launch(workdir, processes: int, devices_each: int, extra=(), tries: int = 3) -> None:
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_each}',
-             JAX_PLATFORMS='cpu')  # fmt: skip
+  env = dict(
+    os.environ,
+    XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_each}',
+    JAX_PLATFORMS='cpu',
+  )
   base = [sys.executable, '-m', 'launch.train', f'--workdir={workdir}', *FLAGS, *MIXED, *extra]
   for attempt in range(tries):
     addr = f'127.0.0.1:{free_port()}'
     cmds = [
-        base + [f'--coordinator_address={addr}', f'--num_processes={processes}',
-                f'--process_id={i}', '--distributed_timeout_s=60']
-        for i in range(processes)
-    ]  # fmt: skip
-    procs = [subprocess.Popen(c, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for c in cmds]  # fmt: skip
+      base
+      + [
+        f'--coordinator_address={addr}',
+        f'--num_processes={processes}',
+        f'--process_id={i}',
+        '--distributed_timeout_s=60',
+      ]
+      for i in range(processes)
+    ]
+    procs = [
+      subprocess.Popen(
+        c, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+      )
+      for c in cmds
+    ]
     try:
       outs = [p.communicate(timeout=600)[0] for p in procs]
     finally:

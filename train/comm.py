@@ -20,22 +20,36 @@ Bytes are per device, before the algorithm: a ring all-reduce of S bytes over n 
 2 (n - 1) / n * S, an all-gather with an S-byte result or a reduce-scatter with an S-byte input
 sends (n - 1) / n * S (`ring_bytes`).
 
-This module imports no JAX: the planner (benchmarks/plan.py) uses it with any model size.
+Only `param_table` touches JAX (abstract shapes through nnx.eval_shape, nothing allocated),
+so the planner (benchmarks/plan.py) uses the same model at any size.
 """
 
 import dataclasses
+import functools
 import itertools
 import math
 import re
+import types
 from collections import defaultdict
 
 import numpy as np
 
 KINDS = ('all-reduce', 'all-gather', 'reduce-scatter', 'all-to-all', 'collective-permute')
 _DTYPE_BYTES = {
-  'pred': 1, 's8': 1, 'u8': 1, 'f16': 2, 'bf16': 2, 's16': 2, 'u16': 2,
-  'f32': 4, 's32': 4, 'u32': 4, 'f64': 8, 's64': 8, 'u64': 8,
-}  # fmt: skip
+  'pred': 1,
+  's8': 1,
+  'u8': 1,
+  'f16': 2,
+  'bf16': 2,
+  's16': 2,
+  'u16': 2,
+  'f32': 4,
+  's32': 4,
+  'u32': 4,
+  'f64': 8,
+  's64': 8,
+  'u64': 8,
+}
 _ARRAY = re.compile(r'\b(pred|[suf]\d+|bf16)\[([\d,]*)\]')
 _INSTR = re.compile(
   r'^\s*(?:ROOT\s+)?%?(\S+)\s*=\s*(.*?)\s+(' + '|'.join(KINDS) + r')(-start)?\((.*)$'
@@ -186,29 +200,35 @@ class ParamShard:
   layered: bool  # one of the blocks' parameters
 
 
-def param_table(cfg, mesh: dict[str, int], rules) -> list[ParamShard]:
-  """Every parameter of the model `cfg` (a ModelConfig), split by `rules` over a mesh of
-  these sizes, through train/sharding.py's own spec_for: nothing is allocated."""
-  import types
-
+@functools.lru_cache(maxsize=8)
+def _abstract_params(cfg) -> tuple:
+  """(name, shape, logical axes) of every parameter of the model `cfg` (a ModelConfig)."""
   import jax
   from flax import nnx
 
   from models.transformer import Transformer
-  from train.sharding import spec_for
 
   abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+  leaves = jax.tree_util.tree_leaves_with_path(
+    nnx.state(abstract, nnx.Param), is_leaf=lambda x: isinstance(x, nnx.Variable)
+  )
+  return tuple(
+    (jax.tree_util.keystr(path), var.get_value().shape, var.get_metadata().get('logical_axes'))
+    for path, var in leaves
+  )
+
+
+def param_table(cfg, mesh: dict[str, int], rules) -> list[ParamShard]:
+  """Every parameter of the model `cfg` (a ModelConfig), split by `rules` over a mesh of
+  these sizes, through train/sharding.py's own spec_for: nothing is allocated."""
+  from train.sharding import spec_for
+
   fake_mesh = types.SimpleNamespace(shape={a: mesh.get(a, 1) for a in ('data', 'fsdp', 'tensor')})
   table = []
-  state = nnx.state(abstract, nnx.Param)
-  for path, var in jax.tree_util.tree_leaves_with_path(
-    state, is_leaf=lambda x: isinstance(x, nnx.Variable)
-  ):
-    shape = var.get_value().shape
-    spec = spec_for(var.get_metadata().get('logical_axes'), shape, rules, fake_mesh)
+  for name, shape, logical in _abstract_params(cfg):
+    spec = spec_for(logical, shape, rules, fake_mesh)
     axes = [a for entry in spec if entry for a in ((entry,) if isinstance(entry, str) else entry)]
     split = math.prod(fake_mesh.shape[a] for a in axes)
-    name = jax.tree_util.keystr(path)
     table.append(ParamShard(name, math.prod(shape) // split, 'fsdp' in axes, 'blocks' in name))
   return table
 
@@ -227,9 +247,16 @@ def ring_bytes(kind: str, result_bytes: float, n: int) -> float:
 
 
 def step_volume(
-  cfg, table: list[ParamShard], mesh: dict[str, int], batch: int, seq_len: int, *,
-  param_bytes: int = 4, act_bytes: int = 4, remat: str = 'none',
-) -> dict[tuple[str, str], tuple[float, int]]:  # fmt: skip
+  cfg,
+  table: list[ParamShard],
+  mesh: dict[str, int],
+  batch: int,
+  seq_len: int,
+  *,
+  param_bytes: int = 4,
+  act_bytes: int = 4,
+  remat: str = 'none',
+) -> dict[tuple[str, str], tuple[float, int]]:
   """Predicted {(mesh axis, kind): (result bytes per device per step, group size)}.
 
   `batch` is the global batch in sequences; parameters and gradients are `param_bytes` wide,
@@ -239,21 +266,29 @@ def step_volume(
   data, fsdp, tensor = (mesh.get(a, 1) for a in ('data', 'fsdp', 'tensor'))
   vol = {}
   local = param_bytes * sum(p.local for p in table)
+  # A tied embedding gets two gradients, from the lookup and from the logits matmul; XLA:CPU
+  # reduces both before adding them (the one parameter moved twice).
+  embed = param_bytes * sum(p.local for p in table if 'embed_VxD' in p.name)
+  twice = embed if cfg.tie_embeddings else 0
   if fsdp > 1:
     gathered = param_bytes * fsdp * sum(p.local for p in table if p.over_fsdp and p.layered)
-    gathered_other = (
-      param_bytes * fsdp * sum(p.local for p in table if p.over_fsdp and not p.layered)
-    )
+    other = param_bytes * fsdp * sum(p.local for p in table if p.over_fsdp and not p.layered)
     # Forward gathers each layer once; the backward gathers it again (full remat: a third
     # time, to recompute the forward). Gradients leave as reduce-scatters.
     passes = 3 if remat == 'full' else 2
-    vol['fsdp', 'all-gather'] = (passes * gathered + 2 * gathered_other, fsdp)
-    vol['fsdp', 'reduce-scatter'] = ((gathered + gathered_other) / fsdp, fsdp)
+    vol['fsdp', 'all-gather'] = (passes * gathered + 2 * other, fsdp)
+    vol['fsdp', 'reduce-scatter'] = ((gathered + other + fsdp * twice) / fsdp, fsdp)
   if data > 1:
-    vol['data', 'all-reduce'] = (local, data)
+    vol['data', 'all-reduce'] = (local + twice, data)
   if tensor > 1:
     tokens = batch // (data * fsdp) * seq_len
-    per_block = 6 if remat == 'full' else 4  # 2 forward + 2 backward (+ 2 recomputed)
-    vol['tensor', 'all-reduce'] = (act_bytes * tokens * cfg.d_model * per_block * cfg.num_layers,
-                                   tensor)  # fmt: skip
+    # Per block: forward 2 all-reduces of [tokens, D] (after the attention out-projection
+    # and after the MLP), backward the input gradients of the MLP and of attention: Megatron
+    # sums Q, K and V's before one all-reduce, XLA:CPU reduces the three (4 in all). Full
+    # remat repeats the forward's 2. Outside the blocks: the vocab-split embedding lookup
+    # (forward) and the logits' input gradient (backward), 1 each, and 3 [tokens] float32
+    # reductions of the vocab-split softmax (max, sum, target logit).
+    per_block = 2 + 4 + (2 if remat == 'full' else 0)
+    blocks = act_bytes * tokens * cfg.d_model * (per_block * cfg.num_layers + 2)
+    vol['tensor', 'all-reduce'] = (blocks + 3 * 4 * tokens, tensor)
   return vol

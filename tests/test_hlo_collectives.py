@@ -1,0 +1,134 @@
+"""The collectives XLA compiles into the train step, read from the compiled HLO, per mesh.
+
+A 2-layer float32 model (d_model 64, 4 heads, vocab 256, T 32, global batch 8) is compiled
+for data, tensor, FSDP and mixed meshes of the 8 fake CPU devices. For each mesh the
+collectives are grouped by the mesh axes their replica groups run over; the tests assert the
+kinds, counts per layer and bytes that each parallelism should produce, that nothing else is
+there (no all-to-all, no all-gather of a whole activation), and that train/comm.py's volume
+model agrees with the compiled bytes within 10%.
+
+Where XLA:CPU differs from what TPU/GPU compilers do, the expectation says so:
+* XLA:CPU combines all gradient all-reduces of one axis into one tuple-shaped all-reduce (its
+  all-reduce combiner has no size threshold in practice at these sizes); TPU/GPU combine up to
+  a threshold, so they show a few.
+* XLA:CPU does not form reduce-scatters: an FSDP gradient is all-reduced at its gathered size
+  and then sliced (TPU/GPU: reduce-scatter). Bytes are compared as the reduced size.
+* The three input gradients of the Q, K, V projections are all-reduced separately (one tuple
+  op) instead of summed first as in Megatron-LM: 4 all-reduces per block backward, not 2.
+* The tied embedding's two gradients (lookup, logits) are reduced before they are added.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments.configs import default
+from models.transformer import ModelConfig
+from train import comm, sharding, step
+
+LAYERS, D, HEADS, VOCAB, T, B = 2, 64, 4, 256, 32, 8
+AXES = sharding.MESH_AXES
+_CACHE = {}
+
+
+def config(mesh: dict, scan: bool = False):
+  c = default.get_config()
+  c.model.update(
+    dict(
+      d_model=D,
+      num_layers=LAYERS,
+      num_heads=HEADS,
+      max_seq_len=T,
+      vocab_size=VOCAB,
+      scan_layers=scan,
+    )
+  )
+  c.data.seq_len, c.train.global_batch = T, B
+  c.mesh.update({a: mesh.get(a, 1) for a in AXES})
+  return c
+
+
+def compiled(mesh: dict, scan: bool = False):
+  """(collectives grouped by (axes, kind), the collectives, model config, mesh), cached."""
+  key = (tuple(sorted(mesh.items())), scan)
+  if key not in _CACHE:
+    c = config(mesh, scan)
+    model_cfg = ModelConfig.from_config(c.model)
+    m = sharding.make_mesh(c.mesh)
+    trainer = step.make_trainer(c, model_cfg, m)
+    state = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      trainer.abstract_state,
+      trainer.state_shardings,
+    )
+    tokens = jax.ShapeDtypeStruct((B, T), jnp.int32, sharding=trainer.batch_sharding)
+    batch = {'inputs': tokens, 'targets': tokens, 'segment_ids': tokens}
+    hlo = trainer.train_step.lower(state, batch).compile().as_text()
+    cs = comm.collectives(hlo, m.size)
+    ids = np.vectorize(lambda d: d.id)(m.devices)
+    _CACHE[key] = (comm.by_axis(cs, ids, AXES), cs, ids, model_cfg, c)
+  return _CACHE[key]
+
+
+def predicted(mesh: dict, scan: bool = False) -> dict:
+  _, _, _, model_cfg, c = compiled(mesh, scan)
+  table = comm.param_table(model_cfg, mesh, c.sharding_rules)
+  return comm.step_volume(model_cfg, table, mesh, B, T, param_bytes=4, act_bytes=4)
+
+
+def param_bytes(mesh: dict) -> int:
+  """Bytes of one device's parameter shards (as train/sharding.py splits them)."""
+  _, _, _, model_cfg, c = compiled(mesh)
+  return 4 * sum(p.local for p in comm.param_table(model_cfg, mesh, c.sharding_rules))
+
+
+def tokens_x_d_ops(cs, ids, axis: str, tokens: int) -> int:
+  """Executions of `axis` all-reduces whose operands are [tokens, D] activations."""
+  act = {(tokens, D), (tokens // T, T, D)}
+  return sum(
+    c.count * sum(dims in act for _, dims in c.shapes)
+    for c in cs
+    if c.kind == 'all-reduce' and comm.axes_of(c.groups, ids, AXES) == axis
+  )
+
+
+def assert_close(got: float, want: float, what: str):
+  assert abs(got - want) <= 0.1 * want, f'{what}: compiled {got:,.0f} bytes, model {want:,.0f}'
+
+
+def test_data_parallel_one_gradient_all_reduce():
+  mesh = {'data': 8}
+  got, cs, _, _, _ = compiled(mesh)
+  # Only gradient (and loss) all-reduces over `data`, combined into one op on XLA:CPU.
+  assert set(got) == {('data', 'all-reduce')}, got
+  assert got['data', 'all-reduce']['ops'] == 1
+  # Its bytes: every parameter once, the tied embedding twice, and the loss scalars.
+  embed = 4 * VOCAB * D
+  extra = got['data', 'all-reduce']['bytes'] - param_bytes(mesh) - embed
+  assert 0 <= extra <= 16, extra
+  assert_close(got['data', 'all-reduce']['bytes'], predicted(mesh)['data', 'all-reduce'][0], 'dp')
+
+
+@pytest.mark.parametrize('scan', [False, True])
+def test_tensor_parallel_megatron_all_reduces(scan):
+  mesh = {'data': 2, 'tensor': 4}
+  got, cs, ids, _, _ = compiled(mesh, scan)
+  assert set(got) == {('data', 'all-reduce'), ('tensor', 'all-reduce')}, got
+  # [tokens, D] all-reduces over `tensor`: per block 2 forward + 4 backward (XLA:CPU keeps
+  # Q, K and V's input gradients apart; Megatron: 2), plus the vocab-split embedding lookup
+  # and the logits' input gradient.
+  tokens = B // 2 * T
+  assert tokens_x_d_ops(cs, ids, 'tensor', tokens) == 6 * LAYERS + 2
+  # Gradients of the tensor-split parameters: one combined all-reduce over `data`.
+  assert got['data', 'all-reduce']['ops'] == 1
+  want = predicted(mesh, scan)
+  for key in got:
+    assert_close(got[key]['bytes'], want[key][0], str(key))
+
+
+def test_scanned_layers_move_the_same_bytes():
+  """A collective inside the scan's while loop runs once per layer."""
+  flat, _, _, _, _ = compiled({'data': 2, 'tensor': 4}, False)
+  scanned, _, _, _, _ = compiled({'data': 2, 'tensor': 4}, True)
+  assert {k: v['bytes'] for k, v in flat.items()} == {k: v['bytes'] for k, v in scanned.items()}
