@@ -16,7 +16,8 @@ The time model (benchmarks/PLANNER.md compares it with measurements and publishe
 * data-parallel gradient reductions and FSDP gathers/scatters overlap with compute (XLA's
   latency-hiding scheduler does this on TPU/GPU), so they cost max(0, their time - compute);
 * tensor-parallel all-reduces sit between dependent matmuls and are added in full;
-* ring algorithms: an all-reduce of S bytes over n devices sends 2 (n-1)/n S per device.
+* ring algorithms: an all-reduce of S bytes over n devices sends 2 (n-1)/n S per device; a
+  reduction over several axes (data+fsdp) runs at the speed of the slowest link among them.
 """
 
 import dataclasses
@@ -196,14 +197,13 @@ def plan(
   remat: str,
   efficiency: float = 1.0,
 ) -> Plan:
+  from experiments.configs import default
   from models import accounting
 
   shards = mesh['data'] * mesh['fsdp']
   if global_batch % shards:
     raise ValueError(f'global_batch={global_batch} does not split over data x fsdp = {shards}')
   cfg = dataclasses.replace(cfg, remat=remat)
-  from experiments.configs import default
-
   table = comm.param_table(cfg, mesh, default.get_config().sharding_rules)
   params = PARAM_BYTES * sum(p.local for p in table)
   tokens = global_batch // shards * seq_len
@@ -228,8 +228,10 @@ def plan(
   rows, hidden, exposed = [], 0.0, 0.0
   for (axis, kind), (result_bytes, n) in volume.items():
     sent = comm.ring_bytes(kind, result_bytes, n)
-    seconds = sent / bw[axis][0] if sent else 0.0
-    rows.append((axis, kind, sent, seconds, bw[axis][1]))
+    # A reduction over several axes runs at the speed of the slowest of their links.
+    speed, link = min(bw[a] for a in axis.split('+'))
+    seconds = sent / speed if sent else 0.0
+    rows.append((axis, kind, sent, seconds, link))
     if axis == 'tensor':
       exposed += seconds
     else:

@@ -76,7 +76,7 @@ def test_tpu_slice_names_count_tensorcores_and_dcn_joins_slices():
   assert (two.chips, two.island) == (8, 4)
   p = plan.plan(TINY, two, {'data': 2, 'fsdp': 4, 'tensor': 1}, 4, 32, 'none')
   links = {a: link for a, _, _, _, link in p.comm}
-  assert links == {'data': 'DCN', 'fsdp': 'ICI'}
+  assert links == {'data': 'DCN', 'fsdp': 'ICI', 'data+fsdp': 'DCN'}
 
 
 @pytest.mark.parametrize('model, hw', [('gpt3.6.7B', 'h100-64'), ('gpt3.175B', 'v5p-1024')])

@@ -5,20 +5,22 @@ kind, result bytes, group size, and how many times it runs (a collective inside 
 body, e.g. under `scan_layers`, runs once per trip).
 
 `step_volume(...)` is the communication-volume model of one train step of
-`models/transformer.py` under `train/step.py`, per device, as result bytes of each kind of
-collective, the quantity HLO shows:
-* data parallel (batch over `data`): one all-reduce of the gradients, each device's shard of
-  them (parameters split over fsdp/tensor stay split);
-* FSDP (batch and the parameters' `embed` dimension over `fsdp`): each layer's parameters
-  all-gathered in the forward and again in the backward, gradients reduce-scattered;
+`models/transformer.py` under `train/step.py`, per device, as payload bytes (the unsplit
+size: an all-reduce's operand, an all-gather's result, a reduce-scatter's input) per mesh axis
+and kind of collective:
+* data parallel (batch over `data`): the gradients all-reduced, each device's shard of them
+  (parameters split over fsdp/tensor stay split);
+* FSDP (batch and the parameters' `embed` dimension over `fsdp`): each parameter all-gathered
+  for the forward (again for the backward's recomputation under remat), its gradient
+  reduce-scattered;
 * tensor parallel (heads, mlp and vocab over `tensor`): two all-reduces of the [B, L, D]
   activations per block forward (after the attention output projection and the MLP's second
-  matmul, Megatron-LM's f/g operators) and two in the backward (the input gradients of the
-  QKV projection and of the first MLP matmul); the tied embedding is split over `vocab`, so
-  the lookup and the logits add a few more of [B, L, D] and [B, L] size.
-Bytes are per device, before the algorithm: a ring all-reduce of S bytes over n devices sends
-2 (n - 1) / n * S, an all-gather with an S-byte result or a reduce-scatter with an S-byte input
-sends (n - 1) / n * S (`ring_bytes`).
+  matmul, Megatron-LM's f/g operators) and the input gradients in the backward; the tied
+  embedding is split over `vocab`, so the lookup and the logits add a few more.
+A ring all-reduce of payload S over n devices sends 2 (n - 1) / n * S per device, an
+all-gather or reduce-scatter (n - 1) / n * S (`ring_bytes`). Where XLA:CPU's program differs
+from the textbook one, the model follows the compiled program and says so (see
+tests/test_hlo_collectives.py).
 
 Only `param_table` touches JAX (abstract shapes through nnx.eval_shape, nothing allocated),
 so the planner (benchmarks/plan.py) uses the same model at any size.
@@ -74,6 +76,11 @@ class Collective:
     """Result bytes of one execution (for an all-gather the gathered size)."""
     return sum(_DTYPE_BYTES[dt] * math.prod(dims) for dt, dims in self.shapes)
 
+  @property
+  def payload(self) -> int:
+    """The unsplit size: the result, except a reduce-scatter's input (n x its result)."""
+    return self.bytes * (self.group_size if self.kind == 'reduce-scatter' else 1)
+
 
 def _shapes(text: str) -> tuple:
   return tuple(
@@ -114,11 +121,11 @@ def _groups(attrs: str, num_devices: int | None) -> tuple[tuple[int, ...], ...]:
     return tuple(
       tuple(int(x) for x in g.split(',')) for g in re.findall(r'\{([\d,]*)\}', m.group(1))
     )
-  if num_devices and (m or 'replica_groups' not in attrs):
-    return (tuple(range(num_devices)),)  # empty: all devices
   pairs = re.findall(r'\{(\d+),(\d+)\}', attrs.split('source_target_pairs=', 1)[-1])
   if 'source_target_pairs' in attrs and pairs:  # collective-permute: the devices that send
     return (tuple(sorted({int(a) for a, _ in pairs})),)
+  if num_devices and (m or 'replica_groups' not in attrs):
+    return (tuple(range(num_devices)),)  # empty: all devices
   raise ValueError(f'cannot read the replica groups of: {attrs[:200]}')
 
 
@@ -139,8 +146,11 @@ def collectives(hlo_text: str, num_devices: int | None = None) -> list[Collectiv
         body_calls.append((comp_of_line, callee, 1))
     c = _INSTR.match(line)
     if c:
-      name, result, kind, _, rest = c.groups()
-      found.append((comp_of_line, kind, name, _shapes(result), _groups(rest, num_devices)))
+      name, result, kind, start, rest = c.groups()
+      shapes = _shapes(result)
+      if start and kind == 'all-gather':  # async (TPU/GPU): ((operands), (results))
+        shapes = shapes[len(shapes) // 2 :]
+      found.append((comp_of_line, kind, name, shapes, _groups(rest, num_devices)))
   # How many times each computation runs: the entry once, a while body trip-count times.
   times = defaultdict(int)
   entry = re.search(r'^ENTRY\s+%?([\w.\-]+)', hlo_text, re.M)
@@ -180,12 +190,12 @@ def axes_of(groups, device_ids: np.ndarray, axis_names: tuple[str, ...]) -> str:
 
 
 def by_axis(cs: list[Collective], device_ids: np.ndarray, axis_names) -> dict:
-  """{(axes, kind): {'ops': executions per step, 'bytes': result bytes per step}}."""
+  """{(axes, kind): {'ops': executions per step, 'bytes': payload bytes per step}}."""
   out = defaultdict(lambda: {'ops': 0, 'bytes': 0})
   for c in cs:
     entry = out[axes_of(c.groups, device_ids, axis_names), c.kind]
     entry['ops'] += c.count
-    entry['bytes'] += c.count * c.bytes
+    entry['bytes'] += c.count * c.payload
   return dict(out)
 
 
@@ -233,17 +243,15 @@ def param_table(cfg, mesh: dict[str, int], rules) -> list[ParamShard]:
   return table
 
 
-def ring_bytes(kind: str, result_bytes: float, n: int) -> float:
-  """Bytes one device sends for a collective with this result size over n devices (rings)."""
+def ring_bytes(kind: str, payload: float, n: int) -> float:
+  """Bytes one device sends for a collective of this payload over n devices, with rings."""
   if n <= 1:
     return 0.0
   if kind == 'all-reduce':
-    return 2.0 * (n - 1) / n * result_bytes
-  if kind == 'reduce-scatter':
-    return (n - 1) * result_bytes  # the result is 1/n of what is reduced
-  if kind == 'all-gather':
-    return (n - 1) / n * result_bytes
-  return float(result_bytes)
+    return 2.0 * (n - 1) / n * payload
+  if kind in ('reduce-scatter', 'all-gather'):
+    return (n - 1) / n * payload
+  return float(payload)
 
 
 def step_volume(
@@ -257,29 +265,38 @@ def step_volume(
   act_bytes: int = 4,
   remat: str = 'none',
 ) -> dict[tuple[str, str], tuple[float, int]]:
-  """Predicted {(mesh axis, kind): (result bytes per device per step, group size)}.
+  """Predicted {(mesh axes, kind): (payload bytes per device per step, group size)}.
 
   `batch` is the global batch in sequences; parameters and gradients are `param_bytes` wide,
-  activations `act_bytes` (the compute dtype). See the module docstring for what each
-  parallelism moves.
+  activations `act_bytes` (the compute dtype). Payload as in `Collective.payload`. Axes are
+  'data', 'fsdp', 'tensor' or 'data+fsdp' (a reduction over both batch axes).
   """
   data, fsdp, tensor = (mesh.get(a, 1) for a in ('data', 'fsdp', 'tensor'))
   vol = {}
-  local = param_bytes * sum(p.local for p in table)
+
+  def add(axes, kind, payload, n):
+    if n > 1 and payload:
+      old = vol.get((axes, kind), (0.0, n))[0]
+      vol[axes, kind] = (old + payload, n)
+
   # A tied embedding gets two gradients, from the lookup and from the logits matmul; XLA:CPU
-  # reduces both before adding them (the one parameter moved twice).
-  embed = param_bytes * sum(p.local for p in table if 'embed_VxD' in p.name)
-  twice = embed if cfg.tie_embeddings else 0
-  if fsdp > 1:
-    gathered = param_bytes * fsdp * sum(p.local for p in table if p.over_fsdp and p.layered)
-    other = param_bytes * fsdp * sum(p.local for p in table if p.over_fsdp and not p.layered)
-    # Forward gathers each layer once; the backward gathers it again (full remat: a third
-    # time, to recompute the forward). Gradients leave as reduce-scatters.
-    passes = 3 if remat == 'full' else 2
-    vol['fsdp', 'all-gather'] = (passes * gathered + 2 * other, fsdp)
-    vol['fsdp', 'reduce-scatter'] = ((gathered + other + fsdp * twice) / fsdp, fsdp)
-  if data > 1:
-    vol['data', 'all-reduce'] = (local + twice, data)
+  # reduces both before adding them (the one parameter is reduced twice).
+  def grad_bytes(p):
+    return param_bytes * p.local * (2 if cfg.tie_embeddings and 'embed_VxD' in p.name else 1)
+
+  split = [p for p in table if p.over_fsdp]
+  whole = [p for p in table if not p.over_fsdp]
+  # FSDP: each split parameter is all-gathered for the forward. Without remat XLA keeps the
+  # gathered copy for the backward (one gather); with remat the backward's recomputation
+  # gathers it again (two; `dots` assumed like `full`). Its gradient is reduce-scattered over
+  # fsdp at the gathered size, then all-reduced over data at the shard's size.
+  passes = 1 if remat == 'none' else 2
+  add('fsdp', 'all-gather', passes * fsdp * param_bytes * sum(p.local for p in split), fsdp)
+  add('fsdp', 'reduce-scatter', fsdp * sum(grad_bytes(p) for p in split), fsdp)
+  add('data', 'all-reduce', sum(grad_bytes(p) for p in split), data)
+  # Parameters not split over fsdp: their gradients are all-reduced over the batch axes.
+  batch_axes = '+'.join(a for a, n in (('data', data), ('fsdp', fsdp)) if n > 1)
+  add(batch_axes, 'all-reduce', sum(grad_bytes(p) for p in whole), data * fsdp)
   if tensor > 1:
     tokens = batch // (data * fsdp) * seq_len
     # Per block: forward 2 all-reduces of [tokens, D] (after the attention out-projection
@@ -290,5 +307,5 @@ def step_volume(
     # reductions of the vocab-split softmax (max, sum, target logit).
     per_block = 2 + 4 + (2 if remat == 'full' else 0)
     blocks = act_bytes * tokens * cfg.d_model * (per_block * cfg.num_layers + 2)
-    vol['tensor', 'all-reduce'] = (blocks + 3 * 4 * tokens, tensor)
+    add('tensor', 'all-reduce', blocks + 3 * 4 * tokens, tensor)
   return vol
