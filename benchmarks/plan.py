@@ -21,6 +21,7 @@ The time model (benchmarks/PLANNER.md compares it with measurements and publishe
 """
 
 import dataclasses
+import functools
 import itertools
 import re
 import sys
@@ -161,6 +162,12 @@ class Plan:
   hbm: float = 0.0
 
 
+@functools.cache
+def _cached(fn):
+  """fn with its results kept: accounting builds the abstract model on every call."""
+  return functools.lru_cache(maxsize=16)(fn)
+
+
 def _axis_bandwidth(hw: hardware.Slice, mesh: dict) -> dict[str, tuple[float, str]]:
   """(one-way bytes/s per device, link name) for each mesh axis.
 
@@ -211,8 +218,8 @@ def plan(
   memory = {'params': params, 'grads': params, 'adam': 2 * params, 'activations': acts}
   memory['total'] = sum(memory.values())
   step_tokens = global_batch * seq_len
-  model_flops = accounting.flops_per_token(cfg, seq_len) * step_tokens
-  hw_flops = accounting.hardware_flops_per_token(cfg, seq_len) * step_tokens
+  model_flops = _cached(accounting.flops_per_token)(cfg, seq_len) * step_tokens
+  hw_flops = _cached(accounting.hardware_flops_per_token)(cfg, seq_len) * step_tokens
   compute_s = hw_flops / hw.chips / (hw.chip.peak_flops * efficiency)
   bw = _axis_bandwidth(hw, mesh)
   volume = comm.step_volume(

@@ -279,10 +279,12 @@ def step_volume(
       old = vol.get((axes, kind), (0.0, n))[0]
       vol[axes, kind] = (old + payload, n)
 
-  # A tied embedding gets two gradients, from the lookup and from the logits matmul; XLA:CPU
-  # reduces both before adding them (the one parameter is reduced twice).
+  # A tied embedding gets two gradients, from the lookup and from the logits matmul. Where
+  # they are all-reduced (embedding not split over fsdp) XLA:CPU reduces both before adding
+  # them; where they are reduce-scattered over fsdp it adds them first.
   def grad_bytes(p):
-    return param_bytes * p.local * (2 if cfg.tie_embeddings and 'embed_VxD' in p.name else 1)
+    twice = cfg.tie_embeddings and 'embed_VxD' in p.name and not p.over_fsdp
+    return param_bytes * p.local * (2 if twice else 1)
 
   split = [p for p in table if p.over_fsdp]
   whole = [p for p in table if not p.over_fsdp]
