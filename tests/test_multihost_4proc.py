@@ -38,7 +38,7 @@ def launch(workdir, processes: int, devices_each: int, extra=(), tries: int = 3)
         f'--coordinator_address={addr}',
         f'--num_processes={processes}',
         f'--process_id={i}',
-        '--distributed_timeout_s=60',
+        '--distributed_timeout_s=300',
       ]
       for i in range(processes)
     ]
@@ -49,7 +49,7 @@ def launch(workdir, processes: int, devices_each: int, extra=(), tries: int = 3)
       for c in cmds
     ]
     try:
-      outs = [p.communicate(timeout=600)[0] for p in procs]
+      outs = [p.communicate(timeout=900)[0] for p in procs]
     finally:
       for p in procs:  # a hung run must not outlive the test
         if p.poll() is None:

@@ -264,6 +264,7 @@ def step_volume(
   param_bytes: int = 4,
   act_bytes: int = 4,
   remat: str = 'none',
+  fsdp_gathers: int = 2,
 ) -> dict[tuple[str, str], tuple[float, int]]:
   """Predicted {(mesh axes, kind): (payload bytes per device per step, group size)}.
 
@@ -288,11 +289,12 @@ def step_volume(
 
   split = [p for p in table if p.over_fsdp]
   whole = [p for p in table if not p.over_fsdp]
-  # FSDP: each split parameter is all-gathered for the forward. Without remat XLA keeps the
-  # gathered copy for the backward (one gather); with remat the backward's recomputation
-  # gathers it again (two; `dots` assumed like `full`). Its gradient is reduce-scattered over
-  # fsdp at the gathered size, then all-reduced over data at the shard's size.
-  passes = 1 if remat == 'none' else 2
+  # FSDP: each split parameter is all-gathered for the forward and again for the backward
+  # (ZeRO-3's schedule, the default). Without remat XLA may keep the forward's gathered copy
+  # instead (`fsdp_gathers=1`; XLA:CPU did so on an FSDP-only mesh); with remat the
+  # backward's recomputation needs a second gather. Gradients are reduce-scattered over fsdp
+  # at the gathered size, then all-reduced over data at the shard's size.
+  passes = 2 if remat != 'none' else fsdp_gathers
   add('fsdp', 'all-gather', passes * fsdp * param_bytes * sum(p.local for p in split), fsdp)
   add('fsdp', 'reduce-scatter', fsdp * sum(grad_bytes(p) for p in split), fsdp)
   add('data', 'all-reduce', sum(grad_bytes(p) for p in split), data)
