@@ -194,3 +194,39 @@ NO_ACTIVATION_SHARDING = pytest.mark.xfail(
 def test_fsdp_and_mixed_meshes(mesh):
   got, cs, ids, model_cfg, c = compiled(mesh)
   check_sharded_program(mesh, got, cs, ids, model_cfg, c.sharding_rules)
+
+
+# Hand-written HLO in the three spellings of replica groups XLA prints, and a while loop.
+SNIPPET = """
+HloModule m
+
+%body (p: (s32[], f32[4,8])) -> (s32[], f32[4,8]) {
+  %ar = f32[4,8]{1,0} all-reduce(%x), channel_id=1, replica_groups=[2,4]<=[8], to_apply=%add
+}
+
+ENTRY %main (a: f32[4,8]) -> f32[4,8] {
+  %ag = f32[8,8]{1,0} all-gather(%a), replica_groups=[4,2]<=[2,4]T(1,0), dimensions={0}
+  %rs = f32[2,8]{1,0} reduce-scatter(%a), replica_groups={{0,1},{2,3},{4,5},{6,7}}, dimensions={0}
+  %m = (f32[4]{0}, bf16[2,2]{1,0}) all-reduce(%b, %c), replica_groups=mesh['axis_0'=2,'axis_1'=4], device_ids=([4,2]T(1,0)) {'axis_0'}, to_apply=%add
+  %w = (s32[], f32[4,8]) while(%t), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"3"}}
+}
+"""  # noqa: E501
+
+
+def test_parser_reads_groups_bytes_and_loop_trips():
+  by_name = {c.name: c for c in comm.collectives(SNIPPET, 8)}
+  ar, ag, rs, m = by_name['ar'], by_name['ag'], by_name['rs'], by_name['m']
+  assert (ar.kind, ar.count, ar.bytes, ar.groups) == (
+    'all-reduce',
+    3,
+    128,
+    ((0, 1, 2, 3), (4, 5, 6, 7)),
+  )
+  assert ag.groups == ((0, 4), (1, 5), (2, 6), (3, 7)) and ag.count == 1 and ag.bytes == 256
+  assert rs.group_size == 2 and rs.bytes == 64 and rs.payload == 128
+  # device_ids [4,2]T(1,0) = [[0,2,4,6],[1,3,5,7]] read as a 2 x 4 mesh; groups along axis_0
+  # are its columns.
+  assert m.groups == ((0, 1), (2, 3), (4, 5), (6, 7)) and m.bytes == 4 * 4 + 2 * 4
+  ids = np.arange(8).reshape(2, 4, 1)
+  assert comm.axes_of(ar.groups, ids, AXES) == 'fsdp'
+  assert comm.axes_of(ag.groups, ids, AXES) == 'data'
