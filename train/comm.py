@@ -281,10 +281,10 @@ def step_volume(
       vol[axes, kind] = (old + payload, n)
 
   # A tied embedding gets two gradients, from the lookup and from the logits matmul. Where
-  # they are all-reduced (embedding not split over fsdp) XLA:CPU reduces both before adding
-  # them; where they are reduce-scattered over fsdp it adds them first.
-  def grad_bytes(p):
-    twice = cfg.tie_embeddings and 'embed_VxD' in p.name and not p.over_fsdp
+  # they are all-reduced XLA:CPU reduces both before adding them; where they are
+  # reduce-scattered over fsdp it adds them first (as compiled on every mesh we tried).
+  def grad_bytes(p, all_reduce: bool):
+    twice = all_reduce and cfg.tie_embeddings and 'embed_VxD' in p.name
     return param_bytes * p.local * (2 if twice else 1)
 
   split = [p for p in table if p.over_fsdp]
@@ -296,11 +296,11 @@ def step_volume(
   # at the gathered size, then all-reduced over data at the shard's size.
   passes = 2 if remat != 'none' else fsdp_gathers
   add('fsdp', 'all-gather', passes * fsdp * param_bytes * sum(p.local for p in split), fsdp)
-  add('fsdp', 'reduce-scatter', fsdp * sum(grad_bytes(p) for p in split), fsdp)
-  add('data', 'all-reduce', sum(grad_bytes(p) for p in split), data)
+  add('fsdp', 'reduce-scatter', fsdp * sum(grad_bytes(p, False) for p in split), fsdp)
+  add('data', 'all-reduce', sum(grad_bytes(p, True) for p in split), data)
   # Parameters not split over fsdp: their gradients are all-reduced over the batch axes.
   batch_axes = '+'.join(a for a, n in (('data', data), ('fsdp', fsdp)) if n > 1)
-  add(batch_axes, 'all-reduce', sum(grad_bytes(p) for p in whole), data * fsdp)
+  add(batch_axes, 'all-reduce', sum(grad_bytes(p, True) for p in whole), data * fsdp)
   if tensor > 1:
     tokens = batch // (data * fsdp) * seq_len
     # Per block: forward 2 all-reduces of [tokens, D] (after the attention out-projection
