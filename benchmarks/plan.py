@@ -310,7 +310,7 @@ def report(cfg, hw: hardware.Slice, p: Plan, seq_len: int, global_batch: int) ->
   ]
   for axis, kind, sent, seconds, link in p.comm:
     lines.append(
-      f'  {axis:6s} {kind:14s} {sent / 1e9:9.3f} GB sent over {link:10s} {seconds * 1e3:9.1f} ms'
+      f'  {axis:9s} {kind:14s} {sent / 1e9:9.3f} GB sent over {link:10s} {seconds * 1e3:9.1f} ms'
     )
   lines += [
     f'predicted step time: {p.step_s * 1e3:.1f} ms, '
