@@ -7,6 +7,7 @@ over 127.0.0.1 between processes, in-process ones within). Training 3 steps on 4
 """
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -18,9 +19,16 @@ from tests.test_multihost import FLAGS, REPO, free_port, leaves, params, train_r
 pytestmark = pytest.mark.slow
 
 MIXED = ['--config.mesh.data=2', '--config.mesh.fsdp=2', '--config.mesh.tensor=2']
-# Messages of a coordinator that could not bind its port (another process took it between
-# free_port() and the bind): the launch is retried on a fresh port.
-_PORT_TAKEN = ('Address already in use', 'address already in use', 'Failed to bind')
+# Failures of the environment, not of the code, after which the launch is retried from the
+# workdir as it was: a coordinator port taken between free_port() and the bind, and gloo's
+# fixed 30 s rendezvous for a new group of devices when one process reaches its first
+# collective much later than the others (a starved CPU: one compile took 234 s here).
+_RETRY = (
+  'Address already in use',
+  'address already in use',
+  'Failed to bind',
+  'Gloo context initialization failed',
+)
 
 
 def launch(workdir, processes: int, devices_each: int, extra=(), tries: int = 3) -> None:
@@ -30,7 +38,15 @@ def launch(workdir, processes: int, devices_each: int, extra=(), tries: int = 3)
     JAX_PLATFORMS='cpu',
   )
   base = [sys.executable, '-m', 'launch.train', f'--workdir={workdir}', *FLAGS, *MIXED, *extra]
+  before = workdir + '.before'
+  shutil.rmtree(before, ignore_errors=True)
+  if os.path.isdir(workdir):
+    shutil.copytree(workdir, before)
   for attempt in range(tries):
+    if attempt:  # back to the workdir as it was before the failed try
+      shutil.rmtree(workdir, ignore_errors=True)
+      if os.path.isdir(before):
+        shutil.copytree(before, workdir)
     addr = f'127.0.0.1:{free_port()}'
     cmds = [
       base
@@ -57,7 +73,7 @@ def launch(workdir, processes: int, devices_each: int, extra=(), tries: int = 3)
           p.wait()
     if all(p.returncode == 0 for p in procs):
       return
-    if attempt + 1 < tries and any(m in outs[0] for m in _PORT_TAKEN):
+    if attempt + 1 < tries and any(m in out for m in _RETRY for out in outs):
       continue
     bad = next(i for i, p in enumerate(procs) if p.returncode != 0)
     raise AssertionError(f'process {bad} of {processes} failed:\n{outs[bad][-3000:]}')
