@@ -296,3 +296,205 @@ def extrapolation_check(x, y, holdout: int = 1) -> dict:
   predicted, measured = float(fit.predict(x[-1])), float(y[-1])
   return {'x': float(x[-1]), 'predicted': predicted, 'measured': measured,
           'error_percent': 100 * (predicted - measured) / measured}  # fmt: skip
+
+
+# -- Fits with a confidence interval on every parameter, IsoFLOP from curves, CSV output -------
+
+# N_opt ~ C^a as published: Kaplan et al. 2020 (Sec. 6.1) and Hoffmann et al. 2022 (Table 2).
+REFERENCE_EXPONENTS = {'Kaplan et al. 2020': 0.73, 'Hoffmann et al. 2022': 0.50}
+
+
+@dataclasses.dataclass
+class LawWithCI:
+  """A PowerLaw and 95% intervals {param: (lo, hi)}; `noise` is the per-point sd of log L used."""
+
+  law: PowerLaw
+  ci: dict
+  noise: np.ndarray
+
+  def relative_halfwidth(self, key: str) -> float:
+    """Half the interval's width over the estimate (0.3: the estimate is +-30%)."""
+    lo, hi = self.ci[key]
+    return (hi - lo) / 2 / abs(self.law.params()[key])
+
+
+def fit_power_law_ci(
+  x, y, sem=None, n: int = 1000, seed: int = 0, level: float = 0.95
+) -> LawWithCI:
+  """L = E + A x^-alpha with a parametric-bootstrap interval on E, A and alpha.
+
+  The fit is fit_power_law's (least squares on log L, 0 <= E < min L). Each resample draws
+  log L_i from the fitted curve with sd sigma_i = max(s, sem_i / L_i): s the residual
+  standard error (n - 3 degrees of freedom), sem_i the measured standard error of point i,
+  so an interval is never narrower than what the evaluation noise alone allows. With six
+  points, this is steadier than resampling the points themselves (a case bootstrap of six
+  sizes often draws three or fewer distinct ones).
+  """
+  x, y = np.asarray(x, float), np.asarray(y, float)
+  law = fit_power_law(x, y)
+  resid = np.log(y) - np.log(law.predict(x))
+  s = float(np.sqrt(np.sum(resid**2) / max(len(x) - 3, 1)))
+  rel_sem = np.zeros_like(y) if sem is None else np.asarray(sem, float) / y
+  sigma = np.maximum(s, rel_sem)
+  rng = np.random.default_rng(seed)
+  samples: dict[str, list[float]] = {}
+  center = law.predict(x)
+  for _ in range(n):
+    y_star = center * np.exp(rng.normal(0.0, sigma))
+    try:
+      fit = fit_power_law(x, y_star)
+    except (ValueError, RuntimeError):
+      continue
+    for k, v in fit.params().items():
+      samples.setdefault(k, []).append(v)
+  q = (1 - level) / 2 * 100
+  ci = {k: _percentiles(v, q) for k, v in samples.items()}
+  return LawWithCI(law, ci, sigma)
+
+
+def _percentiles(values, q: float) -> tuple[float, float]:
+  return float(np.percentile(values, q)), float(np.percentile(values, 100 - q))
+
+
+def loss_at(curve: dict, c: float) -> float | None:
+  """A run's loss at compute c, interpolated linearly in (log C, log L); None outside it."""
+  f, loss = np.asarray(curve.get('flops', [])), np.asarray(curve.get('loss', []))
+  keep = f > 0
+  f, loss = f[keep], loss[keep]
+  if len(f) < 2 or not f.min() <= c <= f.max():
+    return None
+  return float(np.exp(np.interp(np.log(c), np.log(f), np.log(loss))))
+
+
+def isoflop_from_curves(runs: list[Run], budgets: int = 8, kind: str = 'eval') -> IsoFlop:
+  """IsoFLOP profiles read off the learning curves (Hoffmann et al.'s approaches 1 and 2 mixed).
+
+  At each of `budgets` log-spaced compute values C reached by at least 4 runs, every such
+  run's loss at C (interpolated on its eval curve) is a point of the profile L(log N) at C; a
+  parabola through them gives N_opt(C) when its minimum lies inside the sizes measured. Then
+  N_opt ~ C^a. Caveat: a run read at C before its own last step has not finished its cosine
+  decay, which favours smaller models at every C (Hoffmann et al., Sec. 3.1): read `a` as a
+  lower estimate, and prefer a dedicated IsoFLOP sweep (experiments/sweeps/isoflop.py).
+  """
+  curves = [(r.n_nonembed, r.curve.get(kind, {})) for r in runs]
+  curves = [(n, c) for n, c in curves if len(np.asarray(c.get('flops', [])))]
+  if len(curves) < 4:
+    raise ValueError('an IsoFLOP from curves needs >= 4 runs with eval curves')
+  lo = np.sort([np.asarray(c['flops'])[np.asarray(c['flops']) > 0].min() for _, c in curves])[3]
+  hi = np.sort([np.asarray(c['flops']).max() for _, c in curves])[-4]
+  if not lo < hi:
+    raise ValueError('fewer than 4 runs share any compute range')
+  out_c, out_n, out_l, polys = [], [], [], []
+  for c in np.geomspace(lo, hi, budgets):
+    pts = [(np.log10(n), loss_at(curve, c)) for n, curve in curves]
+    pts = [(ln, v) for ln, v in pts if v is not None]
+    if len(pts) < 4:
+      continue
+    ln, v = np.array(pts).T
+    poly = np.poly1d(np.polyfit(ln, v, 2))
+    if poly.coeffs[0] <= 0:
+      continue
+    x_min = -poly.coeffs[1] / (2 * poly.coeffs[0])
+    if not ln.min() < x_min < ln.max():
+      continue
+    out_c.append(c)
+    out_n.append(10**x_min)
+    out_l.append(float(poly(x_min)))
+    polys.append(poly)
+  if len(out_c) < 2:
+    raise ValueError('fewer than 2 compute values have a loss minimum inside the sizes run')
+  slope, intercept = np.polyfit(np.log(out_c), np.log(out_n), 1)
+  return IsoFlop(
+    np.array(out_c), np.array(out_n), np.array(out_l), polys, float(slope), float(np.exp(intercept))
+  )
+
+
+def jackknife_ci(runs: list, statistic, level: float = 0.95) -> tuple[float, float] | None:
+  """Leave-one-run-out jackknife interval of statistic(runs) (None if < 3 leave-outs work)."""
+  values = []
+  for i in range(len(runs)):
+    try:
+      values.append(statistic(runs[:i] + runs[i + 1 :]))
+    except (ValueError, RuntimeError, np.linalg.LinAlgError):
+      continue
+  if len(values) < 3:
+    return None
+  from scipy import stats
+
+  v = np.asarray(values)
+  m = len(v)
+  se = float(np.sqrt((m - 1) / m * np.sum((v - v.mean()) ** 2)))
+  center = float(statistic(runs))
+  t = float(stats.t.ppf(0.5 + level / 2, m - 1))
+  return center - t * se, center + t * se
+
+
+def run_wall_times(sweep_dir: str) -> dict:
+  """{run name: wall_time_s} from each finished run's summary.json."""
+  out = {}
+  for path in glob.glob(os.path.join(sweep_dir, 'runs', '*', 'summary.json')):
+    with open(path) as f:
+      out[os.path.basename(os.path.dirname(path))] = json.load(f).get('wall_time_s')
+  return out
+
+
+RUN_COLUMNS = (
+  'sweep',
+  'name',
+  'n_nonembed',
+  'n_params',
+  'tokens',
+  'compute_flops',
+  'final_eval_loss',
+  'final_eval_loss_sem',
+  'wall_time_s',
+)
+FIT_COLUMNS = ('sweep', 'fit', 'parameter', 'value', 'ci95_lo', 'ci95_hi', 'r2', 'points', 'note')
+
+
+def run_rows(label: str, runs: list[Run], wall_times: dict) -> list[dict]:
+  """One CSV row per run: N, D, C = FLOPs per token x D, final loss +- SEM, wall time."""
+  return [
+    {
+      'sweep': label,
+      'name': r.name,
+      'n_nonembed': r.n_nonembed,
+      'n_params': r.n_params,
+      'tokens': r.tokens,
+      'compute_flops': f'{r.flops_per_token * r.tokens:.6g}',
+      'final_eval_loss': f'{r.final_eval_loss:.6f}',
+      'final_eval_loss_sem': f'{r.final_eval_loss_sem:.6f}',
+      'wall_time_s': '' if wall_times.get(r.name) is None else f'{wall_times[r.name]:.1f}',
+    }
+    for r in sorted(runs, key=lambda r: r.n_nonembed)
+  ]
+
+
+def fit_rows(label: str, fit: str, params: dict, ci: dict, r2=None, points=None, note='') -> list:
+  """One CSV row per fitted parameter."""
+  rows = []
+  for k, v in params.items():
+    lo, hi = ci.get(k, (None, None)) if ci else (None, None)
+    rows.append(
+      {
+        'sweep': label,
+        'fit': fit,
+        'parameter': k,
+        'value': f'{v:.6g}',
+        'ci95_lo': '' if lo is None else f'{lo:.6g}',
+        'ci95_hi': '' if hi is None else f'{hi:.6g}',
+        'r2': '' if r2 is None else f'{r2:.4f}',
+        'points': points or '',
+        'note': note,
+      }
+    )
+  return rows
+
+
+def write_csv(path: str, columns: tuple, rows: list[dict]) -> None:
+  import csv
+
+  with open(path, 'w', newline='') as f:
+    w = csv.DictWriter(f, fieldnames=columns)
+    w.writeheader()
+    w.writerows(rows)

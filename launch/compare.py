@@ -43,6 +43,16 @@ def analyze(sweep_dir: str, x_kind: str, n_boot: int) -> dict:
     out['ci'] = scaling.bootstrap(scaling.fit_power_law, (sizes, best), n=n_boot)
     if distinct_n >= 4:
       out['extrapolation'] = scaling.extrapolation_check(sizes, best)
+    sems = np.array([r.final_eval_loss_sem for r in runs])
+    sem = np.array([sems[n == s][np.argmin(loss[n == s])] for s in sizes])
+    out['law'] = scaling.fit_power_law_ci(sizes, best, sem)
+  try:
+    out['iso_curves'] = scaling.isoflop_from_curves(runs)
+    out['iso_curves_ci'] = scaling.jackknife_ci(
+      runs, lambda rs: scaling.isoflop_from_curves(rs).exponent
+    )
+  except ValueError:
+    pass
   try:
     out['frontier'] = scaling.fit_compute_frontier(runs)
   except ValueError:
@@ -140,6 +150,10 @@ def plot(results: list[dict], out: str, x_kind: str) -> list[str]:
   plt.close(fig)
   written.append(f'{stem}_curves.png')
 
+  nopt = [r for r in results if 'iso_curves' in r]
+  if nopt:
+    written.append(plot_nopt(nopt, f'{stem}_nopt.png'))
+
   iso = [r for r in results if 'isoflop' in r]
   if iso:
     fig, ax = plt.subplots(figsize=(7, 5))
@@ -162,6 +176,38 @@ def plot(results: list[dict], out: str, x_kind: str) -> list[str]:
     plt.close(fig)
     written.append(f'{stem}_isoflop.png')
   return written
+
+
+def plot_nopt(results: list[dict], out: str) -> str:
+  """N_opt(C) read off the learning curves, its fit, and the published exponents through it."""
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(6, 4.5))
+  for i, res in enumerate(results):
+    f = res['iso_curves']
+    ax.scatter(f.budgets, f.n_opt, color=f'C{i}', s=18)
+    cs = np.geomspace(f.budgets.min() / 2, f.budgets.max() * 2, 20)
+    ax.plot(
+      cs,
+      f.coefficient * cs**f.exponent,
+      color=f'C{i}',
+      label=f'{res["label"]}: a = {f.exponent:.2f}{_ci(res.get("iso_curves_ci"))}',
+    )
+    c0 = np.exp(np.mean(np.log(f.budgets)))
+    n0 = f.coefficient * c0**f.exponent
+    for (name, a), ls in zip(scaling.REFERENCE_EXPONENTS.items(), (':', '--'), strict=True):
+      ax.plot(cs, n0 * (cs / c0) ** a, 'k', ls=ls, lw=0.8, label=f'{name}: a = {a:.2f}')
+  ax.set_xscale('log')
+  ax.set_yscale('log')
+  ax.set_xlabel('training FLOPs C')
+  ax.set_ylabel('N_opt (non-embedding parameters)')
+  ax.set_title('N_opt ~ C^a, from the learning curves')
+  ax.legend(fontsize=7)
+  ax.grid(True, which='both', alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(out, dpi=110)
+  plt.close(fig)
+  return out
 
 
 def table(results: list[dict]) -> str:
@@ -189,9 +235,80 @@ def table(results: list[dict]) -> str:
                    f'beta={c.beta:.3f}')  # fmt: skip
     if 'isoflop' in r:
       lines.append(f'  IsoFLOP: N_opt ~ C^{r["isoflop"].exponent:.3f}')
+    lines.extend(science_lines(r))
     if r['unfinished']:
       lines.append(f'  unfinished (not fitted): {", ".join(r["unfinished"])}')
   return '\n'.join(lines)
+
+
+def _ci(ci) -> str:
+  return '' if ci is None else f' [{ci[0]:.3g}, {ci[1]:.3g}]'
+
+
+def science_lines(r: dict) -> list[str]:
+  """The fitted numbers with their 95% intervals, and N_opt ~ C^a beside the references."""
+  lines = []
+  if 'law' in r:
+    law, ci = r['law'].law, r['law'].ci
+    lines.append(
+      f'  L(N) = E + A N^-alpha, 95% CI: E = {law.E:.3f}{_ci(ci.get("E"))} nats, '
+      f'A = {law.A:.3g}{_ci(ci.get("A"))}, alpha = {law.alpha:.3f}{_ci(ci.get("alpha"))} '
+      f'(+-{100 * r["law"].relative_halfwidth("alpha"):.0f}%), R2 = {law.r2:.3f}'
+    )
+  if 'iso_curves' in r:
+    refs = ', '.join(f'{k} {v:.2f}' for k, v in scaling.REFERENCE_EXPONENTS.items())
+    lines.append(
+      f'  N_opt ~ C^a from the learning curves: a = {r["iso_curves"].exponent:.2f}'
+      f'{_ci(r.get("iso_curves_ci"))} (jackknife over runs; {refs})'
+    )
+  return lines
+
+
+def write_csvs(results: list[dict], dirs: list[str], stem: str) -> list[str]:
+  """{stem}_runs.csv: every run; {stem}_fits.csv: every fitted parameter with its 95% CI."""
+  runs, fits = [], []
+  for r, d in zip(results, dirs, strict=True):
+    label = r['label']
+    runs += scaling.run_rows(label, r['runs'], scaling.run_wall_times(d))
+    if 'law' in r:
+      law = r['law']
+      fits += scaling.fit_rows(
+        label,
+        'L(N)=E+A*N^-alpha',
+        law.law.params(),
+        law.ci,
+        law.law.r2,
+        law.law.n,
+        'parametric bootstrap',
+      )
+    if 'extrapolation' in r:
+      e = r['extrapolation']
+      fits += scaling.fit_rows(
+        label, 'extrapolation to the largest N', e, {}, note='fit without the largest model'
+      )
+    if 'frontier' in r:
+      f = r['frontier']
+      fits += scaling.fit_rows(label, 'L(C)=E+A*C^-alpha frontier', f.params(), {}, f.r2, f.n)
+    if 'iso_curves' in r:
+      i = r['iso_curves']
+      refs = '; '.join(f'{k} {v}' for k, v in scaling.REFERENCE_EXPONENTS.items())
+      params = {'a': i.exponent, 'k': i.coefficient}
+      ci = {'a': r.get('iso_curves_ci')} if r.get('iso_curves_ci') else {}
+      fits += scaling.fit_rows(
+        label,
+        'N_opt=k*C^a from curves',
+        params,
+        ci,
+        points=len(i.budgets),
+        note=f'jackknife over runs; {refs}',
+      )
+    if 'isoflop' in r:
+      i = r['isoflop']
+      params = {'a': i.exponent, 'k': i.coefficient}
+      fits += scaling.fit_rows(label, 'N_opt=k*C^a IsoFLOP', params, {}, points=len(i.budgets))
+  scaling.write_csv(f'{stem}_runs.csv', scaling.RUN_COLUMNS, runs)
+  scaling.write_csv(f'{stem}_fits.csv', scaling.FIT_COLUMNS, fits)
+  return [f'{stem}_runs.csv', f'{stem}_fits.csv']
 
 
 def to_json(results: list[dict]) -> dict:
@@ -203,6 +320,17 @@ def to_json(results: list[dict]) -> dict:
          'unfinished': r['unfinished']}  # fmt: skip
     if 'fit' in r:
       d['power_law'] = {**r['fit'].params(), 'r2': r['fit'].r2, 'ci95': r['ci']}
+    if 'law' in r:
+      d['power_law'].update(ci95=r['law'].ci, ci95_method='parametric bootstrap')
+    if 'iso_curves' in r:
+      i = r['iso_curves']
+      d['nopt_from_curves'] = {
+        'budgets': i.budgets.tolist(),
+        'n_opt': i.n_opt.tolist(),
+        'exponent': i.exponent,
+        'ci95': r.get('iso_curves_ci'),
+        'references': scaling.REFERENCE_EXPONENTS,
+      }
     for key in ('extrapolation',):
       if key in r:
         d[key] = r[key]
@@ -232,6 +360,7 @@ def main(argv: list[str]) -> None:
   stem, _ = os.path.splitext(_OUT.value)
   with open(f'{stem}.json', 'w') as f:
     json.dump(to_json(results), f, indent=2)
+  written += write_csvs(results, dirs, stem)
   print(table(results))
   print('wrote ' + ', '.join(written + [f'{stem}.json']))
 

@@ -129,10 +129,10 @@ def _local_rows(global_array: jax.Array) -> np.ndarray:
 
 
 def log_spaced_steps(total: int, points: int) -> set[int]:
-  """About `points` steps from ~total/100 to `total`, evenly spaced in log(step)."""
+  """About `points` steps from ~total/50 to `total`, evenly spaced in log(step)."""
   if points < 2 or total < 2:
     return set()
-  first = max(1, total // 100)
+  first = max(1, total // 50)
   return {int(round(s)) for s in np.geomspace(first, total, points)}
 
 

@@ -1,0 +1,122 @@
+"""The science of the main job: reference levels, fits with intervals, N_opt from curves, spec.
+
+Oracles: the entropy rate of a known Markov chain (corpus levels); a known law plus noise
+(intervals cover it, and shrink with the noise); curves drawn from a Chinchilla law, whose
+N_opt ~ C^(beta / (alpha + beta)) is known in closed form.
+"""
+
+import csv
+import math
+
+import numpy as np
+import pytest
+
+from data import levels
+from experiments import scaling
+from experiments.sweeps import common, demo, lr_sweep
+from train.loop import log_spaced_steps
+
+
+def test_levels_recover_a_markov_chains_entropies():
+  rng = np.random.default_rng(0)
+  k = 4  # bytes 'a'..'d', a random transition matrix
+  trans = rng.dirichlet(np.ones(k) * 0.7, size=k)
+  seq = np.zeros(400_000, int)
+  u = rng.random(len(seq))
+  cum = np.cumsum(trans, axis=1)
+  for i in range(1, len(seq)):
+    seq[i] = min(np.searchsorted(cum[seq[i - 1]], u[i]), k - 1)
+  text = bytes(ord('a') + seq)
+  evals, vecs = np.linalg.eig(trans.T)
+  pi = np.real(vecs[:, np.argmax(np.real(evals))])
+  pi /= pi.sum()
+  rate = -np.sum(pi[:, None] * trans * np.log(trans))
+  h1 = -np.sum(pi * np.log(pi))
+  lv = levels.cross_entropy([text[:300_000]], [text[300_000:]])
+  assert lv['bigram'] == pytest.approx(rate, abs=0.01)
+  assert lv['unigram'] == pytest.approx(h1, abs=0.01)
+  assert lv['bytes'] == 100_000
+
+
+def test_power_law_intervals_cover_the_truth_and_shrink_with_noise():
+  n = np.geomspace(2.5e4, 1.3e6, 6)
+  true = {'E': 1.3, 'A': 40.0, 'alpha': 0.3}
+  clean = true['E'] + true['A'] * n ** -true['alpha']
+  rng = np.random.default_rng(3)
+  widths = []
+  for noise in (0.01, 0.002):
+    loss = clean * np.exp(rng.normal(0, noise, n.size))
+    fit = scaling.fit_power_law_ci(n, loss, sem=loss * noise, n=300)
+    for k, v in true.items():
+      lo, hi = fit.ci[k]
+      assert lo <= v <= hi, (noise, k, lo, v, hi)
+    assert fit.law.E > 0
+    widths.append(fit.relative_halfwidth('alpha'))
+  assert widths[1] < widths[0] / 2
+
+
+def _chinchilla_runs(alpha=0.34, beta=0.28):
+  law = scaling.Chinchilla(E=1.0, A=400.0, B=400.0, alpha=alpha, beta=beta)
+  runs = []
+  for n in np.geomspace(1e5, 1e8, 13):
+    tokens = np.geomspace(1e6, 1e11, 40)
+    flops = 6 * n * tokens
+    curve = {'eval': {'flops': flops, 'loss': law.predict(n, tokens), 'tokens': tokens}}
+    runs.append(
+      scaling.Run(
+        name=f'{n:.0f}',
+        n_params=int(n),
+        n_nonembed=int(n),
+        flops_per_token=6 * n,
+        tokens=int(tokens[-1]),
+        final_eval_loss=float(curve['eval']['loss'][-1]),
+        final_eval_loss_sem=0.0,
+        tags={},
+        config={},
+        curve=curve,
+      )
+    )
+  return runs, beta / (alpha + beta)
+
+
+def test_nopt_from_curves_recovers_the_chinchilla_exponent():
+  runs, a = _chinchilla_runs()
+  iso = scaling.isoflop_from_curves(runs, budgets=6)
+  assert iso.exponent == pytest.approx(a, abs=0.03)
+  lo, hi = scaling.jackknife_ci(runs, lambda rs: scaling.isoflop_from_curves(rs).exponent)
+  assert lo <= iso.exponent <= hi
+  runs, a = _chinchilla_runs(alpha=0.2, beta=0.6)  # another exponent, not a constant answer
+  assert scaling.isoflop_from_curves(runs, budgets=6).exponent == pytest.approx(a, abs=0.03)
+
+
+def test_csv_has_every_run_and_every_fitted_parameter(tmp_path):
+  runs, _ = _chinchilla_runs()
+  rows = scaling.run_rows('demo', runs, {runs[0].name: 12.5})
+  scaling.write_csv(tmp_path / 'runs.csv', scaling.RUN_COLUMNS, rows)
+  fit = scaling.fit_power_law_ci([1e4, 1e5, 1e6, 1e7], [3.0, 2.5, 2.2, 2.05], n=50)
+  fits = scaling.fit_rows('demo', 'L(N)', fit.law.params(), fit.ci, fit.law.r2, 4)
+  scaling.write_csv(tmp_path / 'fits.csv', scaling.FIT_COLUMNS, fits)
+  got = list(csv.DictReader(open(tmp_path / 'runs.csv')))
+  assert [int(r['n_nonembed']) for r in got] == sorted(r.n_nonembed for r in runs)
+  assert float(got[0]['compute_flops']) == pytest.approx(runs[0].flops_per_token * runs[0].tokens)
+  assert got[0]['wall_time_s'] == '12.5' and got[1]['wall_time_s'] == ''
+  got = list(csv.DictReader(open(tmp_path / 'fits.csv')))
+  assert {r['parameter'] for r in got} == {'E', 'A', 'alpha'}
+  for r in got:
+    assert float(r['ci95_lo']) <= float(r['value']) <= float(r['ci95_hi'])
+
+
+def test_demo_runs_are_curves_over_the_same_tokens_at_the_swept_lr():
+  runs = demo.get_sweep()
+  n = [common.nonembed_params(s) for s in demo.LADDER]
+  assert math.log10(max(n) / min(n)) >= 1.5 and n == sorted(n, reverse=True)
+  assert len({o['tags.tokens'] for _, o in runs}) == 1
+  for _, o in runs:
+    evals = log_spaced_steps(o['train.steps'], o['eval.log_points'])
+    assert len(evals) >= 10
+    gaps = np.diff(np.log(sorted(evals)))
+    assert gaps.max() < 3 * gaps.min() + 0.1  # log-spaced, not bunched at the end
+  lrs = [o['train.lr'] for _, o in runs]
+  assert lrs == sorted(lrs)  # wider models take smaller steps
+  # The sweep that chose the rule brackets every lr the demo uses.
+  assert min(lr_sweep.LRS) <= min(lrs) and max(lrs) <= max(lr_sweep.LRS)
