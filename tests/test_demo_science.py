@@ -6,7 +6,11 @@ N_opt ~ C^(beta / (alpha + beta)) is known in closed form.
 """
 
 import csv
+import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,7 +18,10 @@ import pytest
 from data import levels
 from experiments import scaling
 from experiments.sweeps import common, demo, lr_sweep
+from launch import sweep
 from train.loop import log_spaced_steps
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_levels_recover_a_markov_chains_entropies():
@@ -120,3 +127,98 @@ def test_demo_runs_are_curves_over_the_same_tokens_at_the_swept_lr():
   assert lrs == sorted(lrs)  # wider models take smaller steps
   # The sweep that chose the rule brackets every lr the demo uses.
   assert min(lr_sweep.LRS) <= min(lrs) and max(lrs) <= max(lr_sweep.LRS)
+
+
+# -- The accelerator recipe: dry runs on CPU, and a two-step run of its config on tiny data ---
+
+ACCEL_SWEEPS = ('accel_ladder', 'accel_isoflop')
+
+
+def _accel_runs(stem, accel, monkeypatch):
+  monkeypatch.setenv('ACCEL', accel)
+  return sweep.expand(os.path.join(REPO, 'experiments', 'sweeps', f'{stem}.py'))
+
+
+@pytest.mark.parametrize('accel', ['gpu', 'v5p'])
+def test_accel_sweeps_dry_run_and_spend_chinchilla_budgets(accel, monkeypatch):
+  ladder = _accel_runs('accel_ladder', accel, monkeypatch)
+  n = [common.nonembed_params(_shape(r.overrides)) for r in ladder]
+  assert math.log10(max(n) / min(n)) >= 1.3
+  for r, size in zip(ladder, n, strict=True):
+    assert r.overrides['data.name'] == 'lm1b' and r.overrides['model.dtype'] == 'bfloat16'
+    assert r.overrides['tags.tokens'] == pytest.approx(20 * size, rel=0.02)  # Chinchilla
+  by_budget = {}
+  for r in _accel_runs('accel_isoflop', accel, monkeypatch):
+    o = r.overrides
+    s = _shape(o)
+    spent = common.flops_per_token(s, seq_len=o['data.seq_len']) * o['tags.tokens']
+    assert spent == pytest.approx(o['tags.budget_flops'], rel=0.03), r.name
+    by_budget.setdefault(o['tags.budget_flops'], []).append(s.nonembed())
+  assert len(by_budget) == 3
+  for c, sizes in by_budget.items():
+    assert len(sizes) == 5 and min(sizes) < math.sqrt(c / 120) < max(sizes)  # around N_opt
+  r = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'launch.sweep',
+      '--dry_run',
+      '--workdir=/tmp/unused',
+      '--sweep=experiments/sweeps/accel_isoflop.py',
+    ],
+    cwd=REPO,
+    env={**os.environ, 'ACCEL': accel},
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert r.returncode == 0 and '15 runs (dry run' in r.stdout, r.stderr[-500:]
+
+
+def _shape(o: dict) -> common.Shape:
+  return common.Shape(
+    o['model.num_layers'],
+    o['model.d_model'],
+    o['model.num_heads'],
+    o['model.head_dim'],
+    o['model.d_ff'],
+  )
+
+
+def test_accel_run_takes_two_steps_on_a_tiny_prepared_lm1b(tmp_path, monkeypatch):
+  """The smallest GPU-ladder run, its config unchanged but for steps, batch and data_dir."""
+  from data import text_corpus
+
+  rng = np.random.default_rng(0)
+  words = np.array(['the', 'moon', 'rose', 'over', 'quiet', 'hills', 'and', 'a', 'river'])
+  texts = tmp_path / 'texts'
+  texts.mkdir()
+  for i in range(6):
+    (texts / f'doc{i}.txt').write_text(' '.join(rng.choice(words, 6000)) + '\n')
+  data_dir = tmp_path / 'tfds'
+  b = text_corpus.prepare('text_folder', str(texts / '*.txt'), str(data_dir))
+  os.makedirs(data_dir / 'lm1b')
+  os.rename(b.data_path, data_dir / 'lm1b' / '1.0.0')  # a prepared TFDS dataset named lm1b
+  run = min(
+    _accel_runs('accel_ladder', 'gpu', monkeypatch), key=lambda r: r.overrides['model.d_model']
+  )
+  run = sweep.Run(
+    run.name,
+    run.config,
+    {
+      **run.overrides,
+      'train.steps': 2,
+      'train.warmup_steps': 1,
+      'train.global_batch': 8,
+      'eval.batch_size': 8,
+      'eval.batches': 1,
+      'data.data_dir': str(data_dir),
+    },
+  )
+  workdir = tmp_path / 'run'
+  r = subprocess.run(run.argv(str(workdir)), cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-2000:]
+  summary = json.loads((workdir / 'summary.json').read_text())
+  assert summary['final_step'] == 2 and math.isfinite(summary['final_eval_loss'])
+  assert summary['config']['data']['name'] == 'lm1b'
+  assert summary['config']['model']['dtype'] == 'bfloat16'

@@ -13,13 +13,16 @@ Same data, context, dtype and lr rule as accel_ladder.py. ACCEL picks the machin
 """
 
 import math
+import os
 
 from experiments.sweeps import accel_ladder as ladder
 from experiments.sweeps import common
 
 BASE_CONFIG = common.BASE_CONFIG
-ACCEL = ladder.ACCEL
+ACCEL = os.environ.get('ACCEL', 'gpu')  # read here: accel_ladder may have been imported before
 BUDGETS = {'gpu': (1e16, 3e16, 1e17), 'v5p': (3e17, 1e18, 3e18)}
+if ACCEL not in BUDGETS:
+  raise ValueError(f'ACCEL={ACCEL!r}: choose one of {sorted(BUDGETS)}')
 SIZES_PER_BUDGET = 5
 MIN_STEPS = 100
 CANDIDATES = [

@@ -5,10 +5,14 @@ same TOKENS bytes of Shakespeare, so the fitted L(N) = E + A N^-alpha is a fixed
 of Kaplan et al.'s Figure 1 (right). Every model ends below the corpus's bigram level
 (`python -m data.levels`); the largest near 1.9 nats/byte on held-out plays.
 
-What was chosen, and why (measured: docs/SWEEPS.md):
-* learning rate: lr_sweep.py, lr(d) = LR_REF * (D_REF / d_model)^0.5 ... (see lr_for);
-* warmup WARMUP_STEPS, then cosine decay to 10% (scaling_cpu.py);
-* batch 16 x 128 bytes, TOKENS per run, >= 12 log-spaced evaluations (learning curves);
+What was chosen, and why (docs/SWEEPS.md):
+* learning rate: lr(d) = LR_REF * sqrt(D_REF / d_model), 3e-3 at width 192 up to 7.3e-3 at 32
+  (lr_sweep.py: at width 48, 4e-3 to 8e-3 beat 2e-3 and 1.6e-2; Kaplan et al.'s rule, 1.2e-3
+  to 1.8e-3 here, left every model of the previous demo near the bigram level);
+* warmup WARMUP_STEPS steps, then cosine decay to 10% at the run's last step;
+* batch 8 x 128 bytes: these runs are step-limited, not token-limited (a char-level GPT at
+  768 tokens per step gets ~1.9 after 1.5M tokens), so more, smaller steps per token;
+* TOKENS per run; 12 log-spaced evaluations (eval.log_points), so the curves are curves;
 * sizes: widths 32 to 192, 2 to 3 layers, heads of 16 or 32 dimensions.
 
 Budget: with --parallel=2 the largest model runs on one core while the others run one after
@@ -21,7 +25,8 @@ the two cores.
 from experiments.sweeps import common
 
 BASE_CONFIG = common.BASE_CONFIG
-TOKENS = 1_350_000  # per run
+TOKENS = 1_200_000  # per run
+BATCH = 8  # sequences of 128 bytes per step: 1,172 steps per run
 EVALS = 12  # log-spaced evaluations per run (and one at the end)
 WARMUP_STEPS = 30
 LR_REF, D_REF = 3e-3, 192  # the peak lr of the widest model (lr_sweep.py)
@@ -43,11 +48,11 @@ def lr_for(s: common.Shape) -> float:
 
 def run_overrides(s: common.Shape, tokens: float, lr: float, **tags) -> dict:
   """Overrides of one run: `s` on `tokens` tokens at peak `lr`, with log-spaced evals."""
-  steps = common.steps_for(tokens)
-  out = {**s.overrides(), **common.train_overrides(steps, lr, evals=2)}
+  steps = common.steps_for(tokens, global_batch=BATCH)
+  out = {**s.overrides(), **common.train_overrides(steps, lr, global_batch=BATCH, evals=2)}
   out['train.warmup_steps'] = min(WARMUP_STEPS, steps // 5 or 1)
   out['eval.log_points'] = EVALS
-  seen = steps * common.GLOBAL_BATCH * common.SEQ_LEN
+  seen = steps * BATCH * common.SEQ_LEN
   out.update({'tags.tokens': seen, **{f'tags.{k}': v for k, v in tags.items()}})
   return out
 
