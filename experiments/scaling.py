@@ -378,8 +378,8 @@ def isoflop_from_curves(runs: list[Run], budgets: int = 8, kind: str = 'eval') -
   """
   curves = [(r.n_nonembed, r.curve.get(kind, {})) for r in runs]
   curves = [(n, c) for n, c in curves if len(np.asarray(c.get('flops', [])))]
-  if len(curves) < 4:
-    raise ValueError('an IsoFLOP from curves needs >= 4 runs with eval curves')
+  if len(curves) < 4 or len({n for n, _ in curves}) < 3:
+    raise ValueError('an IsoFLOP from curves needs >= 4 runs of >= 3 sizes with eval curves')
   lo = np.sort([np.asarray(c['flops'])[np.asarray(c['flops']) > 0].min() for _, c in curves])[3]
   hi = np.sort([np.asarray(c['flops']).max() for _, c in curves])[-4]
   if not lo < hi:

@@ -45,7 +45,7 @@ def analyze(sweep_dir: str, x_kind: str, n_boot: int) -> dict:
       out['extrapolation'] = scaling.extrapolation_check(sizes, best)
     sems = np.array([r.final_eval_loss_sem for r in runs])
     sem = np.array([sems[n == s][np.argmin(loss[n == s])] for s in sizes])
-    out['law'] = scaling.fit_power_law_ci(sizes, best, sem)
+    out['law'] = scaling.fit_power_law_ci(sizes, best, sem, n=max(n_boot, 50))
   try:
     out['iso_curves'] = scaling.isoflop_from_curves(runs)
     out['iso_curves_ci'] = scaling.jackknife_ci(
