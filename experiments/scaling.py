@@ -342,7 +342,7 @@ def fit_power_law_ci(
   for _ in range(n):
     y_star = center * np.exp(rng.normal(0.0, sigma))
     try:
-      fit = fit_power_law(x, y_star)
+      fit = _refit(law, x, y_star)
     except (ValueError, RuntimeError):
       continue
     for k, v in fit.params().items():
@@ -350,6 +350,25 @@ def fit_power_law_ci(
   q = (1 - level) / 2 * 100
   ci = {k: _percentiles(v, q) for k, v in samples.items()}
   return LawWithCI(law, ci, sigma)
+
+
+def _refit(start: PowerLaw, x, y) -> PowerLaw:
+  """fit_power_law's least squares on log L, started from `start` alone (resamples are near it).
+
+  Same parameters and bounds as fit_power_law: (log A, alpha, E / min L), 0 <= E < min L.
+  """
+  lx, ly, ymin = np.log(x), np.log(y), y.min()
+  frac0 = min(start.E / ymin, 0.99)
+
+  def resid(p):
+    return np.log(p[2] * ymin + np.exp(p[0] - p[1] * lx)) - ly
+
+  p0 = [np.log(start.A), start.alpha, frac0]
+  res = optimize.least_squares(resid, p0, bounds=([-np.inf, 0.0, 0.0], [np.inf, 5.0, 0.999]))
+  log_a, alpha, frac = res.x
+  return PowerLaw(
+    E=float(frac * ymin), A=float(np.exp(log_a)), alpha=float(alpha), r2=0.0, n=len(x)
+  )
 
 
 def _percentiles(values, q: float) -> tuple[float, float]:

@@ -250,9 +250,11 @@ def verdict(maps, spans, query: str, target: str, layers, heads, n_params: int) 
   b = best_head(looks, t)
   layer, head = layers[b['layer']], heads[b['head']]
   chance = 1 / (q + 1)
+  share = (spans[t][2] - spans[t][1]) / spans[q][2]  # a long word collects more byte weight
   line = (
     f'most weight on {target!r} from {query!r}: layer {layer} head {head}, '
-    f'{b["weight"]:.2f} (uniform over the {q + 1} words so far: {chance:.2f})'
+    f'{b["weight"]:.2f} (uniform over the {q + 1} words so far: {chance:.2f}; '
+    f'{target!r} is {share:.2f} of the bytes so far)'
   )
   if b['prefers']:
     return line + f'; {b["heads_preferring"]} head(s) put more weight on it than on any other word'
