@@ -390,7 +390,8 @@ def isoflop_from_curves(runs: list[Run], budgets: int = 8, kind: str = 'eval') -
 
   At each of `budgets` log-spaced compute values C reached by at least 4 runs, every such
   run's loss at C (interpolated on its eval curve) is a point of the profile L(log N) at C; a
-  parabola through them gives N_opt(C) when its minimum lies inside the sizes measured. Then
+  parabola through the (up to) five sizes around the lowest gives N_opt(C) when the lowest is
+  not at an end of the sizes measured. Then
   N_opt ~ C^a. Caveat: a run read at C before its own last step has not finished its cosine
   decay, which favours smaller models at every C (Hoffmann et al., Sec. 3.1): read `a` as a
   lower estimate, and prefer a dedicated IsoFLOP sweep (experiments/sweeps/isoflop.py).
@@ -409,7 +410,12 @@ def isoflop_from_curves(runs: list[Run], budgets: int = 8, kind: str = 'eval') -
     pts = [(ln, v) for ln, v in pts if v is not None]
     if len(pts) < 4:
       continue
-    ln, v = np.array(pts).T
+    ln, v = np.array(sorted(pts)).T
+    best = int(np.argmin(v))
+    if best in (0, len(v) - 1):
+      continue  # the smallest loss at an end of the sizes: no minimum inside
+    lo_i = max(0, min(best - 2, len(v) - 5))  # a parabola through the (up to) 5 nearest sizes
+    ln, v = ln[lo_i : lo_i + 5], v[lo_i : lo_i + 5]
     poly = np.poly1d(np.polyfit(ln, v, 2))
     if poly.coeffs[0] <= 0:
       continue
