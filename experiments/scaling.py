@@ -381,6 +381,12 @@ def analyze_sweep(sweep_dir: str, x_kind: str = 'nonembed', n_boot: int = 200, o
     out['ci'] = intervals(out['boot_fits'])
     if len(sizes) >= 4:
       out['extrapolation'] = extrapolation_check(sizes, best)
+    sems = np.array([r.final_eval_loss_sem for r in runs])
+    sem = np.array([sems[n == s][np.argmin(loss[n == s])] for s in sizes])
+    out['law'] = fit_power_law_ci(sizes, best, sem, n=max(n_boot, 50))
+  with contextlib.suppress(ValueError):
+    out['iso_curves'] = isoflop_from_curves(runs)
+    out['iso_curves_ci'] = jackknife_ci(runs, lambda rs: isoflop_from_curves(rs).exponent)
   with contextlib.suppress(ValueError):
     out['frontier'] = fit_compute_frontier(runs)
   tokens = np.array([r.tokens for r in runs], float)
@@ -421,6 +427,7 @@ def fits_table(results: list[dict]) -> str:
       )
     if 'isoflop' in r:
       lines.append(f'  IsoFLOP: N_opt ~ C^{r["isoflop"].exponent:.3f}')
+    lines.extend(science_lines(r))
     if r['unfinished']:
       lines.append(f'  unfinished (not fitted): {", ".join(r["unfinished"])}')
   return '\n'.join(lines)
@@ -436,7 +443,18 @@ def fits_json(results: list[dict]) -> dict:
       'unfinished': r['unfinished'],
     }
     if 'fit' in r:
-      d['power_law'] = {**r['fit'].params(), 'r2': r['fit'].r2, 'ci95': r['ci']}
+      d['power_law'] = {**r['fit'].params(), 'r2': r['fit'].r2, 'ci95_case_bootstrap': r['ci']}
+    if 'law' in r:
+      d['power_law'].update(ci95=r['law'].ci, ci95_method='parametric bootstrap')
+    if 'iso_curves' in r:
+      i = r['iso_curves']
+      d['nopt_from_curves'] = {
+        'budgets': i.budgets.tolist(),
+        'n_opt': i.n_opt.tolist(),
+        'exponent': i.exponent,
+        'ci95': r.get('iso_curves_ci'),
+        'references': REFERENCE_EXPONENTS,
+      }
     if 'extrapolation' in r:
       d['extrapolation'] = r['extrapolation']
     if 'frontier' in r:
@@ -452,3 +470,301 @@ def fits_json(results: list[dict]) -> dict:
       }
     out[r['label']] = d
   return out
+
+
+# -- Fits with a confidence interval on every parameter, IsoFLOP from curves, CSV output -------
+
+# N_opt ~ C^a as published: Kaplan et al. 2020 (Sec. 6.1) and Hoffmann et al. 2022 (Table 2).
+REFERENCE_EXPONENTS = {'Kaplan et al. 2020': 0.73, 'Hoffmann et al. 2022': 0.50}
+
+
+@dataclasses.dataclass
+class LawWithCI:
+  """A PowerLaw and 95% intervals {param: (lo, hi)}; `noise` is the per-point sd of log L used."""
+
+  law: PowerLaw
+  ci: dict
+  noise: np.ndarray
+
+  def relative_halfwidth(self, key: str) -> float:
+    """Half the interval's width over the estimate (0.3: the estimate is +-30%)."""
+    lo, hi = self.ci[key]
+    return (hi - lo) / 2 / abs(self.law.params()[key])
+
+
+def fit_power_law_ci(
+  x, y, sem=None, n: int = 1000, seed: int = 0, level: float = 0.95
+) -> LawWithCI:
+  """L = E + A x^-alpha with a parametric-bootstrap interval on E, A and alpha.
+
+  The fit is fit_power_law's (least squares on log L, 0 <= E < min L). Each resample draws
+  log L_i from the fitted curve with sd sigma_i = max(s, sem_i / L_i): s the residual
+  standard error (n - 3 degrees of freedom), sem_i the measured standard error of point i,
+  so an interval is never narrower than what the evaluation noise alone allows. With six
+  points, this is steadier than resampling the points themselves (a case bootstrap of six
+  sizes often draws three or fewer distinct ones).
+  """
+  x, y = np.asarray(x, float), np.asarray(y, float)
+  law = fit_power_law(x, y)
+  resid = np.log(y) - np.log(law.predict(x))
+  s = float(np.sqrt(np.sum(resid**2) / max(len(x) - 3, 1)))
+  rel_sem = np.zeros_like(y) if sem is None else np.asarray(sem, float) / y
+  sigma = np.maximum(s, rel_sem)
+  rng = np.random.default_rng(seed)
+  samples: dict[str, list[float]] = {}
+  center = law.predict(x)
+  for _ in range(n):
+    y_star = center * np.exp(rng.normal(0.0, sigma))
+    try:
+      fit = _refit(law, x, y_star)
+    except (ValueError, RuntimeError):
+      continue
+    for k, v in fit.params().items():
+      samples.setdefault(k, []).append(v)
+  q = (1 - level) / 2 * 100
+  ci = {k: _percentiles(v, q) for k, v in samples.items()}
+  return LawWithCI(law, ci, sigma)
+
+
+def _refit(start: PowerLaw, x, y) -> PowerLaw:
+  """fit_power_law's least squares on log L, started from `start` alone (resamples are near it).
+
+  Same parameters and bounds as fit_power_law: (log A, alpha, E / min L), 0 <= E < min L.
+  """
+  lx, ly, ymin = np.log(x), np.log(y), y.min()
+  frac0 = min(start.E / ymin, 0.99)
+
+  def resid(p):
+    return np.log(p[2] * ymin + np.exp(p[0] - p[1] * lx)) - ly
+
+  p0 = [np.log(start.A), start.alpha, frac0]
+  res = optimize.least_squares(resid, p0, bounds=([-np.inf, 0.0, 0.0], [np.inf, 5.0, 0.999]))
+  log_a, alpha, frac = res.x
+  return PowerLaw(
+    E=float(frac * ymin), A=float(np.exp(log_a)), alpha=float(alpha), r2=0.0, n=len(x)
+  )
+
+
+def _percentiles(values, q: float) -> tuple[float, float]:
+  return float(np.percentile(values, q)), float(np.percentile(values, 100 - q))
+
+
+def loss_at(curve: dict, c: float) -> float | None:
+  """A run's loss at compute c, interpolated linearly in (log C, log L); None outside it."""
+  f, loss = np.asarray(curve.get('flops', [])), np.asarray(curve.get('loss', []))
+  keep = f > 0
+  f, loss = f[keep], loss[keep]
+  if len(f) < 2 or not f.min() <= c <= f.max():
+    return None
+  return float(np.exp(np.interp(np.log(c), np.log(f), np.log(loss))))
+
+
+def isoflop_from_curves(runs: list[Run], budgets: int = 8, kind: str = 'eval') -> IsoFlop:
+  """IsoFLOP profiles read off the learning curves (Hoffmann et al.'s approaches 1 and 2 mixed).
+
+  At each of `budgets` log-spaced compute values C reached by at least 4 runs, every such
+  run's loss at C (interpolated on its eval curve) is a point of the profile L(log N) at C; a
+  parabola through the (up to) five sizes around the lowest gives N_opt(C) when the lowest is
+  not at an end of the sizes measured. Then
+  N_opt ~ C^a. Caveat: a run read at C before its own last step has not finished its cosine
+  decay, which favours smaller models at every C (Hoffmann et al., Sec. 3.1): read `a` as a
+  lower estimate, and prefer a dedicated IsoFLOP sweep (experiments/sweeps/isoflop.py).
+  """
+  curves = [(r.n_nonembed, r.curve.get(kind, {})) for r in runs]
+  curves = [(n, c) for n, c in curves if len(np.asarray(c.get('flops', [])))]
+  if len(curves) < 4 or len({n for n, _ in curves}) < 3:
+    raise ValueError('an IsoFLOP from curves needs >= 4 runs of >= 3 sizes with eval curves')
+  lo = np.sort([np.asarray(c['flops'])[np.asarray(c['flops']) > 0].min() for _, c in curves])[3]
+  hi = np.sort([np.asarray(c['flops']).max() for _, c in curves])[-4]
+  if not lo < hi:
+    raise ValueError('fewer than 4 runs share any compute range')
+  out_c, out_n, out_l, polys = [], [], [], []
+  for c in np.geomspace(lo, hi, budgets):
+    pts = [(np.log10(n), loss_at(curve, c)) for n, curve in curves]
+    pts = [(ln, v) for ln, v in pts if v is not None]
+    if len(pts) < 4:
+      continue
+    ln, v = np.array(sorted(pts)).T
+    best = int(np.argmin(v))
+    if best in (0, len(v) - 1):
+      continue  # the smallest loss at an end of the sizes: no minimum inside
+    lo_i = max(0, min(best - 2, len(v) - 5))  # a parabola through the (up to) 5 nearest sizes
+    ln, v = ln[lo_i : lo_i + 5], v[lo_i : lo_i + 5]
+    poly = np.poly1d(np.polyfit(ln, v, 2))
+    if poly.coeffs[0] <= 0:
+      continue
+    x_min = -poly.coeffs[1] / (2 * poly.coeffs[0])
+    if not ln.min() < x_min < ln.max():
+      continue
+    out_c.append(c)
+    out_n.append(10**x_min)
+    out_l.append(float(poly(x_min)))
+    polys.append(poly)
+  if len(out_c) < 2:
+    raise ValueError('fewer than 2 compute values have a loss minimum inside the sizes run')
+  slope, intercept = np.polyfit(np.log(out_c), np.log(out_n), 1)
+  return IsoFlop(
+    np.array(out_c), np.array(out_n), np.array(out_l), polys, float(slope), float(np.exp(intercept))
+  )
+
+
+def jackknife_ci(runs: list, statistic, level: float = 0.95) -> tuple[float, float] | None:
+  """Leave-one-run-out jackknife interval of statistic(runs) (None if < 3 leave-outs work)."""
+  values = []
+  for i in range(len(runs)):
+    try:
+      values.append(statistic(runs[:i] + runs[i + 1 :]))
+    except (ValueError, RuntimeError, np.linalg.LinAlgError):
+      continue
+  if len(values) < 3:
+    return None
+  from scipy import stats
+
+  v = np.asarray(values)
+  m = len(v)
+  se = float(np.sqrt((m - 1) / m * np.sum((v - v.mean()) ** 2)))
+  center = float(statistic(runs))
+  t = float(stats.t.ppf(0.5 + level / 2, m - 1))
+  return center - t * se, center + t * se
+
+
+def run_wall_times(sweep_dir: str) -> dict:
+  """{run name: wall_time_s} from each finished run's summary.json."""
+  out = {}
+  for path in glob.glob(os.path.join(sweep_dir, 'runs', '*', 'summary.json')):
+    with open(path) as f:
+      out[os.path.basename(os.path.dirname(path))] = json.load(f).get('wall_time_s')
+  return out
+
+
+RUN_COLUMNS = (
+  'sweep',
+  'name',
+  'n_nonembed',
+  'n_params',
+  'tokens',
+  'compute_flops',
+  'final_eval_loss',
+  'final_eval_loss_sem',
+  'wall_time_s',
+)
+FIT_COLUMNS = ('sweep', 'fit', 'parameter', 'value', 'ci95_lo', 'ci95_hi', 'r2', 'points', 'note')
+
+
+def run_rows(label: str, runs: list[Run], wall_times: dict) -> list[dict]:
+  """One CSV row per run: N, D, C = FLOPs per token x D, final loss +- SEM, wall time."""
+  return [
+    {
+      'sweep': label,
+      'name': r.name,
+      'n_nonembed': r.n_nonembed,
+      'n_params': r.n_params,
+      'tokens': r.tokens,
+      'compute_flops': f'{r.flops_per_token * r.tokens:.6g}',
+      'final_eval_loss': f'{r.final_eval_loss:.6f}',
+      'final_eval_loss_sem': f'{r.final_eval_loss_sem:.6f}',
+      'wall_time_s': '' if wall_times.get(r.name) is None else f'{wall_times[r.name]:.1f}',
+    }
+    for r in sorted(runs, key=lambda r: r.n_nonembed)
+  ]
+
+
+def fit_rows(label: str, fit: str, params: dict, ci: dict, r2=None, points=None, note='') -> list:
+  """One CSV row per fitted parameter."""
+  rows = []
+  for k, v in params.items():
+    lo, hi = ci.get(k, (None, None)) if ci else (None, None)
+    rows.append(
+      {
+        'sweep': label,
+        'fit': fit,
+        'parameter': k,
+        'value': f'{v:.6g}',
+        'ci95_lo': '' if lo is None else f'{lo:.6g}',
+        'ci95_hi': '' if hi is None else f'{hi:.6g}',
+        'r2': '' if r2 is None else f'{r2:.4f}',
+        'points': points or '',
+        'note': note,
+      }
+    )
+  return rows
+
+
+def write_csv(path: str, columns: tuple, rows: list[dict]) -> None:
+  import csv
+
+  with open(path, 'w', newline='') as f:
+    w = csv.DictWriter(f, fieldnames=columns)
+    w.writeheader()
+    w.writerows(rows)
+
+
+def format_ci(ci) -> str:
+  return '' if ci is None else f' [{ci[0]:.3g}, {ci[1]:.3g}]'
+
+
+def science_lines(r: dict) -> list[str]:
+  """The fitted numbers with their 95% intervals, and N_opt ~ C^a beside the references."""
+  lines = []
+  if 'law' in r:
+    law, ci = r['law'].law, r['law'].ci
+    lines.append(
+      f'  L(N) = E + A N^-alpha, 95% CI: E = {law.E:.3f}{format_ci(ci.get("E"))} nats, '
+      f'A = {law.A:.3g}{format_ci(ci.get("A"))}, '
+      f'alpha = {law.alpha:.3f}{format_ci(ci.get("alpha"))} '
+      f'(+-{100 * r["law"].relative_halfwidth("alpha"):.0f}%), R2 = {law.r2:.3f}'
+    )
+  if 'iso_curves' in r:
+    refs = ', '.join(f'{k} {v:.2f}' for k, v in REFERENCE_EXPONENTS.items())
+    lines.append(
+      f'  N_opt ~ C^a from the learning curves: a = {r["iso_curves"].exponent:.2f}'
+      f'{format_ci(r.get("iso_curves_ci"))} (jackknife over runs; {refs})'
+    )
+  return lines
+
+
+def write_csvs(results: list[dict], dirs: list[str], stem: str) -> list[str]:
+  """{stem}_runs.csv: every run; {stem}_fits.csv: every fitted parameter with its 95% CI."""
+  runs, fits = [], []
+  for r, d in zip(results, dirs, strict=True):
+    label = r['label']
+    runs += run_rows(label, r['runs'], run_wall_times(d))
+    if 'law' in r:
+      law = r['law']
+      fits += fit_rows(
+        label,
+        'L(N)=E+A*N^-alpha',
+        law.law.params(),
+        law.ci,
+        law.law.r2,
+        law.law.n,
+        'parametric bootstrap',
+      )
+    if 'extrapolation' in r:
+      e = r['extrapolation']
+      fits += fit_rows(
+        label, 'extrapolation to the largest N', e, {}, note='fit without the largest model'
+      )
+    if 'frontier' in r:
+      f = r['frontier']
+      fits += fit_rows(label, 'L(C)=E+A*C^-alpha frontier', f.params(), {}, f.r2, f.n)
+    if 'iso_curves' in r:
+      i = r['iso_curves']
+      refs = '; '.join(f'{k} {v}' for k, v in REFERENCE_EXPONENTS.items())
+      params = {'a': i.exponent, 'k': i.coefficient}
+      ci = {'a': r.get('iso_curves_ci')} if r.get('iso_curves_ci') else {}
+      fits += fit_rows(
+        label,
+        'N_opt=k*C^a from curves',
+        params,
+        ci,
+        points=len(i.budgets),
+        note=f'jackknife over runs; {refs}',
+      )
+    if 'isoflop' in r:
+      i = r['isoflop']
+      params = {'a': i.exponent, 'k': i.coefficient}
+      fits += fit_rows(label, 'N_opt=k*C^a IsoFLOP', params, {}, points=len(i.budgets))
+  write_csv(f'{stem}_runs.csv', RUN_COLUMNS, runs)
+  write_csv(f'{stem}_fits.csv', FIT_COLUMNS, fits)
+  return [f'{stem}_runs.csv', f'{stem}_fits.csv']

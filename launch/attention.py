@@ -1,44 +1,158 @@
-"""Draw the attention weights of a trained model for one sentence, every layer and head.
+r"""Where a trained model's attention goes in one sentence, read at the level of words.
 
-  python -m launch.attention --workdir=runs/demo/runs/<run> \
-      --text="The animal didn't cross the street because it was too tired" --out=attn.png
+  python -m launch.attention --workdir=runs/demo/runs/<run> --query=it
+  python -m launch.attention --workdir=... --layers=0,2 --heads=1,3      # the word grid
+  python -m launch.attention --workdir=... --text="..." --query=it --target=animal
 
-Rows of each heatmap are query positions, columns are the keys they attend to (causal: upper
-triangle empty). The example sentence is the one from the article this project grew from:
-which word does "it" attend to?
+Byte (or subword) attention is read per word: the weight that word i gives to word j is the
+weight from the LAST token of word i (in a causal model, the one token that has read the
+whole word) summed over the tokens of word j. Whitespace between words is its own column
+('(space)'), so every row still sums to 1.
+
+* `--query=WORD`: one bar chart per layer and head of where WORD looks, the `--target` word
+  (default 'animal', the article's example) highlighted; prints the head that puts the most
+  weight on the target, or says that no head prefers it to every other word.
+* otherwise: the word-by-word heatmap of each selected layer and head (`--layers`, `--heads`).
 """
 
 import json
 import os
+import re
 import sys
 
+import numpy as np
 from absl import app, flags
+
+SPACE = '(space)'
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A training run directory.', required=True)
 _TEXT = flags.DEFINE_string(
   'text', "The animal didn't cross the street because it was too tired", 'Sentence.'
 )
-_OUT = flags.DEFINE_string('out', '', 'PNG path (default: WORKDIR/attention.png).')
+_QUERY = flags.DEFINE_string('query', '', 'Draw where this word looks (per layer and head).')
+_TARGET = flags.DEFINE_string('target', 'animal', 'With --query: the word to look for.')
+_OUT = flags.DEFINE_string('out', '', 'PNG path (default: WORKDIR/attention[_QUERY].png).')
 _LAYERS = flags.DEFINE_list('layers', [], 'Only these layers (default: all).')
+_HEADS = flags.DEFINE_list('heads', [], 'Only these heads (default: all).')
 
 
-def load_model(workdir: str):
-  """(config, model) of the newest readable checkpoint in a run directory."""
-  import jax
+# -- Words (pure numpy: tested without a model) ---------------------------------------------
+
+
+def words_of(text: str) -> list[tuple[str, int, int]]:
+  """[(word, first byte, end byte)] of the whitespace-separated words of `text` (UTF-8)."""
+  found = re.finditer(rb'\S+', text.encode('utf-8'))
+  return [(m.group().decode('utf-8', 'replace'), m.start(), m.end()) for m in found]
+
+
+def token_words(token_bytes: list[int], spans: list[tuple[str, int, int]]) -> np.ndarray:
+  """The word index of every token (-1: whitespace), from each token's length in bytes.
+
+  A token belongs to the word its first non-space byte falls in (SentencePiece pieces carry
+  their leading space).
+  """
+  out, pos = [], 0
+  text_end = spans[-1][2] if spans else 0
+  for n in token_bytes:
+    word = -1
+    for j, (_, lo, hi) in enumerate(spans):
+      if lo < pos + n and pos < hi:  # the token overlaps word j
+        word = j
+        break
+    out.append(word)
+    pos += n
+  if pos < text_end:
+    raise ValueError(f'tokens cover {pos} of the {text_end} bytes of the text')
+  return np.array(out, int)
+
+
+def word_attention(w_QxK: np.ndarray, word_of: np.ndarray, n_words: int) -> np.ndarray:
+  """[n_words, n_words + 1]: from each word's last token, weight summed over each word's tokens.
+
+  The last column is the weight on whitespace tokens; rows sum to what the token rows sum to.
+  """
+  out = np.zeros((n_words, n_words + 1))
+  for i in range(n_words):
+    q = np.flatnonzero(word_of == i)[-1]
+    for j in range(-1, n_words):
+      out[i, j] = w_QxK[q, word_of == j].sum()  # j = -1 is the last column
+  return out
+
+
+def normalize_word(word: str) -> str:
+  return re.sub(r'[^\w]', '', word).lower()
+
+
+def find_word(spans, word: str, what: str) -> int:
+  """Index of the first word equal to `word` (case and punctuation ignored)."""
+  names = [normalize_word(w) for w, _, _ in spans]
+  key = normalize_word(word)
+  if key not in names:
+    text = ' '.join(w for w, *_ in spans)
+    raise ValueError(f'{what} {word!r} is not a word of the text ({text})')
+  return names.index(key)
+
+
+def best_head(looks_LxHxW: np.ndarray, target: int) -> dict:
+  """The (layer, head) with the most weight on word `target`, and whether it prefers it.
+
+  `looks_LxHxW`: each head's weights from the query word over the words (last column:
+  whitespace). 'prefers' is True when, in that head, no other word gets more weight.
+  """
+  on_target = looks_LxHxW[:, :, target]
+  layer, head = np.unravel_index(np.argmax(on_target), on_target.shape)
+  words = looks_LxHxW[layer, head, :-1]
+  return {
+    'layer': int(layer),
+    'head': int(head),
+    'weight': float(on_target[layer, head]),
+    'prefers': bool(np.argmax(words) == target),
+    'top_word': int(np.argmax(words)),
+    'heads_preferring': int(np.sum(np.argmax(looks_LxHxW[:, :, :-1], axis=-1) == target)),
+  }
+
+
+def select(values: list[str], count: int, what: str) -> list[int]:
+  """Indices from a --layers/--heads list, checked against `count`; empty: all."""
+  if not values:
+    return list(range(count))
+  try:
+    idx = [int(v) for v in values]
+  except ValueError:
+    raise ValueError(f'--{what} takes integers, got {",".join(values)}') from None
+  bad = [i for i in idx if not 0 <= i < count]
+  if bad:
+    raise ValueError(f'--{what}={",".join(values)}: the model has {what} 0..{count - 1}')
+  return idx
+
+
+# -- The model -------------------------------------------------------------------------------
+
+
+def read_config(workdir: str):
   import ml_collections
-  from flax import nnx
-
-  from models.transformer import ModelConfig
-  from train import checkpoint, sharding
-  from train.step import make_trainer
 
   config_path = os.path.join(workdir, 'config.json')
   if not os.path.exists(config_path):
     raise FileNotFoundError(f'{workdir} is not a training run (no config.json)')
-  config = ml_collections.ConfigDict(json.load(open(config_path)))
+  with open(config_path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def load_model(workdir: str):
+  """(config, model, tokenizer, step) of the newest readable checkpoint in a run directory."""
+  import jax
+  from flax import nnx
+
+  from data.tokenizer import load_tokenizer
+  from models.transformer import ModelConfig
+  from train import checkpoint, sharding
+  from train.step import make_trainer
+
+  config = read_config(workdir)
   if not checkpoint.existing_steps(workdir):
     raise FileNotFoundError(f'{workdir} has no checkpoint yet; train it first')
-  tokenizer = _tokenizer(config)
+  tokenizer = load_tokenizer(config.data)
   model_cfg = ModelConfig.from_config(config.model, vocab_size=tokenizer.vocab_size)
   mesh = sharding.make_mesh({'data': 1}, jax.devices()[:1])
   trainer = make_trainer(config, model_cfg, mesh)
@@ -52,47 +166,148 @@ def load_model(workdir: str):
   return config, model, tokenizer, step
 
 
-def _tokenizer(config):
-  from data.tokenizer import load_tokenizer
+def word_maps(model, tokenizer, text: str):
+  """(spans, [layers, heads, words, words + 1] word-level attention) of `text`."""
+  import jax.numpy as jnp
 
-  return load_tokenizer(config.data)
+  ids = tokenizer.encode(text.encode('utf-8'))[: model.cfg.max_seq_len]
+  token_bytes = [len(tokenizer.decode(ids[: k + 1])) for k in range(len(ids))]
+  token_bytes = np.diff([0, *token_bytes]).tolist()
+  spans = [s for s in words_of(text) if s[2] <= sum(token_bytes)]
+  word_of = token_words(token_bytes, spans)
+  w_LxBxHxTxT = np.asarray(model.attention_weights(jnp.asarray([ids], jnp.int32)), np.float64)
+  n_layers, _, n_heads = w_LxBxHxTxT.shape[:3]
+  maps = np.array(
+    [
+      [word_attention(w_LxBxHxTxT[l, 0, h], word_of, len(spans)) for h in range(n_heads)]
+      for l in range(n_layers)
+    ]
+  )
+  return spans, maps
+
+
+# -- Drawing ---------------------------------------------------------------------------------
+
+
+def draw_query(maps, spans, query, target, layers, heads, title, out):
+  import matplotlib.pyplot as plt
+
+  q = find_word(spans, query, '--query')
+  t = find_word(spans, target, '--target')
+  labels = [w for w, *_ in spans[: q + 1]] + [SPACE]
+  cols = [*range(q + 1), len(spans)]
+  fig, axes = plt.subplots(
+    len(layers),
+    len(heads),
+    figsize=(1.6 + 0.28 * len(labels) * len(heads), 1.9 * len(layers)),
+    squeeze=False,
+    sharey=True,
+  )
+  for r, layer in enumerate(layers):
+    for c, head in enumerate(heads):
+      ax = axes[r][c]
+      colors = ['C3' if j == t else ('C1' if j == q else 'C0') for j in cols]
+      ax.bar(range(len(cols)), maps[layer, head, q, cols], color=colors)
+      ax.set_ylim(0, 1)
+      ax.set_title(f'L{layer} H{head}', fontsize=7)
+      ax.set_xticks(
+        range(len(cols)), labels if r == len(layers) - 1 else [], rotation=90, fontsize=6
+      )
+      ax.tick_params(axis='y', labelsize=6)
+  fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(out, dpi=100)
+  plt.close(fig)
+
+
+def draw_grid(maps, spans, layers, heads, title, out):
+  import matplotlib.pyplot as plt
+
+  labels = [w for w, *_ in spans]
+  n = len(labels)
+  size = max(2.5, 0.32 * n)
+  fig, axes = plt.subplots(
+    len(layers), len(heads), figsize=(size * len(heads), size * len(layers)), squeeze=False
+  )
+  for r, layer in enumerate(layers):
+    for c, head in enumerate(heads):
+      ax = axes[r][c]
+      ax.imshow(maps[layer, head, :, :n], cmap='viridis', vmin=0, vmax=1)
+      ax.set_title(f'layer {layer} head {head}', fontsize=8)
+      ax.set_xticks(range(n), labels, fontsize=7, rotation=90)
+      ax.set_yticks(range(n), labels, fontsize=7)
+  fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(out, dpi=90)
+  plt.close(fig)
+
+
+def verdict(maps, spans, query: str, target: str, layers, heads, n_params: int) -> str:
+  q, t = find_word(spans, query, '--query'), find_word(spans, target, '--target')
+  if t >= q:
+    return f'{target!r} does not come before {query!r}: a causal model cannot look at it'
+  looks = maps[np.ix_(layers, heads)][:, :, q, :]
+  b = best_head(looks, t)
+  layer, head = layers[b['layer']], heads[b['head']]
+  chance = 1 / (q + 1)
+  share = (spans[t][2] - spans[t][1]) / spans[q][2]  # a long word collects more byte weight
+  line = (
+    f'most weight on {target!r} from {query!r}: layer {layer} head {head}, '
+    f'{b["weight"]:.2f} (uniform over the {q + 1} words so far: {chance:.2f}; '
+    f'{target!r} is {share:.2f} of the bytes so far)'
+  )
+  if b['prefers']:
+    return line + f'; {b["heads_preferring"]} head(s) put more weight on it than on any other word'
+  top = spans[b['top_word']][0]
+  return (
+    line + f'. No head puts more weight on {target!r} than on every other word (that head '
+    f'prefers {top!r}): at this scale ({n_params:,} parameters, trained on bytes) no head '
+    'resolves the reference.'
+  )
 
 
 def main(argv: list[str]) -> None:
   del argv
-  import jax.numpy as jnp
-  import matplotlib
-
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-
   try:
+    config = read_config(_WORKDIR.value)
+    n_layers, n_heads = config.model.num_layers, config.model.num_heads
+    layers = select(_LAYERS.value, n_layers, 'layers')
+    heads = select(_HEADS.value, n_heads, 'heads')
+    spans = words_of(_TEXT.value)
+    if not spans:
+      raise ValueError('--text has no words')
+    if _QUERY.value:
+      find_word(spans, _QUERY.value, '--query')
+      find_word(spans, _TARGET.value, '--target')
     config, model, tokenizer, step = load_model(_WORKDIR.value)
   except (FileNotFoundError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
-  ids = tokenizer.encode(_TEXT.value.encode('utf-8'))
-  ids = ids[: model.cfg.max_seq_len]
-  labels = [tokenizer.decode([i]).decode('utf-8', 'replace') for i in ids]
-  w_LxBxHxTxT = model.attention_weights(jnp.asarray([ids], jnp.int32))
-  layers = [int(x) for x in _LAYERS.value] or list(range(w_LxBxHxTxT.shape[0]))
-  heads = w_LxBxHxTxT.shape[2]
-  size = max(2.0, 0.12 * len(ids))
-  fig, axes = plt.subplots(
-    len(layers), heads, figsize=(size * heads, size * len(layers)), squeeze=False
-  )
-  for r, layer in enumerate(layers):
-    for h in range(heads):
-      ax = axes[r][h]
-      ax.imshow(w_LxBxHxTxT[layer, 0, h], cmap='viridis', vmin=0, vmax=1)
-      ax.set_title(f'layer {layer} head {h}', fontsize=8)
-      ax.set_xticks(range(len(ids)), labels, fontsize=5, rotation=90)
-      ax.set_yticks(range(len(ids)), labels, fontsize=5)
-  fig.suptitle(f'{_TEXT.value!r} - {_WORKDIR.value} @ step {step}', fontsize=10)
-  fig.tight_layout()
-  out = _OUT.value or os.path.join(_WORKDIR.value, 'attention.png')
-  fig.savefig(out, dpi=80)
+  import matplotlib
+
+  matplotlib.use('Agg')
+  spans, maps = word_maps(model, tokenizer, _TEXT.value)
+  import jax
+
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx_state(model)))
+  run = os.path.basename(os.path.normpath(_WORKDIR.value))
+  if _QUERY.value:
+    name = f'attention_{normalize_word(_QUERY.value)}.png'
+    out = _OUT.value or os.path.join(_WORKDIR.value, name)
+    title = f'where {_QUERY.value!r} looks (red: {_TARGET.value!r}) - {run} @ step {step}'
+    draw_query(maps, spans, _QUERY.value, _TARGET.value, layers, heads, title, out)
+    print(verdict(maps, spans, _QUERY.value, _TARGET.value, layers, heads, n_params))
+  else:
+    out = _OUT.value or os.path.join(_WORKDIR.value, 'attention.png')
+    title = f'{_TEXT.value!r}: word-level attention (rows look at columns) - {run} @ step {step}'
+    draw_grid(maps, spans, layers, heads, title, out)
   print(out)
+
+
+def nnx_state(model):
+  from flax import nnx
+
+  return nnx.state(model, nnx.Param)
 
 
 if __name__ == '__main__':

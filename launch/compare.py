@@ -90,6 +90,10 @@ def plot(results: list[dict], out: str, x_kind: str) -> list[str]:
   plt.close(fig)
   written.append(f'{stem}_curves.png')
 
+  nopt = [r for r in results if 'iso_curves' in r]
+  if nopt:
+    written.append(plot_nopt(nopt, f'{stem}_nopt.png'))
+
   iso = [r for r in results if 'isoflop' in r]
   if iso:
     fig, ax = plt.subplots(figsize=(7, 5))
@@ -114,6 +118,38 @@ def plot(results: list[dict], out: str, x_kind: str) -> list[str]:
   return written
 
 
+def plot_nopt(results: list[dict], out: str) -> str:
+  """N_opt(C) read off the learning curves, its fit, and the published exponents through it."""
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(6, 4.5))
+  for i, res in enumerate(results):
+    f = res['iso_curves']
+    ax.scatter(f.budgets, f.n_opt, color=f'C{i}', s=18)
+    cs = np.geomspace(f.budgets.min() / 2, f.budgets.max() * 2, 20)
+    ax.plot(
+      cs,
+      f.coefficient * cs**f.exponent,
+      color=f'C{i}',
+      label=f'{res["label"]}: a = {f.exponent:.2f}{scaling.format_ci(res.get("iso_curves_ci"))}',
+    )
+    c0 = np.exp(np.mean(np.log(f.budgets)))
+    n0 = f.coefficient * c0**f.exponent
+    for (name, a), ls in zip(scaling.REFERENCE_EXPONENTS.items(), (':', '--'), strict=True):
+      ax.plot(cs, n0 * (cs / c0) ** a, 'k', ls=ls, lw=0.8, label=f'{name}: a = {a:.2f}')
+  ax.set_xscale('log')
+  ax.set_yscale('log')
+  ax.set_xlabel('training FLOPs C')
+  ax.set_ylabel('N_opt (non-embedding parameters)')
+  ax.set_title('N_opt ~ C^a, from the learning curves')
+  ax.legend(fontsize=7)
+  ax.grid(True, which='both', alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(out, dpi=110)
+  plt.close(fig)
+  return out
+
+
 def compare(
   dirs: list[str], out: str, x_kind: str = 'nonembed', n_boot: int = 200, echo=print, warn=None
 ) -> int:
@@ -133,6 +169,7 @@ def compare(
   stem, _ = os.path.splitext(out)
   with open(f'{stem}.json', 'w') as f:
     json.dump(scaling.fits_json(results), f, indent=2)
+  written += scaling.write_csvs(results, dirs, stem)
   echo(scaling.fits_table(results))
   echo('wrote ' + ', '.join(written + [f'{stem}.json']))
   return 0

@@ -92,7 +92,7 @@ def test_sweep_expands_to_valid_runs(path):
     t = c.train
     assert c.data.seq_len <= c.model.max_seq_len
     assert 0 < t.warmup_steps < t.steps, run.name
-    assert t.global_batch >= 8 and 1e-5 < t.lr < 1e-2
+    assert t.global_batch >= 8 and 1e-5 < t.lr < 3e-2
     assert c.eval.every <= t.steps and c.checkpoint.every <= t.steps
     assert c.tags.tokens == t.steps * t.global_batch * c.data.seq_len
     assert c.tags.sweep == _stem(path) and model.num_layers == run.overrides['model.num_layers']
@@ -160,7 +160,7 @@ def test_kaplan_lr_rule():
 
 
 def test_ladder_lr_follows_rule():
-  for stem in ('demo', 'size_ladder', 'token_budget', 'isoflop'):
+  for stem in ('size_ladder', 'token_budget', 'isoflop'):  # demo: its own rule, measured
     for run in _runs(stem):
       model, c = _model(run)
       n = _nonembed(model)
@@ -210,7 +210,7 @@ def test_demo_spec():
   assert len({c.train.steps * c.train.global_batch * c.data.seq_len for _, c in models}) == 1
   for m, _ in models:
     assert 16 <= m.head_dim <= 64 and m.num_heads * m.head_dim == m.d_model
-    assert 24 <= m.d_model / m.num_layers <= 128 and m.d_ff == 4 * m.d_model
+    assert 16 <= m.d_model / m.num_layers <= 128 and m.d_ff == 4 * m.d_model
   assert n == sorted(n, reverse=True)  # largest first: the greedy parallel order balances
 
 

@@ -129,6 +129,14 @@ def _local_rows(global_array: jax.Array) -> np.ndarray:
   return np.concatenate(rows)
 
 
+def log_spaced_steps(total: int, points: int) -> set[int]:
+  """About `points` steps from ~total/50 to `total`, evenly spaced in log(step)."""
+  if points < 2 or total < 2:
+    return set()
+  first = max(1, total // 50)
+  return {int(round(s)) for s in np.geomspace(first, total, points)}
+
+
 def evaluate(trainer, params, batches: list[dict], bytes_per_token: float) -> dict:
   """Mean per-sequence loss on the fixed eval batches, its standard error, bits per byte."""
   losses = np.concatenate([np.asarray(trainer.eval_step(params, b)) for b in batches])
@@ -193,6 +201,8 @@ def run(p: Prepared, stop_at: int | None = None) -> dict | None:
   window = []  # losses since the last record
   last_fetch = None
   last_eval = None
+  # Optional extra evaluations at log-spaced steps (learning curves on a log-FLOPs axis).
+  log_evals = log_spaced_steps(total, config.eval.get('log_points', 0))
   end = total if stop_at is None else min(stop_at, total)
   for step in range(start, end):
     batch = _to_global(next(it), data_sh, global_batch)
@@ -208,7 +218,7 @@ def run(p: Prepared, stop_at: int | None = None) -> dict | None:
     done = step + 1
     if done % config.checkpoint.every == 0 or done == end:
       checkpoint.save(mngr, done, state, data_state_global(), config_dict)
-    if done % config.eval.every == 0 or done == total:
+    if done % config.eval.every == 0 or done == total or done in log_evals:
       ev = evaluate(trainer, state['params'], eval_batches, p.pipe.bytes_per_token)
       last_eval = ev
       writer.write({'kind': 'eval', 'step': done, **ev, 'tokens': done * global_batch * seq_len,

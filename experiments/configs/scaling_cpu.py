@@ -25,6 +25,9 @@ def get_config() -> ml_collections.ConfigDict:
   # (32k tokens), a standard error of ~0.01 nats on the final loss.
   c.eval.batches = 16
   c.eval.batch_size = 16
+  # Extra evaluations at ~this many log-spaced steps (0: none), so learning curves are curves
+  # on a log-FLOPs axis (train/loop.py:log_spaced_steps).
+  c.eval.log_points = 0
   c.log_every = 10
   # Sweep files give every run its own steps, warmup, eval and checkpoint intervals
   # (experiments/sweeps/common.py:train_overrides); these are placeholders.
