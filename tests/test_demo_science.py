@@ -18,7 +18,7 @@ import pytest
 from data import levels
 from experiments import scaling
 from experiments.sweeps import common, demo, lr_sweep
-from launch import sweep
+from launch import sweep_spec
 from train.loop import log_spaced_steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -136,7 +136,7 @@ ACCEL_SWEEPS = ('accel_ladder', 'accel_isoflop')
 
 def _accel_runs(stem, accel, monkeypatch):
   monkeypatch.setenv('ACCEL', accel)
-  return sweep.expand(os.path.join(REPO, 'experiments', 'sweeps', f'{stem}.py'))
+  return sweep_spec.expand(os.path.join(REPO, 'experiments', 'sweeps', f'{stem}.py')).runs
 
 
 @pytest.mark.parametrize('accel', ['gpu', 'v5p'])
@@ -202,7 +202,7 @@ def test_accel_run_takes_two_steps_on_a_tiny_prepared_lm1b(tmp_path, monkeypatch
   run = min(
     _accel_runs('accel_ladder', 'gpu', monkeypatch), key=lambda r: r.overrides['model.d_model']
   )
-  run = sweep.Run(
+  run = sweep_spec.Run(
     run.name,
     run.config,
     {
