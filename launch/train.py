@@ -31,7 +31,7 @@ def main(argv: list[str]) -> None:
   from train import distributed, loop, metrics
 
   metrics.quiet_library_logs()
-
+  loop.configure_backend(_CONFIG.value)
   distributed.initialize(_COORD.value, _NPROC.value, _PID.value, _TIMEOUT.value)
   import jax
 
@@ -44,7 +44,12 @@ def main(argv: list[str]) -> None:
     # Bad input: one clear line, nothing compiled or written.
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
-  summary = loop.run(prepared, stop_at=_STOP.value or None)
+  metrics.log_to_file(_WORKDIR.value)
+  try:
+    summary = loop.run(prepared, stop_at=_STOP.value or None)
+  except loop.Stopped as e:
+    print(e, file=sys.stderr)
+    sys.exit(e.exit_code)
   if summary is None:
     logging.info('stopped after step %d; rerun the same command to continue', _STOP.value)
     return
