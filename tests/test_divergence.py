@@ -70,7 +70,7 @@ def test_a_skipped_update_leaves_parameters_and_optimizer_state_untouched():
   """skip(bad batch) then a good batch == the good batch alone, bit for bit (but the step)."""
   config = tiny_config(**{'train.skip_nonfinite': True})
   model_cfg = ModelConfig.from_config(config.model, vocab_size=256)
-  trainer = make_trainer(config, model_cfg, sharding.make_mesh({'data': 2, 'fsdp': 2}))
+  trainer = make_trainer(config, model_cfg, sharding.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2}))
   rng = np.random.default_rng(0)
   x = rng.integers(0, 256, (8, 33)).astype(np.int32)
   good = {'inputs': x[:, :-1], 'targets': x[:, 1:], 'segment_ids': np.ones((8, 32), np.int32)}

@@ -19,8 +19,12 @@ from tests.test_multihost import FLAGS, REPO, free_port, leaves
 
 pytestmark = pytest.mark.slow
 STEPS = 60
-EXTRA = [f'--config.train.steps={STEPS}', '--config.eval.every=1000',
-         '--config.checkpoint.every=1000', '--config.checkpoint.async_save=true']  # fmt: skip
+EXTRA = [
+  f'--config.train.steps={STEPS}',
+  '--config.eval.every=1000',
+  '--config.checkpoint.every=1000',
+  '--config.checkpoint.async_save=true',
+]
 SIGNAL_AFTER = 3  # steps recorded before the signal is sent
 
 
@@ -30,10 +34,15 @@ def commands(workdir, processes):
     return [base]
   addr = f'127.0.0.1:{free_port()}'
   return [
-      base + [f'--coordinator_address={addr}', f'--num_processes={processes}',
-              f'--process_id={i}', '--distributed_timeout_s=60']
-      for i in range(processes)
-  ]  # fmt: skip
+    base
+    + [
+      f'--coordinator_address={addr}',
+      f'--num_processes={processes}',
+      f'--process_id={i}',
+      '--distributed_timeout_s=60',
+    ]
+    for i in range(processes)
+  ]
 
 
 def start(workdir, processes):

@@ -313,6 +313,8 @@ def check_workdir_access(workdir: str) -> None:
     if not bucket:
       raise ValueError(f'--workdir={workdir!r} has no bucket name (gs://BUCKET/path)')
     creds = os.environ.get('GOOGLE_APPLICATION_CREDENTIALS')
+    if os.environ.get('STORAGE_EMULATOR_HOST'):  # a local GCS emulator takes no credentials
+      return
     if creds:
       if not os.path.isfile(creds):
         raise ValueError(

@@ -386,10 +386,18 @@ class _Recorder:
       tps = self.tokens_per_step / dt
       mfu = tps * self.flops_tok / self.peak if self.peak else float('nan')
     tokens = step * self.tokens_per_step
-    self.writer.write({
-        'kind': 'train', 'step': step, **means, 'tokens': tokens,
-        'flops': self.flops_tok * tokens, 'tokens_per_s': tps, 'step_time_s': dt, 'mfu': mfu,
-    })  # fmt: skip
+    self.writer.write(
+      {
+        'kind': 'train',
+        'step': step,
+        **means,
+        'tokens': tokens,
+        'flops': self.flops_tok * tokens,
+        'tokens_per_s': tps,
+        'step_time_s': dt,
+        'mfu': mfu,
+      }
+    )
     self.last_fetch = (step, now)
     if not first:
       loss = means.get('loss', float('nan'))
