@@ -13,6 +13,7 @@ import os
 import sys
 
 from absl import app, flags
+from etils import epath
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A training run directory.', required=True)
 _TEXT = flags.DEFINE_string(
@@ -29,13 +30,13 @@ def load_model(workdir: str):
   from flax import nnx
 
   from models.transformer import ModelConfig
-  from train import checkpoint, sharding
+  from train import checkpoint, files, sharding
   from train.step import make_trainer
 
-  config_path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(config_path):
+  config_path = files.join(workdir, 'config.json')
+  if not files.exists(config_path):
     raise FileNotFoundError(f'{workdir} is not a training run (no config.json)')
-  config = ml_collections.ConfigDict(json.load(open(config_path)))
+  config = ml_collections.ConfigDict(json.loads(files.read_text(config_path)))
   if not checkpoint.existing_steps(workdir):
     raise FileNotFoundError(f'{workdir} has no checkpoint yet; train it first')
   tokenizer = _tokenizer(config)
@@ -90,8 +91,11 @@ def main(argv: list[str]) -> None:
       ax.set_yticks(range(len(ids)), labels, fontsize=5)
   fig.suptitle(f'{_TEXT.value!r} - {_WORKDIR.value} @ step {step}', fontsize=10)
   fig.tight_layout()
-  out = _OUT.value or os.path.join(_WORKDIR.value, 'attention.png')
-  fig.savefig(out, dpi=80)
+  from train import files
+
+  out = _OUT.value or files.join(_WORKDIR.value, 'attention.png')
+  with epath.Path(out).open('wb') as f:  # local or gs://
+    fig.savefig(f, dpi=80, format=os.path.splitext(out)[1][1:] or 'png')
   print(out)
 
 

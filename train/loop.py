@@ -246,7 +246,7 @@ def run(p: Prepared, stop_at: int | None = None) -> dict | None:
       done = step + 1
       preempted = watch.reached(done) and done < end  # at `end` the run ends anyway
       if done % config.checkpoint.every == 0 or done == end or preempted:
-        rec.record(*pending, good)  # a diverged step stops here, before its save
+        rec.record(*pending, good, force=done == end or preempted)  # diverged: stops here
         pending = None
         good.save(done, state, data_state_global(), config_dict)
       else:
@@ -283,7 +283,7 @@ def run(p: Prepared, stop_at: int | None = None) -> dict | None:
     'flops_per_token': flops_tok,
     'final_step': total,
     'tokens_seen': total * global_batch * seq_len,
-    'final_train_loss': rec.last.get('loss'),
+    'final_train_loss': metrics.json_value(rec.last.get('loss')),
     'final_eval_loss': last_eval['eval_loss'],
     'final_eval_loss_sem': last_eval['eval_loss_sem'],
     'final_eval_bpb': last_eval['eval_bpb'],

@@ -85,7 +85,7 @@ class MetricsWriter:
   def write(self, record: dict) -> None:
     if not self.enabled:
       return
-    record = {k: _json_value(v) for k, v in record.items()}
+    record = {k: json_value(v) for k, v in record.items()}
     self._jsonl.write_line(json.dumps(record, allow_nan=False))
     if self._tb is not None:
       prefix = record.get('kind', 'train')
@@ -111,7 +111,8 @@ class MetricsWriter:
         self._tb.close()
 
 
-def _json_value(v):
+def json_value(v):
+  """A JSON-ready scalar: numpy scalars unwrapped, non-finite floats as None (null)."""
   if isinstance(v, np.generic | np.ndarray):
     v = v.item()
   return None if isinstance(v, float) and not math.isfinite(v) else v

@@ -1,0 +1,47 @@
+"""The console stays readable: library INFO goes to the run's verbose log, not to stderr."""
+
+import glob
+import os
+import subprocess
+import sys
+
+from tests.test_multihost import FLAGS, REPO
+from tests.test_train import tiny_config, train
+
+OWN = ('loop.py', 'metrics.py', 'train.py')  # the trainer's own progress lines
+
+
+def test_corrupt_checkpoint_fallback_prints_at_most_three_lines(tmp_path):
+  workdir = tmp_path / 'run'
+  train(tiny_config(**{'train.steps': 6}), workdir, stop_at=4)  # checkpoints 2 and 4
+  for f in glob.glob(str(workdir / 'checkpoints/4/state/**/*'), recursive=True):
+    if os.path.isfile(f) and 'metadata' not in os.path.basename(f).lower():
+      with open(f, 'r+b') as fh:
+        fh.truncate(max(os.path.getsize(f) // 3, 1))
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  proc = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'launch.train',
+      f'--workdir={workdir}',
+      *FLAGS,
+      '--config.train.steps=6',
+      '--config.checkpoint.every=2',
+      '--config.eval.every=4',
+    ],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'resumed from step 2' in proc.stderr
+  lines = (proc.stdout + proc.stderr).splitlines()
+  other = [line for line in lines if not any(f' {name}:' in line for name in OWN)]
+  assert any('unreadable' in line for line in other)
+  assert len(other) <= 3, '\n'.join(other)
+  with open(workdir / 'verbose_log.txt') as f:
+    verbose = f.read()
+  assert 'orbax' in verbose.lower() and 'unreadable' in verbose
