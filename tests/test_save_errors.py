@@ -44,4 +44,4 @@ def test_failed_save_stops_the_run_and_keeps_the_previous_checkpoint(
   assert saved_steps(tmp_path) == [2]
   assert_trees_equal(before, final_params(tmp_path, 2))
   last = max(r['step'] for r in strict_records(tmp_path) if r['kind'] == 'train')
-  assert last <= 5  # stopped before the next save (step 6) was even attempted
+  assert last <= 6  # a background failure is seen at the latest when the next save starts

@@ -314,6 +314,7 @@ class _LastGood:
         f'diverged: non-finite parameters at step {step}, not saved; last good checkpoint: '
         f'{self.path()}'
       )
+    self.wait()  # the previous save must have worked (Orbax would wait for it anyway)
     try:
       checkpoint.save(self.mngr, step, state, data_state, config_dict)
     except Exception as e:  # noqa: BLE001 - any failure to write stops the run
@@ -321,7 +322,7 @@ class _LastGood:
     self.step = step
 
   def check(self) -> None:
-    """Raises at once if an asynchronous save failed in the background."""
+    """Raises if an asynchronous save has failed in the background (checked at every step)."""
     try:
       self.mngr.check_for_errors()
     except Exception as e:  # noqa: BLE001
