@@ -145,6 +145,12 @@ def test_train_sigkill_resume_in_a_bucket(gcs, tmp_path):
   with open(gcs.local('killed/metrics.jsonl')) as f:
     steps = [r['step'] for r in map(json.loads, f) if r['kind'] == 'train']
   assert steps == list(range(1, 25))  # records past the resumed step were dropped, then redone
+
+  attention = [sys.executable, '-m', 'launch.attention', f'--workdir=gs://{BUCKET}/killed']
+  proc = subprocess.run(attention, **run)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(gcs.local('killed/attention.png'), 'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
   assert os.listdir(cwd) == []
 
 

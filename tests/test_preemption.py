@@ -56,7 +56,7 @@ def start(workdir, processes):
 
 
 def finish(procs):
-  outs = [p.communicate(timeout=600) for p in procs]
+  outs = [p.communicate(timeout=1800) for p in procs]
   return [(p.returncode, err) for p, (_, err) in zip(procs, outs, strict=True)]
 
 
