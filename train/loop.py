@@ -245,18 +245,18 @@ def run(p: Prepared, stop_at: int | None = None) -> dict | None:
       pending = (step + 1, step_metrics)
       done = step + 1
       preempted = watch.reached(done) and done < end  # at `end` the run ends anyway
-      if done % config.checkpoint.every == 0 or done == end or preempted:
-        rec.record(*pending, good, force=done == end or preempted)  # diverged: stops here
-        pending = None
-        good.save(done, state, data_state_global(), config_dict)
-      else:
-        good.check()
       if done % config.eval.every == 0 or done == total:
         ev = evaluate(trainer, state['params'], eval_batches, p.pipe.bytes_per_token)
         last_eval = ev
         writer.write({'kind': 'eval', 'step': done, **ev, 'tokens': done * global_batch * seq_len,
                       'flops': flops_tok * done * global_batch * seq_len})  # fmt: skip
         writer.progress(done, f'eval loss {ev["eval_loss"]:.4f} ± {ev["eval_loss_sem"]:.4f}')
+      if done % config.checkpoint.every == 0 or done == end or preempted:
+        rec.record(*pending, good, force=done == end or preempted)  # diverged: stops here
+        pending = None
+        good.save(done, state, data_state_global(), config_dict)
+      else:
+        good.check()
       if preempted:
         end = done
         break
