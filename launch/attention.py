@@ -132,11 +132,12 @@ def select(values: list[str], count: int, what: str) -> list[int]:
 def read_config(workdir: str):
   import ml_collections
 
-  config_path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(config_path):
+  from train import files
+
+  config_path = files.join(workdir, 'config.json')  # local or gs://
+  if not files.exists(config_path):
     raise FileNotFoundError(f'{workdir} is not a training run (no config.json)')
-  with open(config_path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(json.loads(files.read_text(config_path)))
 
 
 def load_model(workdir: str):
@@ -216,8 +217,7 @@ def draw_query(maps, spans, query, target, layers, heads, title, out):
       ax.tick_params(axis='y', labelsize=6)
   fig.suptitle(title, fontsize=9)
   fig.tight_layout()
-  fig.savefig(out, dpi=100)
-  plt.close(fig)
+  save_figure(fig, out, dpi=100)
 
 
 def draw_grid(maps, spans, layers, heads, title, out):
@@ -238,7 +238,16 @@ def draw_grid(maps, spans, layers, heads, title, out):
       ax.set_yticks(range(n), labels, fontsize=7)
   fig.suptitle(title, fontsize=9)
   fig.tight_layout()
-  fig.savefig(out, dpi=90)
+  save_figure(fig, out, dpi=90)
+
+
+def save_figure(fig, out: str, dpi: int) -> None:
+  """Writes a figure to a local or gs:// path."""
+  import matplotlib.pyplot as plt
+  from etils import epath
+
+  with epath.Path(out).open('wb') as f:
+    fig.savefig(f, dpi=dpi, format=os.path.splitext(out)[1][1:] or 'png')
   plt.close(fig)
 
 
@@ -285,6 +294,8 @@ def main(argv: list[str]) -> None:
     sys.exit(2)
   import matplotlib
 
+  from train import files
+
   matplotlib.use('Agg')
   spans, maps = word_maps(model, tokenizer, _TEXT.value)
   import jax
@@ -293,12 +304,12 @@ def main(argv: list[str]) -> None:
   run = os.path.basename(os.path.normpath(_WORKDIR.value))
   if _QUERY.value:
     name = f'attention_{normalize_word(_QUERY.value)}.png'
-    out = _OUT.value or os.path.join(_WORKDIR.value, name)
+    out = _OUT.value or files.join(_WORKDIR.value, name)
     title = f'where {_QUERY.value!r} looks (red: {_TARGET.value!r}) - {run} @ step {step}'
     draw_query(maps, spans, _QUERY.value, _TARGET.value, layers, heads, title, out)
     print(verdict(maps, spans, _QUERY.value, _TARGET.value, layers, heads, n_params))
   else:
-    out = _OUT.value or os.path.join(_WORKDIR.value, 'attention.png')
+    out = _OUT.value or files.join(_WORKDIR.value, 'attention.png')
     title = f'{_TEXT.value!r}: word-level attention (rows look at columns) - {run} @ step {step}'
     draw_grid(maps, spans, layers, heads, title, out)
   print(out)

@@ -6,7 +6,13 @@ and exit status 2, before anything is compiled or written (train/validate.py, da
 Rerunning the same command resumes from the newest checkpoint in DIR. On several processes
 (Cloud TPU VM, SLURM, or explicit --coordinator_address/--num_processes/--process_id) JAX's
 distributed runtime is initialized first.
+
+Exit status: 0 done (or stopped by --stop_after_step); 2 bad input; 75 preempted by SIGTERM or
+SIGINT after saving a checkpoint (rerun the same command); 65 diverged (non-finite loss or
+gradient norm; the last good checkpoint is kept); 74 a checkpoint could not be written.
 """
+
+import sys
 
 from absl import app, flags, logging
 
@@ -33,7 +39,7 @@ def main(argv: list[str]) -> None:
   from train import distributed, files, loop, metrics
 
   metrics.quiet_library_logs()
-
+  loop.configure_backend(_CONFIG.value)
   distributed.initialize(_COORD.value, _NPROC.value, _PID.value, _TIMEOUT.value)
   import jax
 
@@ -48,7 +54,12 @@ def main(argv: list[str]) -> None:
     files.makedirs(_WORKDIR.value)
   except OSError as e:
     cli.fail(f'cannot create --workdir={_WORKDIR.value}: {e.strerror or e}; choose another')
-  summary = loop.run(prepared, stop_at=_STOP.value or None)
+  metrics.log_to_file(_WORKDIR.value)
+  try:
+    summary = loop.run(prepared, stop_at=_STOP.value or None)
+  except loop.Stopped as e:
+    print(e, file=sys.stderr)
+    sys.exit(e.exit_code)
   if summary is None:
     logging.info('stopped after step %d; rerun the same command to continue', _STOP.value)
     return

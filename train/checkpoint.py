@@ -5,9 +5,8 @@ Layout: workdir/checkpoints/<step>/{state,data,config}. Every process takes part
 the restore targets carry the *current* shardings.
 """
 
-import os
-
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
@@ -25,7 +24,7 @@ def manager(workdir: str, ckpt_cfg) -> ocp.CheckpointManager:
     create=True,
   )
   return ocp.CheckpointManager(
-    os.path.join(os.path.abspath(workdir), 'checkpoints'),
+    files.join(files.absolute(workdir), 'checkpoints'),
     options=options,
     item_names=('state', 'data', 'config'),
   )
@@ -66,7 +65,20 @@ def check_compatible(saved: dict, config: dict, workdir: str) -> None:
     )
 
 
+def directory(mngr: ocp.CheckpointManager, step: int) -> str:
+  return str(mngr.directory / str(step))
+
+
+@jax.jit
+def all_finite(tree) -> jax.Array:
+  """One boolean: every floating-point value in the tree is finite."""
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+  return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves]))
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state, data_state, config: dict) -> None:
+  """Starts a save (asynchronous if so configured). Errors of an earlier one are raised here."""
+  mngr.check_for_errors()
   mngr.save(
     step,
     args=ocp.args.Composite(

@@ -1,19 +1,29 @@
-"""Small text files of a run (config, metrics, summary) on a local path or on gs://.
+"""Small text files of a run (config, metrics, summary, logs) on a local path or on gs://.
 
 Orbax writes checkpoints to either by itself; these are the few files the trainer writes
-directly. gs:// goes through etils.epath, which needs `gcsfs` (installed by launch/tpu.py's
-setup; `pip install gcsfs` elsewhere). Cloud Storage objects cannot be appended to, so an
-append there rewrites the object: fine for files of a few thousand lines.
+directly. gs:// goes through etils.epath, which needs `gcsfs` (pinned in requirements.txt).
+Paths are kept as given: a remote path is never made absolute, which would turn
+`gs://bucket/run` into the local folder `<cwd>/gs:/bucket/run`.
+
+Cloud Storage objects cannot be appended to, and an object takes about one write per second,
+so an append there is buffered and the object rewritten at most once per `min_interval_s`
+(and at close).
 """
 
 import os
 import threading
+import time
 
 from etils import epath
 
 
 def is_remote(path: str) -> bool:
   return '://' in path
+
+
+def absolute(path: str) -> str:
+  """An absolute local path, or a remote one unchanged."""
+  return path if is_remote(path) else os.path.abspath(path)
 
 
 def join(*parts: str) -> str:
@@ -48,24 +58,37 @@ def write_text(path: str, text: str) -> None:
 
 
 class AppendFile:
-  """A line-oriented log: real appends locally, whole-object rewrites on gs://."""
+  """A line-oriented log: real appends locally; buffered whole-object rewrites on gs://."""
 
-  def __init__(self, path: str):
+  def __init__(self, path: str, min_interval_s: float = 1.0):
     self.path = path
+    self.min_interval_s = min_interval_s
     self._remote = is_remote(path)
     if self._remote:
       self._lines = read_text(path).splitlines(keepends=True) if exists(path) else []
+      self._dirty = False
+      self._last_write = float('-inf')
     else:
       self._f = open(path, 'a')
 
   def write_line(self, line: str) -> None:
     if self._remote:
       self._lines.append(line + '\n')
-      write_text(self.path, ''.join(self._lines))
+      self._dirty = True
+      if time.monotonic() - self._last_write >= self.min_interval_s:
+        self.flush()
     else:
       self._f.write(line + '\n')
       self._f.flush()
 
+  def flush(self) -> None:
+    if self._remote and self._dirty:
+      write_text(self.path, ''.join(self._lines))
+      self._dirty = False
+      self._last_write = time.monotonic()
+
   def close(self) -> None:
-    if not self._remote:
+    if self._remote:
+      self.flush()
+    else:
       self._f.close()

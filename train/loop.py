@@ -3,11 +3,18 @@
 Everything that can be wrong with the input is checked in `prepare()` before anything is
 compiled or written. The loop dispatches step t before fetching step t-1's metrics, so the
 host never waits for the device except to read numbers that are already computed.
+
+A run that cannot go on raises a `Stopped` whose message is the one line to print and whose
+`exit_code` tells a scheduler what happened:
+  75 (EX_TEMPFAIL) preempted by SIGTERM/SIGINT: a checkpoint was saved; rerun the same command;
+  65 (EX_DATAERR)  diverged: non-finite loss/gradients; non-finite parameters are never saved;
+  74 (EX_IOERR)    a checkpoint could not be written; the previous checkpoints are kept.
 """
 
 import dataclasses
 import json
 import math
+import os
 import time
 
 import jax
@@ -17,8 +24,36 @@ from absl import logging
 from data.pipeline import DataPipeline
 from models import accounting
 from models.transformer import ModelConfig
-from train import checkpoint, files, metrics, sharding, validate
+from train import checkpoint, files, metrics, preemption, sharding, validate
 from train.step import make_trainer
+
+EXIT_PREEMPTED, EXIT_DIVERGED, EXIT_SAVE_FAILED = 75, 65, 74
+
+
+class Stopped(Exception):
+  """The run ended before train.steps; str(e) is one line for the console."""
+
+  exit_code = 1
+
+
+class Preempted(Stopped):
+  exit_code = EXIT_PREEMPTED
+
+
+class Diverged(Stopped):
+  exit_code = EXIT_DIVERGED
+
+
+class SaveFailed(Stopped):
+  exit_code = EXIT_SAVE_FAILED
+
+
+def configure_backend(config) -> None:
+  """Settings that must be in place before JAX starts its backend (call before any device use)."""
+  if config.train.deterministic:
+    flag = '--xla_gpu_deterministic_ops=true'
+    if flag not in os.environ.get('XLA_FLAGS', ''):
+      os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {flag}'.strip()
 
 
 @dataclasses.dataclass
@@ -149,7 +184,8 @@ def run(p: Prepared, stop_at: int | None = None) -> dict | None:
   """Trains (or resumes) the prepared run to config.train.steps; returns the summary.
 
   `stop_at` ends this invocation early after that step, with a checkpoint, as a preemption
-  would (used by tests and by schedulers that run in slices); no summary then.
+  would (used by tests and by schedulers that run in slices); no summary then. SIGTERM/SIGINT
+  do the same at the next step and raise `Preempted`; see the module docstring for the others.
   """
   config, workdir = p.config, p.workdir
   primary = jax.process_index() == 0
@@ -191,46 +227,63 @@ def run(p: Prepared, stop_at: int | None = None) -> dict | None:
     for b in p.pipe.eval_batches(config.eval.batches, config.eval.batch_size)
   ]
   peak, peak_src = metrics.peak_flops(config.peak_flops)
-  writer = metrics.MetricsWriter(workdir, total, enabled=primary)
+  writer = metrics.MetricsWriter(workdir, total, enabled=primary, resume_step=start)
+  rec = _Recorder(writer, config, flops_tok, peak, seq_len)
+  good = _LastGood(mngr, start if restored is not None else None)
 
   def data_state_global():
     return jax.make_array_from_process_local_data(data_sh, it.get_state(), abstract_data.shape)
 
   step_fn, compile_s = trainer.train_step, None
-  pending = None  # (step, metrics on device, dispatch time)
-  window = []  # losses since the last record
-  last_fetch = None
+  pending = None  # (step, metrics on device)
   last_eval = None
   # Optional extra evaluations at log-spaced steps (learning curves on a log-FLOPs axis).
   log_evals = log_spaced_steps(total, config.eval.get('log_points', 0))
   end = total if stop_at is None else min(stop_at, total)
-  for step in range(start, end):
-    batch = _to_global(next(it), data_sh, global_batch)
-    if compile_s is None:
-      t0 = time.time()
-      step_fn = trainer.train_step.lower(state, batch).compile()
-      compile_s = time.time() - t0
-      logging.info('compiled the train step in %.1fs', compile_s)
-    state, step_metrics = step_fn(state, batch)  # dispatch step t ...
-    if pending is not None:  # ... then fetch step t-1's numbers
-      last_fetch = _record(pending, last_fetch, window, writer, config, flops_tok, peak, seq_len)
-    pending = (step + 1, step_metrics)
-    done = step + 1
-    if done % config.checkpoint.every == 0 or done == end:
-      checkpoint.save(mngr, done, state, data_state_global(), config_dict)
-    if done % config.eval.every == 0 or done == total or done in log_evals:
-      ev = evaluate(trainer, state['params'], eval_batches, p.pipe.bytes_per_token)
-      last_eval = ev
-      writer.write({'kind': 'eval', 'step': done, **ev, 'tokens': done * global_batch * seq_len,
-                    'flops': flops_tok * done * global_batch * seq_len})  # fmt: skip
-      writer.progress(done, f'eval loss {ev["eval_loss"]:.4f} ± {ev["eval_loss_sem"]:.4f}')
-  if pending is not None:
-    last_fetch = _record(pending, last_fetch, window, writer, config, flops_tok, peak, seq_len,
-                         force=True)  # fmt: skip
-  mngr.wait_until_finished()
-  mngr.close()
-  if end < total:
+  preempted = False
+  watch = preemption.Watch()
+  try:
+    for step in range(start, end):
+      batch = _to_global(next(it), data_sh, global_batch)
+      if compile_s is None:
+        t0 = time.time()
+        step_fn = trainer.train_step.lower(state, batch).compile()
+        compile_s = time.time() - t0
+        logging.info('compiled the train step in %.1fs', compile_s)
+      state, step_metrics = step_fn(state, batch)  # dispatch step t ...
+      if pending is not None:  # ... then fetch step t-1's numbers
+        rec.record(*pending, good)
+      pending = (step + 1, step_metrics)
+      done = step + 1
+      preempted = watch.reached(done) and done < end  # at `end` the run ends anyway
+      if done % config.eval.every == 0 or done == total or done in log_evals:
+        ev = evaluate(trainer, state['params'], eval_batches, p.pipe.bytes_per_token)
+        last_eval = ev
+        writer.write({'kind': 'eval', 'step': done, **ev, 'tokens': done * global_batch * seq_len,
+                      'flops': flops_tok * done * global_batch * seq_len})  # fmt: skip
+        writer.progress(done, f'eval loss {ev["eval_loss"]:.4f} ± {ev["eval_loss_sem"]:.4f}')
+      if done % config.checkpoint.every == 0 or done == end or preempted:
+        rec.record(*pending, good, force=done == end or preempted)  # diverged: stops here
+        pending = None
+        good.save(done, state, data_state_global(), config_dict)
+      else:
+        good.check()
+      if preempted:
+        end = done
+        break
+    if pending is not None:
+      rec.record(*pending, good, force=True)
+    good.wait()
+  finally:
+    watch.close()
     writer.close()
+    good.close()
+  if preempted:
+    why = watch.received or 'a preemption notice on another process'
+    raise Preempted(
+      f'preempted by {why}: saved step {end} to {good.path()}; rerun the same command to continue'
+    )
+  if end < total:
     return None
   if last_eval is None:
     last_eval = evaluate(trainer, state['params'], eval_batches, p.pipe.bytes_per_token)
@@ -241,7 +294,7 @@ def run(p: Prepared, stop_at: int | None = None) -> dict | None:
     'flops_per_token': flops_tok,
     'final_step': total,
     'tokens_seen': total * global_batch * seq_len,
-    'final_train_loss': window[-1] if window else None,
+    'final_train_loss': metrics.json_value(rec.last.get('loss')),
     'final_eval_loss': last_eval['eval_loss'],
     'final_eval_loss_sem': last_eval['eval_loss_sem'],
     'final_eval_bpb': last_eval['eval_bpb'],
@@ -253,36 +306,117 @@ def run(p: Prepared, stop_at: int | None = None) -> dict | None:
   }
   if primary:
     files.write_text(files.join(workdir, 'summary.json'), json.dumps(summary, indent=2))
-  writer.close()
   return summary
 
 
-def _record(pending, last_fetch, window, writer, config, flops_tok, peak, seq_len, force=False):
-  """Fetches a finished step's metrics; writes a record every `log_every` steps."""
-  step, dev_metrics = pending
-  m = jax.device_get(dev_metrics)
-  now = time.time()
-  window.append(float(m['loss']))
-  tokens_per_step = config.train.global_batch * seq_len
+class _LastGood:
+  """Saves checkpoints of finite parameters only, and knows the newest one that was written."""
 
-  def write(loss, tps, dt, mfu):
-    writer.write({
-        'kind': 'train', 'step': step, 'loss': loss, 'lr': float(m['lr']),
-        'grad_norm': float(m['grad_norm']), 'tokens': step * tokens_per_step,
-        'flops': flops_tok * step * tokens_per_step, 'tokens_per_s': tps, 'step_time_s': dt,
+  def __init__(self, mngr, step: int | None):
+    self.mngr, self.step = mngr, step
+
+  def path(self, step: int | None = None) -> str:
+    step = self.step if step is None else step
+    return 'none' if step is None else checkpoint.directory(self.mngr, step)
+
+  def save(self, step: int, state, data_state, config_dict: dict) -> None:
+    if not bool(checkpoint.all_finite(state)):
+      raise Diverged(
+        f'diverged: non-finite parameters at step {step}, not saved; last good checkpoint: '
+        f'{self.path()}'
+      )
+    self.wait()  # the previous save must have worked (Orbax would wait for it anyway)
+    try:
+      checkpoint.save(self.mngr, step, state, data_state, config_dict)
+    except Exception as e:  # noqa: BLE001 - any failure to write stops the run
+      raise self._failed(step, e) from e
+    self.step = step
+
+  def check(self) -> None:
+    """Raises if an asynchronous save has failed in the background (checked at every step)."""
+    try:
+      self.mngr.check_for_errors()
+    except Exception as e:  # noqa: BLE001
+      raise self._failed(self.step, e) from e
+
+  def wait(self) -> None:
+    try:
+      self.mngr.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+      raise self._failed(self.step, e) from e
+
+  def close(self) -> None:
+    try:
+      self.mngr.close()  # waits for a save in flight; a failing one was reported already
+    except Exception:  # noqa: BLE001, S110
+      pass
+
+  def _failed(self, step, e: Exception) -> SaveFailed:
+    first = str(e).splitlines()[0][:300] if str(e) else ''
+    kept = [s for s in self.mngr.all_steps() if s != step] or ['none']
+    return SaveFailed(
+      f'checkpoint save at step {step} to {self.mngr.directory} failed ({type(e).__name__}: '
+      f'{first}); kept checkpoints: {kept}'
+    )
+
+
+class _Recorder:
+  """Fetches each step's metrics; writes the means since the last record every `log_every`.
+
+  Whatever the train step returns in its metrics dict is recorded: a new metric is added in
+  the step alone. The divergence guard reads the same numbers.
+  """
+
+  def __init__(self, writer, config, flops_tok, peak, seq_len):
+    self.writer, self.config = writer, config
+    self.flops_tok, self.peak = flops_tok, peak
+    self.tokens_per_step = config.train.global_batch * seq_len
+    self.patience = config.train.nan_patience
+    self.window = {}  # metric -> values since the last record
+    self.last = {}  # the newest step's metrics
+    self.last_fetch = None  # (step, time) of the last record
+    self.bad_steps = 0  # consecutive steps with a non-finite metric
+
+  def record(self, step: int, dev_metrics, good: _LastGood, force: bool = False) -> None:
+    self.last = {k: float(v) for k, v in jax.device_get(dev_metrics).items()}
+    now = time.time()
+    for k, v in self.last.items():
+      self.window.setdefault(k, []).append(v)
+    finite = all(math.isfinite(v) for v in self.last.values())
+    self.bad_steps = 0 if finite else self.bad_steps + 1
+    diverged = self.bad_steps >= self.patience
+    first = self.last_fetch is None  # the first step of an invocation: no rate yet
+    if not (first or force or diverged or step % self.config.log_every == 0):
+      return
+    means = {k: float(np.mean(v)) for k, v in self.window.items()}
+    self.window = {}
+    if first:
+      tps = dt = mfu = None
+    else:
+      prev_step, prev_t = self.last_fetch
+      dt = (now - prev_t) / max(step - prev_step, 1)
+      tps = self.tokens_per_step / dt
+      mfu = tps * self.flops_tok / self.peak if self.peak else float('nan')
+    tokens = step * self.tokens_per_step
+    self.writer.write(
+      {
+        'kind': 'train',
+        'step': step,
+        **means,
+        'tokens': tokens,
+        'flops': self.flops_tok * tokens,
+        'tokens_per_s': tps,
+        'step_time_s': dt,
         'mfu': mfu,
-    })  # fmt: skip
-
-  if last_fetch is None:  # the first step of an invocation: no rate yet
-    write(window[-1], None, None, None)
-    return (step, now, 0.0)
-  prev_step, prev_t, _ = last_fetch
-  if step % config.log_every and not force:
-    return last_fetch
-  dt = (now - prev_t) / max(step - prev_step, 1)
-  tps = tokens_per_step / dt
-  mfu = tps * flops_tok / peak if peak else float('nan')
-  loss = float(np.mean(window[-(step - prev_step) :]))
-  write(loss, tps, dt, mfu)
-  writer.progress(step, f'loss {loss:.4f}  {tps:,.0f} tok/s  MFU {mfu:.1%}')
-  return (step, now, dt)
+      }
+    )
+    self.last_fetch = (step, now)
+    if not first:
+      loss = means.get('loss', float('nan'))
+      self.writer.progress(step, f'loss {loss:.4f}  {tps:,.0f} tok/s  MFU {mfu:.1%}')
+    if diverged:
+      bad = ', '.join(k for k, v in self.last.items() if not math.isfinite(v))
+      raise Diverged(
+        f'diverged: non-finite {bad} at step {step} ({self.bad_steps} consecutive step(s), '
+        f'train.nan_patience={self.patience}); last good checkpoint: {good.path()}'
+      )

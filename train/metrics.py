@@ -1,10 +1,12 @@
 """Peak FLOPs of known devices, MFU, and the metric writers (JSONL, TensorBoard, console).
 
-Only process 0 writes; other processes get a writer that does nothing.
+Only process 0 writes; other processes get a writer that does nothing. metrics.jsonl is strict
+JSON: a non-finite number (a diverged loss) is written as null.
 """
 
 import json
 import logging as pylogging
+import math
 import time
 
 import jax
@@ -63,14 +65,16 @@ def peak_flops(configured: float = 0.0) -> tuple[float, str]:
 class MetricsWriter:
   """Appends records to workdir/metrics.jsonl and TensorBoard; prints a progress line."""
 
-  def __init__(self, workdir: str, total_steps: int, enabled: bool = True):
+  def __init__(self, workdir: str, total_steps: int, enabled: bool = True, resume_step: int = 0):
     self.enabled = enabled
     self.total_steps = total_steps
     self._t0, self._step0 = time.time(), None
     if not enabled:
       return
     files.makedirs(workdir)
-    self._jsonl = files.AppendFile(files.join(workdir, 'metrics.jsonl'))
+    path = files.join(workdir, 'metrics.jsonl')
+    _drop_records_after(path, resume_step)
+    self._jsonl = files.AppendFile(path)
     try:
       from tensorboardX import SummaryWriter
 
@@ -81,10 +85,8 @@ class MetricsWriter:
   def write(self, record: dict) -> None:
     if not self.enabled:
       return
-    record = {
-      k: (v.item() if isinstance(v, np.generic | np.ndarray) else v) for k, v in record.items()
-    }
-    self._jsonl.write_line(json.dumps(record))
+    record = {k: json_value(v) for k, v in record.items()}
+    self._jsonl.write_line(json.dumps(record, allow_nan=False))
     if self._tb is not None:
       prefix = record.get('kind', 'train')
       for k, v in record.items():
@@ -107,6 +109,30 @@ class MetricsWriter:
       self._jsonl.close()
       if self._tb is not None:
         self._tb.close()
+
+
+def json_value(v):
+  """A JSON-ready scalar: numpy scalars unwrapped, non-finite floats as None (null)."""
+  if isinstance(v, np.generic | np.ndarray):
+    v = v.item()
+  return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def _drop_records_after(path: str, step: int) -> None:
+  """Forgets records past the step a run resumes from, written before a SIGKILL (or cut)."""
+  if not files.exists(path):
+    return
+  lines = files.read_text(path).splitlines(keepends=True)
+
+  def kept(line: str) -> bool:
+    try:
+      return line.endswith('\n') and json.loads(line).get('step', 0) <= step
+    except ValueError:
+      return False
+
+  keep = [line for line in lines if kept(line)]
+  if len(keep) != len(lines):
+    files.write_text(path, ''.join(keep))
 
 
 def _hms(seconds: float) -> str:
@@ -132,3 +158,39 @@ class _OnlyOwnInfo(pylogging.Filter):
 
 def quiet_library_logs() -> None:
   logging.get_absl_handler().addFilter(_OnlyOwnInfo())
+
+
+class _FileHandler(pylogging.Handler):
+  """Every log record, libraries' INFO included, into a run file (local or gs://)."""
+
+  def __init__(self, path: str):
+    super().__init__(pylogging.INFO)
+    self._file = files.AppendFile(path, min_interval_s=5.0)
+    self._busy = False
+    self.setFormatter(pylogging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
+
+  def emit(self, record: pylogging.LogRecord) -> None:
+    if self._busy:  # a record logged while writing one (by the gs:// client): drop it
+      return
+    self._busy = True
+    try:
+      self._file.write_line(self.format(record))
+    except Exception:  # noqa: BLE001 - a log line must never stop training
+      self.handleError(record)
+    finally:
+      self._busy = False
+
+  def close(self) -> None:
+    try:
+      self._file.close()
+    finally:
+      super().close()
+
+
+def log_to_file(workdir: str) -> str:
+  """Copies all log records (the console shows fewer) to workdir/verbose_log[.<process>].txt."""
+  pid = jax.process_index()
+  path = files.join(workdir, f'verbose_log{f".{pid}" if pid else ""}.txt')
+  files.makedirs(workdir)
+  pylogging.getLogger().addHandler(_FileHandler(path))
+  return path

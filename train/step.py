@@ -126,11 +126,13 @@ def make_trainer(config, model_cfg: ModelConfig, mesh: jax.sharding.Mesh) -> Tra
       nll = nll / accum
     updates, opt = tx.update(grads, state['opt'], state['params'])
     params = optax.apply_updates(state['params'], updates)
-    metrics = {
-      'loss': nll,
-      'grad_norm': optax.global_norm(grads),
-      'lr': lr_schedule(t)(state['step']),
-    }
+    grad_norm = optax.global_norm(grads)
+    if t.skip_nonfinite:  # keep parameters and optimizer state (its count too); consume the batch
+      finite = jnp.isfinite(nll) & jnp.isfinite(grad_norm)
+      keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+      params = jax.tree.map(keep, params, state['params'])
+      opt = jax.tree.map(keep, opt, state['opt'])
+    metrics = {'loss': nll, 'grad_norm': grad_norm, 'lr': lr_schedule(t)(state['step'])}
     return {'step': state['step'] + 1, 'params': params, 'opt': opt}, metrics
 
   def eval_step(params, batch):

