@@ -57,6 +57,10 @@ def check_config(config, on_this_machine: bool = True) -> None:
   _int_at_least(config, 'checkpoint.max_to_keep', 1, 'a run must keep a checkpoint to resume')
   _int_at_least(config, 'log_every', 1, 'write a train record every this many steps')
   _int_at_least(config, 'seed', 0)
+  if 'nan_patience' in config.train:
+    _int_at_least(config, 'train.nan_patience', 1, 'non-finite steps in a row before stopping')
+  if 'log_points' in config.eval:
+    _int_at_least(config, 'eval.log_points', 0, 'extra log-spaced evaluations')
   _finite(config, 'train.lr', 0.0, strict=True)
   _finite(config, 'train.grad_clip', 0.0, strict=False)  # 0: no clipping
   _finite(config, 'train.weight_decay', 0.0, strict=False)
