@@ -7,9 +7,11 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from flax import nnx
 
 from experiments.configs import default
 from models.transformer import ModelConfig
@@ -66,46 +68,78 @@ def test_loss_falls_on_shakespeare(tmp_path):
   assert {'tokens_per_s', 'mfu', 'grad_norm', 'lr', 'step_time_s'} <= set(records[-1])
 
 
-def test_sharded_step_equals_single_device_step():
-  config = tiny_config()
+def random_batches(n, seed, rows=8, length=32):
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(n):
+    x = rng.integers(0, 256, (rows, length + 1)).astype(np.int32)
+    out.append({'inputs': x[:, :-1], 'targets': x[:, 1:], 'segment_ids': np.ones_like(x[:, 1:])})
+  return out
+
+
+def run_steps(config, mesh, batches):
+  """Steps through `batches`; returns per-step (loss, grad_norm, lr) and the final params."""
   model_cfg = ModelConfig.from_config(config.model, vocab_size=256)
-  rng = np.random.default_rng(0)
-  x = rng.integers(0, 256, (8, 33)).astype(np.int32)
-  batch = {'inputs': x[:, :-1], 'targets': x[:, 1:], 'segment_ids': np.ones((8, 32), np.int32)}
-  results = []
-  for mesh_cfg, devices in [({'data': 2, 'fsdp': 2, 'tensor': 2}, None), ({}, jax.devices()[:1])]:
-    mesh = sharding.make_mesh(mesh_cfg, devices)
-    trainer = make_trainer(config, model_cfg, mesh)
-    state = trainer.init()
-    init_params = jax.tree.map(np.asarray, state['params'])
-    b = jax.device_put(batch, trainer.batch_sharding)
-    state, m = trainer.train_step(state, b)
-    state, m2 = trainer.train_step(state, b)
-    results.append((init_params, float(m['loss']), float(m2['loss']), state['params']))
-  (p0, l0, l0b, q0), (p1, l1, l1b, q1) = results
-  assert_trees_equal(p0, p1)  # the same initialization, whatever the sharding
-  np.testing.assert_allclose(l0, l1, rtol=1e-6)
-  np.testing.assert_allclose(l0b, l1b, rtol=1e-5)
-  for a, b in zip(jax.tree.leaves(q0), jax.tree.leaves(q1), strict=True):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+  trainer = make_trainer(config, model_cfg, mesh)
+  state, history = trainer.init(), []
+  for b in batches:
+    state, m = trainer.train_step(state, jax.device_put(b, trainer.batch_sharding))
+    history.append([float(m['loss']), float(m['grad_norm']), float(m['lr'])])
+  return np.array(history), jax.tree.map(np.asarray, state['params'])
+
+
+def assert_same_training(a, b, rtol=1e-4):
+  (hist_a, params_a), (hist_b, params_b) = a, b
+  assert (hist_a[1:, 2] > 0).all()  # the comparison covers steps that moved the weights
+  np.testing.assert_allclose(hist_a, hist_b, rtol=rtol)  # loss, grad_norm and lr per step
+  for x, y in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True):
+    np.testing.assert_allclose(x, y, rtol=rtol, atol=1e-6)
+
+
+def test_sharded_steps_equal_single_device_steps():
+  """Three steps (two at a non-zero learning rate) on data x fsdp x tensor = 2x2x2 and on 1 CPU."""
+  config = tiny_config(**{'train.warmup_steps': 1})
+  batches = random_batches(3, seed=0)
+  sharded = run_steps(config, sharding.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2}), batches)
+  single = run_steps(config, sharding.make_mesh({}, jax.devices()[:1]), batches)
+  assert_same_training(sharded, single)
 
 
 def test_grad_accumulation_matches_the_full_batch():
-  config = tiny_config()
-  model_cfg = ModelConfig.from_config(config.model, vocab_size=256)
+  """Two microbatches give the full batch's loss, gradient norm and updates, step after step."""
+  config = tiny_config(**{'train.warmup_steps': 1})
   mesh = sharding.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2})
-  rng = np.random.default_rng(1)
-  x = rng.integers(0, 256, (8, 33)).astype(np.int32)
-  batch = {'inputs': x[:, :-1], 'targets': x[:, 1:], 'segment_ids': np.ones((8, 32), np.int32)}
-  out = []
-  for accum in (1, 2):
-    config.train.grad_accum = accum
-    trainer = make_trainer(config, model_cfg, mesh)
-    state, m = trainer.train_step(trainer.init(), jax.device_put(batch, trainer.batch_sharding))
-    out.append((float(m['loss']), state['params']))
-  np.testing.assert_allclose(out[0][0], out[1][0], rtol=1e-6)
-  for a, b in zip(jax.tree.leaves(out[0][1]), jax.tree.leaves(out[1][1]), strict=True):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+  batches = random_batches(3, seed=1)
+  full = run_steps(config, mesh, batches)
+  config.train.grad_accum = 2
+  assert_same_training(full, run_steps(config, mesh, batches))
+
+
+def test_training_with_segment_ids_masks_each_document():
+  """With data.segment_ids the step's loss is that of each document run on its own (RoPE)."""
+  config = tiny_config(**{'data.segment_ids': True, 'model.pos_emb': 'rope'})
+  model_cfg = ModelConfig.from_config(config.model, vocab_size=256)
+  mesh = sharding.make_mesh({}, jax.devices()[:1])
+  trainer = make_trainer(config, model_cfg, mesh)
+  state = trainer.init()
+  model = nnx.merge(trainer.graphdef, state['params'])
+  x = np.random.default_rng(2).integers(0, 255, (8, 33)).astype(np.int32)
+  cut = 1 + np.arange(8) * 3  # row r: document 1 is tokens [0, cut], document 2 the rest
+  seg = (np.arange(32)[None, :] > cut[:, None]).astype(np.int32) + 1
+  batch = {'inputs': x[:, :-1], 'targets': x[:, 1:], 'segment_ids': seg}
+  nll = []
+  for r in range(8):
+    for lo, hi in ((0, cut[r] + 1), (cut[r] + 1, 32)):
+      logits = np.asarray(model(jnp.asarray(x[r : r + 1, lo:hi])), np.float64)[0]
+      logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1))[:, None]
+      logp -= logits.max(-1)[:, None]
+      nll.extend(-logp[np.arange(hi - lo), x[r, lo + 1 : hi + 1]])
+  _, m = trainer.train_step(state, jax.device_put(batch, trainer.batch_sharding))
+  np.testing.assert_allclose(float(m['loss']), np.mean(nll), rtol=1e-5)
+  unmasked = tiny_config(**{'model.pos_emb': 'rope'})
+  t2 = make_trainer(unmasked, model_cfg, mesh)
+  _, m2 = t2.train_step(t2.init(), jax.device_put(batch, t2.batch_sharding))
+  assert abs(float(m2['loss']) - float(m['loss'])) > 1e-4  # the mask did change the loss
 
 
 def test_resume_is_bitwise_exact_and_survives_a_corrupted_checkpoint(tmp_path, caplog):
