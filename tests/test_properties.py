@@ -191,3 +191,26 @@ def test_metrics_writer_writes_plain_json_numbers(tmp_path):
   assert not (tmp_path / 'off').exists()
   metrics.MetricsWriter(str(tmp_path / 'off'), 10, enabled=False).write({'step': 1})
   assert not (tmp_path / 'off').exists()  # only process 0 writes
+
+
+def test_gpt3_reduced_sweep_follows_the_paper_table():
+  """The sweep's runs against Brown et al. 2020, Table 2.1, typed in here (not read from code):
+  (layers, heads, head size, lr, batch in M tokens); XL built with 16 heads of 128 (= d 2048)."""
+  from experiments.sweeps import gpt3_reduced as sweep
+
+  paper = {
+    'Small': (12, 12, 64, 6.0e-4, 0.5),
+    'Medium': (24, 16, 64, 3.0e-4, 0.5),
+    'Large': (24, 16, 96, 2.5e-4, 0.5),
+    'XL': (24, 16, 128, 2.0e-4, 1.0),
+  }
+  runs = dict(sweep.get_sweep())
+  assert len(runs) == len(sweep.ROWS)
+  for name, run in runs.items():
+    layers, heads, dh, lr, batch_m = paper[name.split('-')[1]]
+    head_dim = max(4, round(dh / sweep.WIDTH_FACTOR))
+    assert (run['model.num_layers'], run['model.num_heads']) == (layers, heads)
+    assert (run['model.head_dim'], run['model.d_model']) == (head_dim, heads * head_dim)
+    assert run['model.d_ff'] == 4 * heads * head_dim
+    assert run['train.lr'] == pytest.approx(lr * sweep.LR_SCALE)
+    assert run['train.global_batch'] == sweep.BATCH_SEQS * batch_m / 0.5
