@@ -6,7 +6,6 @@ fixture is checked against the reference itself and the other tests run. Regener
   python -m tests.test_torch_reference
 """
 
-import importlib.util
 import math
 import os
 import subprocess
@@ -17,10 +16,11 @@ import pytest
 
 from benchmarks import torch_reference as tr
 
-HAS_TORCH = importlib.util.find_spec('torch') is not None
-needs_torch = pytest.mark.skipif(not HAS_TORCH, reason='torch is not installed')
-if HAS_TORCH:
+try:
   import torch
+except ImportError:
+  torch = None
+needs_torch = pytest.mark.skipif(torch is None, reason='torch is not installed')
 FIXTURE = os.path.join(
   os.path.dirname(os.path.abspath(__file__)), 'fixtures', 'torch_reference.npz'
 )
