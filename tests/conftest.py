@@ -1,14 +1,17 @@
-"""Test setup: 8 fake CPU devices (a small 'cluster' in one process), quiet logs."""
+"""Test setup: 8 fake CPU devices (a small 'cluster' in one process), quiet logs.
+
+XLA_FLAGS and JAX_PLATFORMS are set, not defaulted: every test assumes exactly 8 CPU devices,
+and an inherited value (a GPU machine's flags, a developer's shell) must not change that.
+Prepared datasets live in the user's cache, never in the checkout.
+"""
 
 import os
 
 # Must happen before JAX initializes its backends.
-os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
-os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-# Prepared datasets shared by all tests (and xdist workers: preparation is locked).
-os.environ.setdefault(
-  'SCALING_LM_DATA', os.path.join(os.path.dirname(os.path.dirname(__file__)), '.data', 'tfds')
-)
+os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
+os.environ['JAX_PLATFORMS'] = 'cpu'
+# Prepared datasets: the user's cache (data/text_corpus.py's default, or SCALING_LM_DATA), shared
+# by all tests and xdist workers (preparation is locked); never the checkout.
 
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402

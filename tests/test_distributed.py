@@ -247,10 +247,12 @@ def test_local_workdir_access(tmp_path):
 
 @pytest.mark.skipif(os.geteuid() == 0, reason='root can write anywhere')
 def test_read_only_workdir_is_rejected(tmp_path):
-  ro = tmp_path / 'ro'
-  ro.mkdir(mode=0o500)
-  with pytest.raises(ValueError, match='is not writable'):
-    distributed.check_workdir_access(str(ro / 'run'))
+  """A workdir nobody can create (under a regular file: even root cannot) is a one-line error."""
+  (tmp_path / 'file').write_text('x')
+  with pytest.raises(ValueError, match='not a directory|not writable') as e:
+    distributed.check_workdir_access(str(tmp_path / 'file' / 'run'))
+  assert '\n' not in str(e.value)
+  assert (tmp_path / 'file').read_text() == 'x' and sorted(os.listdir(tmp_path)) == ['file']
 
 
 def test_workdir_is_checked_by_writing_to_it(tmp_path):

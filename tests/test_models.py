@@ -79,22 +79,48 @@ def test_reference_and_fast_attention_agree(overrides):
     np.testing.assert_allclose(ref(tokens(), s), fast(tokens(), s), rtol=1e-5, atol=1e-5)
 
 
+def all_eqns(jaxpr):
+  """The equations of a jaxpr and of every jaxpr nested in it (jit, scan, remat)."""
+  for e in jaxpr.eqns:
+    yield e
+    for v in e.params.values():
+      for sub in v if isinstance(v, tuple | list) else (v,):
+        inner = getattr(sub, 'jaxpr', sub)
+        if hasattr(inner, 'eqns'):
+          yield from all_eqns(inner)
+
+
 def test_bfloat16_compute_close_to_float32():
   f32 = Transformer(model_cfg(), rngs=nnx.Rngs(0))
   bf16 = Transformer(model_cfg(dtype='bfloat16'), rngs=nnx.Rngs(0))
   a, b = f32(tokens()), bf16(tokens())
   assert b.dtype == jnp.float32  # logits and the loss stay float32
   assert float(jnp.abs(a - b).max()) < 0.05 * float(jnp.abs(a).max())
+  # ... and bf16 is really used: the logits differ, and the matmuls take bfloat16 operands.
+  assert float(jnp.abs(a - b).max()) > 1e-4 * float(jnp.abs(a).max())
+  dots = [
+    e for e in all_eqns(jax.make_jaxpr(bf16)(tokens()).jaxpr) if e.primitive.name == 'dot_general'
+  ]
+  assert dots and all(v.aval.dtype == jnp.bfloat16 for e in dots for v in e.invars)
 
 
-@pytest.mark.parametrize('overrides', [{}, {'pos_emb': 'rope', 'scan_layers': True}])
-def test_causality(overrides):
-  """Outputs at position t do not depend on tokens after t."""
+@pytest.mark.parametrize(
+  'overrides, segments',
+  [
+    ({}, False),
+    ({'attention_impl': 'reference'}, False),
+    ({'attention_impl': 'xla'}, True),  # the explicit-mask path
+    ({'pos_emb': 'rope', 'scan_layers': True}, False),
+  ],
+)
+def test_causality(overrides, segments):
+  """Outputs at position t do not depend on tokens after t (t+1 included), but later ones do."""
   model = Transformer(model_cfg(**overrides), rngs=nnx.Rngs(0))
   x = tokens(1, 16)
   t = 7
+  seg = jnp.ones((1, 16), jnp.int32) if segments else None
   x2 = x.at[:, t + 1 :].set((x[:, t + 1 :] + 13) % 64)
-  a, b = model(x), model(x2)
+  a, b = model(x, seg), model(x2, seg)
   np.testing.assert_array_equal(a[:, : t + 1], b[:, : t + 1])
   assert not np.allclose(a[:, t + 1 :], b[:, t + 1 :])
 

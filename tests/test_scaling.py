@@ -107,7 +107,7 @@ def test_compare_cli_plots_tables_and_json(tmp_path):
   out = tmp_path / 'plots' / 'cmp.png'
   proc = subprocess.run([sys.executable, '-m', 'launch.compare', *sweeps, f'--out={out}',
                          '--bootstrap=50'], cwd=REPO, capture_output=True, text=True,
-                        timeout=300)  # fmt: skip
+                        timeout=900)  # fmt: skip
   assert proc.returncode == 0, proc.stderr[-2000:]
   for path in (out, tmp_path / 'plots' / 'cmp_curves.png'):
     assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and path.stat().st_size > 5000
@@ -119,7 +119,7 @@ def test_compare_cli_plots_tables_and_json(tmp_path):
   empty = tmp_path / 'empty'
   empty.mkdir()
   proc = subprocess.run([sys.executable, '-m', 'launch.compare', str(empty), f'--out={out}'],
-                        cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
+                        cwd=REPO, capture_output=True, text=True, timeout=900)  # fmt: skip
   assert proc.returncode == 2 and 'no finished runs' in proc.stderr
 
 

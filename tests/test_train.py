@@ -7,11 +7,14 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from flax import nnx
 
 from experiments.configs import default
+from models import accounting
 from models.transformer import ModelConfig
 from train import loop, sharding
 from train.step import make_trainer
@@ -66,46 +69,97 @@ def test_loss_falls_on_shakespeare(tmp_path):
   assert {'tokens_per_s', 'mfu', 'grad_norm', 'lr', 'step_time_s'} <= set(records[-1])
 
 
-def test_sharded_step_equals_single_device_step():
-  config = tiny_config()
+def random_batches(n, seed, rows=8, length=32):
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(n):
+    x = rng.integers(0, 256, (rows, length + 1)).astype(np.int32)
+    out.append({'inputs': x[:, :-1], 'targets': x[:, 1:], 'segment_ids': np.ones_like(x[:, 1:])})
+  return out
+
+
+def run_steps(config, mesh, batches):
+  """Steps through `batches`; returns per-step (loss, grad_norm, lr) and the final params."""
   model_cfg = ModelConfig.from_config(config.model, vocab_size=256)
-  rng = np.random.default_rng(0)
-  x = rng.integers(0, 256, (8, 33)).astype(np.int32)
-  batch = {'inputs': x[:, :-1], 'targets': x[:, 1:], 'segment_ids': np.ones((8, 32), np.int32)}
-  results = []
-  for mesh_cfg, devices in [({'data': 2, 'fsdp': 2, 'tensor': 2}, None), ({}, jax.devices()[:1])]:
-    mesh = sharding.make_mesh(mesh_cfg, devices)
-    trainer = make_trainer(config, model_cfg, mesh)
-    state = trainer.init()
-    init_params = jax.tree.map(np.asarray, state['params'])
-    b = jax.device_put(batch, trainer.batch_sharding)
-    state, m = trainer.train_step(state, b)
-    state, m2 = trainer.train_step(state, b)
-    results.append((init_params, float(m['loss']), float(m2['loss']), state['params']))
-  (p0, l0, l0b, q0), (p1, l1, l1b, q1) = results
-  assert_trees_equal(p0, p1)  # the same initialization, whatever the sharding
-  np.testing.assert_allclose(l0, l1, rtol=1e-6)
-  np.testing.assert_allclose(l0b, l1b, rtol=1e-5)
-  for a, b in zip(jax.tree.leaves(q0), jax.tree.leaves(q1), strict=True):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+  trainer = make_trainer(config, model_cfg, mesh)
+  state, history = trainer.init(), []
+  for b in batches:
+    state, m = trainer.train_step(state, jax.device_put(b, trainer.batch_sharding))
+    history.append([float(m['loss']), float(m['grad_norm']), float(m['lr'])])
+  return np.array(history), jax.tree.map(np.asarray, state['params'])
+
+
+def assert_same_training(a, b, rtol=1e-4):
+  (hist_a, params_a), (hist_b, params_b) = a, b
+  assert (hist_a[1:, 2] > 0).all()  # the comparison covers steps that moved the weights
+  np.testing.assert_allclose(hist_a, hist_b, rtol=rtol)  # loss, grad_norm and lr per step
+  for x, y in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True):
+    np.testing.assert_allclose(x, y, rtol=rtol, atol=2e-5)  # lr 3e-3: one step moves ~1e-3
+
+
+def test_records_hold_windowed_loss_tokens_rate_and_mfu(tmp_path):
+  """A record every 3 steps holds the mean of those steps' losses (as logged one by one by the
+  same run logged every step), tokens = step * B * T, MFU = tokens/s * FLOPs per token / peak."""
+  every = {n: tiny_config(**{'train.steps': 6, 'eval.every': 6, 'log_every': n}) for n in (1, 3)}
+  for n, config in every.items():
+    train(config, tmp_path / str(n))
+  one = {r['step']: r for r in records(tmp_path / '1') if r['kind'] == 'train'}
+  three = {r['step']: r for r in records(tmp_path / '3') if r['kind'] == 'train'}
+  window = np.mean([one[s]['loss'] for s in (4, 5, 6)])
+  np.testing.assert_allclose(three[6]['loss'], window, rtol=1e-6)
+  model_cfg = ModelConfig.from_config(every[3].model, vocab_size=257)
+  fpt = accounting.flops_per_token(model_cfg, 32)
+  for r in three.values():
+    assert r['tokens'] == r['step'] * 8 * 32 and r['flops'] == pytest.approx(fpt * r['tokens'])
+    if r['tokens_per_s'] is not None:
+      assert r['tokens_per_s'] == pytest.approx(8 * 32 / r['step_time_s'])
+      assert r['mfu'] == pytest.approx(r['tokens_per_s'] * fpt / 1e12)
+
+
+def test_sharded_steps_equal_single_device_steps():
+  """Three steps (two at a non-zero learning rate) on data x fsdp x tensor = 2x2x2 and on 1 CPU."""
+  config = tiny_config(**{'train.warmup_steps': 1})
+  batches = random_batches(3, seed=0)
+  sharded = run_steps(config, sharding.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2}), batches)
+  single = run_steps(config, sharding.make_mesh({}, jax.devices()[:1]), batches)
+  assert_same_training(sharded, single)
 
 
 def test_grad_accumulation_matches_the_full_batch():
-  config = tiny_config()
-  model_cfg = ModelConfig.from_config(config.model, vocab_size=256)
+  """Two microbatches give the full batch's loss, gradient norm and updates, step after step."""
+  config = tiny_config(**{'train.warmup_steps': 1})
   mesh = sharding.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2})
-  rng = np.random.default_rng(1)
-  x = rng.integers(0, 256, (8, 33)).astype(np.int32)
-  batch = {'inputs': x[:, :-1], 'targets': x[:, 1:], 'segment_ids': np.ones((8, 32), np.int32)}
-  out = []
-  for accum in (1, 2):
-    config.train.grad_accum = accum
-    trainer = make_trainer(config, model_cfg, mesh)
-    state, m = trainer.train_step(trainer.init(), jax.device_put(batch, trainer.batch_sharding))
-    out.append((float(m['loss']), state['params']))
-  np.testing.assert_allclose(out[0][0], out[1][0], rtol=1e-6)
-  for a, b in zip(jax.tree.leaves(out[0][1]), jax.tree.leaves(out[1][1]), strict=True):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+  batches = random_batches(3, seed=1)
+  full = run_steps(config, mesh, batches)
+  config.train.grad_accum = 2
+  assert_same_training(full, run_steps(config, mesh, batches))
+
+
+def test_training_with_segment_ids_masks_each_document():
+  """With data.segment_ids the step's loss is that of each document run on its own (RoPE)."""
+  config = tiny_config(**{'data.segment_ids': True, 'model.pos_emb': 'rope'})
+  model_cfg = ModelConfig.from_config(config.model, vocab_size=256)
+  mesh = sharding.make_mesh({}, jax.devices()[:1])
+  trainer = make_trainer(config, model_cfg, mesh)
+  state = trainer.init()
+  model = nnx.merge(trainer.graphdef, state['params'])
+  x = np.random.default_rng(2).integers(0, 255, (8, 33)).astype(np.int32)
+  cut = 1 + np.arange(8) * 3  # row r: document 1 is tokens [0, cut], document 2 the rest
+  seg = (np.arange(32)[None, :] > cut[:, None]).astype(np.int32) + 1
+  batch = {'inputs': x[:, :-1], 'targets': x[:, 1:], 'segment_ids': seg}
+  nll = []
+  for r in range(8):
+    for lo, hi in ((0, cut[r] + 1), (cut[r] + 1, 32)):
+      logits = np.asarray(model(jnp.asarray(x[r : r + 1, lo:hi])), np.float64)[0]
+      logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1))[:, None]
+      logp -= logits.max(-1)[:, None]
+      nll.extend(-logp[np.arange(hi - lo), x[r, lo + 1 : hi + 1]])
+  _, m = trainer.train_step(state, jax.device_put(batch, trainer.batch_sharding))
+  np.testing.assert_allclose(float(m['loss']), np.mean(nll), rtol=1e-5)
+  unmasked = tiny_config(**{'model.pos_emb': 'rope'})
+  t2 = make_trainer(unmasked, model_cfg, mesh)
+  _, m2 = t2.train_step(t2.init(), jax.device_put(batch, t2.batch_sharding))
+  assert abs(float(m2['loss']) - float(m['loss'])) > 1e-4  # the mask did change the loss
 
 
 def test_resume_is_bitwise_exact_and_survives_a_corrupted_checkpoint(tmp_path, caplog):
@@ -114,8 +168,13 @@ def test_resume_is_bitwise_exact_and_survives_a_corrupted_checkpoint(tmp_path, c
   # Preempted at step 4, resumed to 8.
   assert train(config, tmp_path / 'resumed', stop_at=4) is None
   assert not (tmp_path / 'resumed' / 'summary.json').exists()
+  first_part = len(records(tmp_path / 'resumed'))
   train(config, tmp_path / 'resumed')
   assert_trees_equal(final_params(tmp_path / 'straight', 8), final_params(tmp_path / 'resumed', 8))
+  # The second invocation started at the checkpoint (step 4): no step is recorded twice or lost.
+  second = records(tmp_path / 'resumed')[first_part:]
+  assert min(r['step'] for r in second) == 5
+  assert_records_cover_the_run(tmp_path / 'resumed', tmp_path / 'straight')
   # Stopped at 6; the step-6 checkpoint is then damaged: resume falls back to step 4.
   train(config, tmp_path / 'damaged', stop_at=6)
   for f in glob.glob(str(tmp_path / 'damaged/checkpoints/6/state/**/*'), recursive=True):
@@ -123,9 +182,28 @@ def test_resume_is_bitwise_exact_and_survives_a_corrupted_checkpoint(tmp_path, c
       with open(f, 'r+b') as fh:
         fh.truncate(max(os.path.getsize(f) // 3, 1))
   caplog.set_level('WARNING')
+  first_part = len(records(tmp_path / 'damaged'))
   train(config, tmp_path / 'damaged')
   assert any('unreadable' in r.getMessage() for r in caplog.records)
   assert_trees_equal(final_params(tmp_path / 'straight', 8), final_params(tmp_path / 'damaged', 8))
+  assert min(r['step'] for r in records(tmp_path / 'damaged')[first_part:]) == 5  # from step 4
+
+
+def records(workdir):
+  return [json.loads(line) for line in open(os.path.join(str(workdir), 'metrics.jsonl'))]
+
+
+def assert_records_cover_the_run(resumed, straight):
+  """Steps only increase (a restart from 0 would repeat them), the eval record of every eval
+  step exists and equals the uninterrupted run's, log steps are all there."""
+  got, want = records(resumed), records(straight)
+  for kind in ('train', 'eval'):
+    steps = [r['step'] for r in got if r['kind'] == kind]
+    assert steps == sorted(set(steps)), (kind, steps)
+  evals = {r['step']: r['eval_loss'] for r in got if r['kind'] == 'eval'}
+  assert evals == {r['step']: r['eval_loss'] for r in want if r['kind'] == 'eval'}
+  log_steps = {r['step'] for r in want if r['kind'] == 'train' and r['step'] % 2 == 0}
+  assert log_steps <= {r['step'] for r in got if r['kind'] == 'train'}
 
 
 def test_checkpoint_restores_onto_another_mesh(tmp_path):
@@ -164,6 +242,9 @@ def test_incompatible_checkpoint_is_refused_and_kept(tmp_path):
   before = {f: os.path.getmtime(f) for f in glob.glob(str(tmp_path / '**'), recursive=True)}
   with pytest.raises(ValueError, match='checkpoint of a different model.*d_model'):
     loop.prepare(tiny_config(**{'model.d_model': 64}), str(tmp_path))
+  with pytest.raises(ValueError, match='train.global_batch=8, now 16') as e:
+    loop.prepare(tiny_config(**{'train.global_batch': 16}), str(tmp_path))
+  assert '\n' not in str(e.value)
   after = {f: os.path.getmtime(f) for f in glob.glob(str(tmp_path / '**'), recursive=True)}
   assert before == after
 
@@ -172,7 +253,7 @@ def test_cli_rejects_unknown_config_key(tmp_path):
   proc = subprocess.run(
       [sys.executable, '-m', 'launch.train', f'--workdir={tmp_path}/run',
        '--config=experiments/configs/default.py', '--config.model.num_head=4'],
-      cwd=REPO, capture_output=True, text=True, timeout=120,
+      cwd=REPO, capture_output=True, text=True, timeout=900,
   )  # fmt: skip
   assert proc.returncode != 0
   assert 'num_head' in proc.stderr
@@ -184,12 +265,12 @@ def test_attention_maps_of_a_trained_run(tmp_path):
   out = tmp_path / 'attn.png'
   proc = subprocess.run(
       [sys.executable, '-m', 'launch.attention', f'--workdir={tmp_path}/run', f'--out={out}'],
-      cwd=REPO, capture_output=True, text=True, timeout=300,
+      cwd=REPO, capture_output=True, text=True, timeout=900,
   )  # fmt: skip
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and out.stat().st_size > 10_000
   proc = subprocess.run(
       [sys.executable, '-m', 'launch.attention', f'--workdir={tmp_path}/nothing'],
-      cwd=REPO, capture_output=True, text=True, timeout=300,
+      cwd=REPO, capture_output=True, text=True, timeout=900,
   )  # fmt: skip
   assert proc.returncode == 2 and 'not a training run' in proc.stderr

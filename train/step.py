@@ -14,41 +14,7 @@ from flax import nnx
 
 from models.transformer import ModelConfig, Transformer
 from train import sharding
-
-
-def lr_schedule(t) -> optax.Schedule:
-  """Linear warmup, then cosine decay / constant / warmup-stable-decay (WSD)."""
-  peak, warmup, steps = t.lr, t.warmup_steps, t.steps
-  floor = peak * t.min_lr_ratio
-  warm = optax.linear_schedule(0.0, peak, max(warmup, 1))
-  if t.schedule == 'cosine':
-    rest = optax.cosine_decay_schedule(peak, max(steps - warmup, 1), alpha=t.min_lr_ratio)
-  elif t.schedule == 'constant':
-    rest = optax.constant_schedule(peak)
-  elif t.schedule == 'wsd':
-    decay = max(int(steps * t.decay_fraction), 1)
-    stable = max(steps - warmup - decay, 0)
-    rest = optax.join_schedules(
-      [optax.constant_schedule(peak), optax.linear_schedule(peak, floor, decay)], [stable]
-    )
-  else:
-    raise ValueError(f'train.schedule={t.schedule!r}; choose cosine, constant or wsd')
-  return optax.join_schedules([warm, rest], [warmup])
-
-
-def make_optimizer(t) -> optax.GradientTransformation:
-  """AdamW with global-norm clipping; no weight decay on biases, norms (1-D) or positions."""
-
-  def decay_mask(params):
-    return jax.tree_util.tree_map_with_path(
-      lambda path, p: p.ndim >= 2 and 'pos_LxD' not in jax.tree_util.keystr(path), params
-    )
-
-  return optax.chain(
-      optax.clip_by_global_norm(t.grad_clip) if t.grad_clip > 0 else optax.identity(),
-      optax.adamw(lr_schedule(t), b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay,
-                  mask=decay_mask),
-  )  # fmt: skip
+from train.optim import decay_mask, lr_schedule, make_optimizer
 
 
 @dataclasses.dataclass
@@ -75,7 +41,6 @@ def cross_entropy(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> jax.Array:
 def make_trainer(config, model_cfg: ModelConfig, mesh: jax.sharding.Mesh) -> Trainer:
   """Builds shardings from abstract shapes and the jitted init / train / eval functions."""
   t = config.train
-  tx = make_optimizer(t)
   seed = config.seed
 
   def create_state():
@@ -86,6 +51,7 @@ def make_trainer(config, model_cfg: ModelConfig, mesh: jax.sharding.Mesh) -> Tra
   # Model and optimizer shapes in one eval_shape: nothing is allocated.
   abstract_model = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(seed)))
   graphdef = nnx.graphdef(abstract_model)
+  tx = make_optimizer(t, decay_mask(abstract_model))
   abstract_state = jax.eval_shape(create_state)
   param_sh = sharding.param_shardings(abstract_model, config.sharding_rules, mesh)
   repl = sharding.replicated(mesh)

@@ -52,6 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
   t.grad_accum = 1
   t.lr = 3e-3
   t.warmup_steps = 30
+  t.optimizer = 'adamw'  # 'adamw' | 'adafactor' | 'lion' (train/optim.py).
   t.schedule = 'cosine'  # 'cosine' | 'constant' | 'wsd'.
   t.min_lr_ratio = 0.1
   t.decay_fraction = 0.2  # wsd: fraction of steps spent decaying.
