@@ -1,7 +1,7 @@
 """Range checks of a whole training config, run before anything is built, compiled or written.
 
 Each check raises ValueError with one line that names the key, the bad value and what to do.
-Shape rules of the model live in ModelConfig.from_config, schedule names in step.lr_schedule;
+Shape rules of the model live in ModelConfig.from_config, optimizer and schedule names in train/optim.py;
 they are called from here rather than restated.
 """
 
@@ -10,7 +10,7 @@ import math
 import jax
 
 from models.transformer import ModelConfig
-from train.step import lr_schedule
+from train import optim
 
 
 def _int_at_least(config, key: str, low: int, what: str = '') -> None:
@@ -72,7 +72,7 @@ def check_config(config, on_this_machine: bool = True) -> None:
   _finite(config, 'train.z_loss', 0.0, strict=False)
   _finite(config, 'model.init_std', 0.0, strict=True)
   _finite(config, 'peak_flops', 0.0, strict=False)
-  lr_schedule(config.train)  # raises for an unknown schedule name
+  optim.check(config.train)  # unknown optimizer or schedule names
   model = ModelConfig.from_config(config.model, vocab_size=config.model.vocab_size or 256)
   if model.pos_emb == 'rope' and model.head_dim % 2:
     raise ValueError(
