@@ -1,8 +1,8 @@
 """Range checks of a whole training config, run before anything is built, compiled or written.
 
 Each check raises ValueError with one line that names the key, the bad value and what to do.
-Shape rules of the model live in ModelConfig.from_config, optimizer and schedule names in train/optim.py;
-they are called from here rather than restated.
+Shape rules of the model live in ModelConfig.from_config, optimizer and schedule names in
+train/optim.py; they are called from here rather than restated.
 """
 
 import math
