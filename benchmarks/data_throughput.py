@@ -36,10 +36,14 @@ def main(argv: list[str]) -> None:
     tokens += next(it)['inputs'].size
   dt = time.perf_counter() - t0
   row = {
-      'tokenizer': c.data.tokenizer, 'dataset': c.data.name, 'batch': c.train.global_batch,
-      'seq_len': c.data.seq_len, 'tokens_per_s': tokens / dt, 'setup_s': setup_s,
-      'date': time.strftime('%Y-%m-%d'),
-  }  # fmt: skip
+    'tokenizer': c.data.tokenizer,
+    'dataset': c.data.name,
+    'batch': c.train.global_batch,
+    'seq_len': c.data.seq_len,
+    'tokens_per_s': tokens / dt,
+    'setup_s': setup_s,
+    'date': time.strftime('%Y-%m-%d'),
+  }
   print(json.dumps(row))
   print(f'{c.data.name}/{c.data.tokenizer}: {tokens / dt:,.0f} tokens/s delivered')
 

@@ -84,8 +84,9 @@ class _Units:
 class PackedIterator:
   """Rows [first_row, first_row + rows) of every global batch, packed from their streams."""
 
-  def __init__(self, units: _Units, num_streams: int, first_row: int, rows: int, seq_len: int,
-               seed: int):  # fmt: skip
+  def __init__(
+    self, units: _Units, num_streams: int, first_row: int, rows: int, seq_len: int, seed: int
+  ):
     self.units, self.num_streams, self.seq_len, self.seed = units, num_streams, seq_len, seed
     self.rows = list(range(first_row, first_row + rows))
     self.state = np.zeros((rows, len(STATE_FIELDS)), np.int32)
@@ -159,8 +160,15 @@ class PackedIterator:
 class DataPipeline:
   """Training and evaluation batches for one process, as configured by `config.data`."""
 
-  def __init__(self, data_cfg, global_batch: int, seq_len: int, seed: int,
-               process_index: int = 0, process_count: int = 1):  # fmt: skip
+  def __init__(
+    self,
+    data_cfg,
+    global_batch: int,
+    seq_len: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+  ):
     if global_batch < 1 or seq_len < 1:  # either would loop forever looking for tokens
       raise ValueError(
         f'global batch {global_batch} and sequence length {seq_len} must both be >= 1'
@@ -216,6 +224,7 @@ class DataPipeline:
         self._eval_source, self.cfg.text_key, self.tokenizer, 4 * batch_size
       )
     first, rows = self._rows(batch_size)
-    it = PackedIterator(self._eval_units[batch_size], batch_size, first, rows, self.seq_len,
-                        EVAL_SEED)  # fmt: skip
+    it = PackedIterator(
+      self._eval_units[batch_size], batch_size, first, rows, self.seq_len, EVAL_SEED
+    )
     return [next(it) for _ in range(num_batches)]

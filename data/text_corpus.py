@@ -143,7 +143,9 @@ if __name__ == '__main__':
     except (ValueError, OSError) as e:
       cli.fail(str(e))
     print(builder.data_path)
-    print(f'--config.data.name=text_corpus/{builder.builder_config.name} '
-          f'--config.data.data_dir={_DIR.value}')  # fmt: skip
+    print(
+      f'--config.data.name=text_corpus/{builder.builder_config.name} '
+      f'--config.data.data_dir={_DIR.value}'
+    )
 
   app.run(_main, flags_parser=cli.parse_flags)

@@ -99,10 +99,16 @@ def train_sentencepiece(texts, vocab_size: int, out_prefix: str) -> str:
 def _train(spm, text_path: str, out_prefix: str, vocab_size: int) -> None:
   try:
     spm.SentencePieceTrainer.train(
-        input=text_path, model_prefix=out_prefix, vocab_size=vocab_size, model_type='bpe',
-        byte_fallback=True, character_coverage=1.0, max_sentence_length=1 << 16,
-        minloglevel=2, num_threads=os.cpu_count() or 1,
-    )  # fmt: skip
+      input=text_path,
+      model_prefix=out_prefix,
+      vocab_size=vocab_size,
+      model_type='bpe',
+      byte_fallback=True,
+      character_coverage=1.0,
+      max_sentence_length=1 << 16,
+      minloglevel=2,
+      num_threads=os.cpu_count() or 1,
+    )
   except RuntimeError as e:  # e.g. 'Vocabulary size is smaller than required_chars. 262 vs 270'
     detail = str(e).split(']')[-1].strip()
     raise ValueError(

@@ -58,8 +58,12 @@ def _read_curves(path: str) -> dict:
   for kind, by_step in records.items():
     steps = sorted(by_step)
     cols = np.array([by_step[s] for s in steps], dtype=float).reshape(-1, 3)
-    curves[kind] = {'step': np.array(steps), 'tokens': cols[:, 0], 'flops': cols[:, 1],
-                    'loss': cols[:, 2]}  # fmt: skip
+    curves[kind] = {
+      'step': np.array(steps),
+      'tokens': cols[:, 0],
+      'flops': cols[:, 1],
+      'loss': cols[:, 2],
+    }
   return curves
 
 
@@ -217,24 +221,44 @@ def fit_chinchilla(n, d, loss, delta: float = 1e-3, refine: int = 30) -> Chinchi
     r = lse - ll
     w = np.exp(terms - lse)  # softmax weights: d lse / d term
     g = _huber_grad(r, delta)
-    grad = np.array([np.sum(g * w[0]), np.sum(g * w[1]), np.sum(g * w[2]),
-                     -np.sum(g * w[0] * ln), -np.sum(g * w[1] * ld)])  # fmt: skip
+    grad = np.array(
+      [
+        np.sum(g * w[0]),
+        np.sum(g * w[1]),
+        np.sum(g * w[2]),
+        -np.sum(g * w[0] * ln),
+        -np.sum(g * w[1] * ld),
+      ]
+    )
     return float(np.sum(_huber(r, delta))), grad
 
-  grid = np.array(list(itertools.product(
-      np.arange(0, 30, 5.0), np.arange(0, 30, 5.0), np.arange(-1, 1.5, 0.5),
-      np.arange(0, 2.5, 0.5), np.arange(0, 2.5, 0.5),
-  )))  # fmt: skip
+  grid = np.array(
+    list(
+      itertools.product(
+        np.arange(0, 30, 5.0),
+        np.arange(0, 30, 5.0),
+        np.arange(-1, 1.5, 0.5),
+        np.arange(0, 2.5, 0.5),
+        np.arange(0, 2.5, 0.5),
+      )
+    )
+  )
   values = np.array([objective(p)[0] for p in grid])
   best = None
   for p0 in grid[np.argsort(values)[:refine]]:
-    res = optimize.minimize(objective, p0, jac=True, method='L-BFGS-B',
-                            options={'maxiter': 2000, 'ftol': 1e-15, 'gtol': 1e-12})  # fmt: skip
+    res = optimize.minimize(
+      objective,
+      p0,
+      jac=True,
+      method='L-BFGS-B',
+      options={'maxiter': 2000, 'ftol': 1e-15, 'gtol': 1e-12},
+    )
     if best is None or res.fun < best.fun:
       best = res
   a, b, e, alpha, beta = best.x
-  return Chinchilla(E=float(np.exp(e)), A=float(np.exp(a)), B=float(np.exp(b)),
-                    alpha=float(alpha), beta=float(beta))  # fmt: skip
+  return Chinchilla(
+    E=float(np.exp(e)), A=float(np.exp(a)), B=float(np.exp(b)), alpha=float(alpha), beta=float(beta)
+  )
 
 
 @dataclasses.dataclass
@@ -272,8 +296,14 @@ def fit_isoflop(runs: list[Run], budget_key: str = 'budget_flops') -> IsoFlop:
   if len(budgets) < 2:
     raise ValueError('fewer than 2 budgets have a loss minimum inside their size range')
   slope, intercept = np.polyfit(np.log(budgets), np.log(n_opt), 1)
-  return IsoFlop(np.array(budgets), np.array(n_opt), np.array(loss_opt), parabolas,
-                 float(slope), float(np.exp(intercept)))  # fmt: skip
+  return IsoFlop(
+    np.array(budgets),
+    np.array(n_opt),
+    np.array(loss_opt),
+    parabolas,
+    float(slope),
+    float(np.exp(intercept)),
+  )
 
 
 def compute_frontier(runs: list[Run], kind: str = 'eval', points: int = 20):
@@ -349,8 +379,12 @@ def extrapolation_check(x, y, holdout: int = 1) -> dict:
   x, y = np.asarray(x, float)[order], np.asarray(y, float)[order]
   fit = fit_power_law(x[:-holdout], y[:-holdout])
   predicted, measured = float(fit.predict(x[-1])), float(y[-1])
-  return {'x': float(x[-1]), 'predicted': predicted, 'measured': measured,
-          'error_percent': 100 * (predicted - measured) / measured}  # fmt: skip
+  return {
+    'x': float(x[-1]),
+    'predicted': predicted,
+    'measured': measured,
+    'error_percent': 100 * (predicted - measured) / measured,
+  }
 
 
 # -- A sweep's analysis: every fit, the one bootstrap, the table and the JSON record -------------

@@ -68,8 +68,12 @@ def plot(results: list[dict], out: str, x_kind: str) -> list[str]:
       if len(c.get('flops', [])) == 0:
         c = run.curve.get('train') or {}
       if len(c.get('flops', [])):
-        ax.plot(c['flops'], c['loss'], color=cmap(j / max(len(order) - 1, 1)),
-                label=f'{run.name} ({res["n"][k]:.2g})')  # fmt: skip
+        ax.plot(
+          c['flops'],
+          c['loss'],
+          color=cmap(j / max(len(order) - 1, 1)),
+          label=f'{run.name} ({res["n"][k]:.2g})',
+        )
     if 'frontier' in res:
       f = res['frontier']
       flops = np.concatenate(

@@ -80,8 +80,9 @@ class SlurmJob:
     if self.output_dir:
       shell.check_name(self.output_dir, '--output_dir', _PATH_RE, '/shared/logs')
     else:
-      shell.check_name(self.default_output_dir(), 'the log folder (set --output_dir)', _PATH_RE,
-                       '/shared/logs')  # fmt: skip
+      shell.check_name(
+        self.default_output_dir(), 'the log folder (set --output_dir)', _PATH_RE, '/shared/logs'
+      )
     if bool(self.config) == bool(self.sweep):
       raise ValueError('give exactly one of --config and --sweep')
     if self.sweep and self.overrides:
@@ -193,13 +194,25 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
   job = SlurmJob(
-    name=f.name, workdir=f.workdir, config=f.config, sweep=f.sweep, nodes=f.nodes,
-    gpus_per_node=f.gpus_per_node, process_per=f.process_per, time=f.time,
-    partition=f.partition, account=f.account, cpus_per_task=f.cpus_per_task,
-    output_dir=f.output_dir, repo_dir=f.repo_dir or REPO_ROOT, venv=f.venv,
-    overrides=f.override or [], env=f.env or [], runs=f.runs or [],
+    name=f.name,
+    workdir=f.workdir,
+    config=f.config,
+    sweep=f.sweep,
+    nodes=f.nodes,
+    gpus_per_node=f.gpus_per_node,
+    process_per=f.process_per,
+    time=f.time,
+    partition=f.partition,
+    account=f.account,
+    cpus_per_task=f.cpus_per_task,
+    output_dir=f.output_dir,
+    repo_dir=f.repo_dir or REPO_ROOT,
+    venv=f.venv,
+    overrides=f.override or [],
+    env=f.env or [],
+    runs=f.runs or [],
     max_concurrent=f.max_concurrent,
-  )  # fmt: skip
+  )
   try:
     job.validate()
     runs = sweep_runs(job) if job.sweep else []

@@ -158,9 +158,16 @@ class TpuJob:
 def ssh(job: TpuJob, remote: str, worker: str = 'all') -> list[str]:
   """gcloud ssh running one remote shell string on the given worker(s)."""
   return [
-    'gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', job.name, *job.gcloud_scope(),
-    f'--worker={worker}', f'--command={remote}',
-  ]  # fmt: skip
+    'gcloud',
+    'compute',
+    'tpus',
+    'tpu-vm',
+    'ssh',
+    job.name,
+    *job.gcloud_scope(),
+    f'--worker={worker}',
+    f'--command={remote}',
+  ]
 
 
 def create_commands(job: TpuJob) -> list[list[str]]:
@@ -168,26 +175,46 @@ def create_commands(job: TpuJob) -> list[list[str]]:
     spot = ['--spot'] if job.provisioning == 'queued_spot' else []
     return [
       [
-        'gcloud', 'compute', 'tpus', 'queued-resources', 'create', job.name,
-        f'--node-id={job.name}', *job.gcloud_scope(),
-        f'--accelerator-type={job.accelerator_type}', f'--runtime-version={job.runtime()}',
+        'gcloud',
+        'compute',
+        'tpus',
+        'queued-resources',
+        'create',
+        job.name,
+        f'--node-id={job.name}',
+        *job.gcloud_scope(),
+        f'--accelerator-type={job.accelerator_type}',
+        f'--runtime-version={job.runtime()}',
         *spot,
       ],
       queued_state_command(job),
-    ]  # fmt: skip
+    ]
   cmd = [
-    'gcloud', 'compute', 'tpus', 'tpu-vm', 'create', job.name, *job.gcloud_scope(),
-    f'--accelerator-type={job.accelerator_type}', f'--version={job.runtime()}',
-  ]  # fmt: skip
+    'gcloud',
+    'compute',
+    'tpus',
+    'tpu-vm',
+    'create',
+    job.name,
+    *job.gcloud_scope(),
+    f'--accelerator-type={job.accelerator_type}',
+    f'--version={job.runtime()}',
+  ]
   return [cmd + (['--spot'] if job.provisioning == 'spot' else [])]
 
 
 def queued_state_command(job: TpuJob) -> list[str]:
   """Polled after a queued create until the request is ACTIVE."""
   return [
-    'gcloud', 'compute', 'tpus', 'queued-resources', 'describe', job.name, *job.gcloud_scope(),
+    'gcloud',
+    'compute',
+    'tpus',
+    'queued-resources',
+    'describe',
+    job.name,
+    *job.gcloud_scope(),
     '--format=value(state.state)',
-  ]  # fmt: skip
+  ]
 
 
 def state_command(job: TpuJob) -> list[str]:
@@ -221,10 +248,17 @@ def setup_commands(job: TpuJob) -> list[list[str]]:
     cmds.append(['tar', '-czf', tarball, *excludes, '-C', REPO_ROOT, '.'])
     cmds.append(
       [
-        'gcloud', 'compute', 'tpus', 'tpu-vm', 'scp', tarball, f'{job.name}:{_REMOTE_TARBALL}',
-        *job.gcloud_scope(), '--worker=all',
+        'gcloud',
+        'compute',
+        'tpus',
+        'tpu-vm',
+        'scp',
+        tarball,
+        f'{job.name}:{_REMOTE_TARBALL}',
+        *job.gcloud_scope(),
+        '--worker=all',
       ]
-    )  # fmt: skip
+    )
     cmds.append(
       ssh(
         job,
@@ -260,12 +294,23 @@ def program_argv(job: TpuJob) -> list[str]:
   prefix = ['env', *env] if env else []
   if job.config:
     return [
-      *prefix, *job.python, '-m', 'launch.train', f'--config={job.config}',
-      f'--workdir={job.workdir}', *sweep_spec.config_flags(job.overrides),
-    ]  # fmt: skip
+      *prefix,
+      *job.python,
+      '-m',
+      'launch.train',
+      f'--config={job.config}',
+      f'--workdir={job.workdir}',
+      *sweep_spec.config_flags(job.overrides),
+    ]
   # One sweep run at a time: every run uses every chip of the slice.
-  return [*prefix, *job.python, '-m', 'launch.sweep', f'--sweep={job.sweep}',
-          f'--workdir={job.workdir}']  # fmt: skip
+  return [
+    *prefix,
+    *job.python,
+    '-m',
+    'launch.sweep',
+    f'--sweep={job.sweep}',
+    f'--workdir={job.workdir}',
+  ]
 
 
 def log_path(job: TpuJob) -> str:
@@ -306,11 +351,21 @@ def delete_commands(job: TpuJob) -> list[list[str]]:
   if job.queued:
     # --force deletes the TPU VM of the request too.
     return [
-      ['gcloud', 'compute', 'tpus', 'queued-resources', 'delete', job.name, *job.gcloud_scope(),
-       '--force', '--quiet'],
-    ]  # fmt: skip
-  return [['gcloud', 'compute', 'tpus', 'tpu-vm', 'delete', job.name, *job.gcloud_scope(),
-           '--quiet']]  # fmt: skip
+      [
+        'gcloud',
+        'compute',
+        'tpus',
+        'queued-resources',
+        'delete',
+        job.name,
+        *job.gcloud_scope(),
+        '--force',
+        '--quiet',
+      ],
+    ]
+  return [
+    ['gcloud', 'compute', 'tpus', 'tpu-vm', 'delete', job.name, *job.gcloud_scope(), '--quiet']
+  ]
 
 
 BUILDERS = {
@@ -352,8 +407,10 @@ def _wait_until_active(job: TpuJob, timeout_s: float) -> None:
     if state == 'ACTIVE':
       return
     if state in ('FAILED', 'SUSPENDED'):
-      raise RuntimeError(f'queued resource {job.name} is {state}; see `gcloud compute tpus '
-                         'queued-resources describe`')  # fmt: skip
+      raise RuntimeError(
+        f'queued resource {job.name} is {state}; see `gcloud compute tpus '
+        'queued-resources describe`'
+      )
     print(f'# queued resource {job.name}: {state or "?"}; waiting', flush=True)
     time.sleep(30)
   raise RuntimeError(f'queued resource {job.name} not ACTIVE after {timeout_s:.0f}s ({state})')
@@ -448,12 +505,24 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
   job = TpuJob(
-    name=f.name, zone=f.zone, accelerator_type=f.accelerator_type, project=f.project,
-    runtime_version=f.runtime_version, provisioning=f.provisioning, repo_dir=f.repo_dir,
-    repo_url=f.repo_url, repo_ref=f.repo_ref, config=f.config, sweep=f.sweep,
-    workdir=f.workdir, overrides=f.override or [], env=f.env or [], detach=f.detach,
-    worker=f.worker, retries=f.retries,
-  )  # fmt: skip
+    name=f.name,
+    zone=f.zone,
+    accelerator_type=f.accelerator_type,
+    project=f.project,
+    runtime_version=f.runtime_version,
+    provisioning=f.provisioning,
+    repo_dir=f.repo_dir,
+    repo_url=f.repo_url,
+    repo_ref=f.repo_ref,
+    config=f.config,
+    sweep=f.sweep,
+    workdir=f.workdir,
+    overrides=f.override or [],
+    env=f.env or [],
+    detach=f.detach,
+    worker=f.worker,
+    retries=f.retries,
+  )
   try:
     steps = plan(job, f.action)
     if f.check_mesh and any(a == 'run' for a, _ in steps):

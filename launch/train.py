@@ -64,9 +64,11 @@ def main(argv: list[str]) -> None:
     logging.info('stopped after step %d; rerun the same command to continue', _STOP.value)
     return
   logging.info(
-      'done: final eval loss %.4f ± %.4f (%.3f bits/byte)',
-      summary['final_eval_loss'], summary['final_eval_loss_sem'], summary['final_eval_bpb'],
-  )  # fmt: skip
+    'done: final eval loss %.4f ± %.4f (%.3f bits/byte)',
+    summary['final_eval_loss'],
+    summary['final_eval_loss_sem'],
+    summary['final_eval_bpb'],
+  )
 
 
 if __name__ == '__main__':

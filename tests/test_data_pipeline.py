@@ -142,9 +142,10 @@ def test_text_folder_sentencepiece_and_prepared_dataset_by_name(tmp_path):
   # SentencePiece trained on the training split, stored beside the dataset.
   src = sources.open_split(cfg, 'train')
   path = train_sentencepiece(
-      (src[i]['text'] for i in range(len(src))), 300,
-      os.path.join(sources.dataset_dir(cfg), 'spm'),
-  )  # fmt: skip
+    (src[i]['text'] for i in range(len(src))),
+    300,
+    os.path.join(sources.dataset_dir(cfg), 'spm'),
+  )
   cfg.tokenizer = path
   tok = load_tokenizer(cfg)
   assert tok.vocab_size == 300  # 256 byte-fallback pieces + specials + merges
@@ -161,8 +162,9 @@ def test_text_folder_sentencepiece_and_prepared_dataset_by_name(tmp_path):
   builder = text_corpus.prepare('text_folder', str(folder / '*.txt'), data_dir)
   name = f'text_corpus/{builder.builder_config.name}'
   by_name = DataPipeline(data_cfg(name=name, data_dir=data_dir), 4, 32, 0)
-  np.testing.assert_array_equal(next(by_name.train_iterator())['inputs'],
-                                next(p.train_iterator())['inputs'])  # fmt: skip
+  np.testing.assert_array_equal(
+    next(by_name.train_iterator())['inputs'], next(p.train_iterator())['inputs']
+  )
 
 
 def test_bad_data_input_is_a_one_line_error(tmp_path):

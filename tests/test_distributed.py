@@ -18,11 +18,19 @@ from train import distributed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLUSTER_VARS = (
-  'SLURM_JOB_ID', 'SLURM_NTASKS', 'SLURM_PROCID', 'SLURM_LOCALID', 'SLURM_STEP_NODELIST',
-  'OMPI_COMM_WORLD_SIZE', 'TPU_WORKER_HOSTNAMES', 'TPU_PROCESS_ADDRESSES',
-  'MEGASCALE_NUM_SLICES', 'MEGASCALE_COORDINATOR_ADDRESS', 'JAX_COORDINATOR_PORT',
+  'SLURM_JOB_ID',
+  'SLURM_NTASKS',
+  'SLURM_PROCID',
+  'SLURM_LOCALID',
+  'SLURM_STEP_NODELIST',
+  'OMPI_COMM_WORLD_SIZE',
+  'TPU_WORKER_HOSTNAMES',
+  'TPU_PROCESS_ADDRESSES',
+  'MEGASCALE_NUM_SLICES',
+  'MEGASCALE_COORDINATOR_ADDRESS',
+  'JAX_COORDINATOR_PORT',
   'JAX_COORDINATOR_ADDRESS',
-)  # fmt: skip
+)
 
 # One process of a 2-process job: initialize (twice), then collectives across processes.
 CHILD = r"""
@@ -79,11 +87,15 @@ def run_pair(tmp_path, args_per_process, envs) -> list[dict]:
   script.write_text(CHILD)
   procs = [
     subprocess.Popen(
-      [sys.executable, str(script), json.dumps(args)], cwd=REPO, env=env,
-      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+      [sys.executable, str(script), json.dumps(args)],
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
     )
     for args, env in zip(args_per_process, envs, strict=True)
-  ]  # fmt: skip
+  ]
   results = []
   for p in procs:
     out, _ = p.communicate(timeout=120)
@@ -103,16 +115,21 @@ def check_pair(results):
 
 def test_two_processes_with_explicit_flags(tmp_path):
   addr = f'127.0.0.1:{free_port()}'
-  args = [dict(coordinator_address=addr, num_processes=2, process_id=i, timeout_s=60)
-          for i in range(2)]  # fmt: skip
+  args = [
+    dict(coordinator_address=addr, num_processes=2, process_id=i, timeout_s=60) for i in range(2)
+  ]
   check_pair(run_pair(tmp_path, args, [child_env(), child_env()]))
 
 
 def test_two_processes_detected_from_slurm_environment(tmp_path):
   # What srun sets for a 2-task step on one node; JAX_COORDINATOR_PORT replaces the port JAX
   # would derive from the job id, so the test cannot collide with a busy port.
-  common = dict(SLURM_JOB_ID='4242', SLURM_STEP_NODELIST='localhost', SLURM_NTASKS='2',
-                JAX_COORDINATOR_PORT=str(free_port()))  # fmt: skip
+  common = dict(
+    SLURM_JOB_ID='4242',
+    SLURM_STEP_NODELIST='localhost',
+    SLURM_NTASKS='2',
+    JAX_COORDINATOR_PORT=str(free_port()),
+  )
   envs = [child_env(SLURM_PROCID=str(i), SLURM_LOCALID=str(i), **common) for i in range(2)]
   check_pair(run_pair(tmp_path, [dict(timeout_s=60)] * 2, envs))
 
@@ -136,8 +153,14 @@ def test_process_zero_alone_exits_with_one_line_at_the_deadline():
     f"from train import distributed; distributed.initialize('127.0.0.1:{free_port()}', 2, 0, 3)"
   )
   start = time.monotonic()
-  proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=child_env(),
-                        capture_output=True, text=True, timeout=60)  # fmt: skip
+  proc = subprocess.run(
+    [sys.executable, '-c', code],
+    cwd=REPO,
+    env=child_env(),
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
   elapsed = time.monotonic() - start
   assert proc.returncode == distributed.WATCHDOG_EXIT_CODE, proc.stderr[-2000:]
   assert 'process 0: not all 2 processes joined coordinator 127.0.0.1:' in proc.stderr
@@ -206,15 +229,25 @@ def test_cluster_detection_from_environment(monkeypatch):
   monkeypatch.setenv('MEGASCALE_NUM_SLICES', '1')
   monkeypatch.setenv('TPU_WORKER_HOSTNAMES', 'w0')
   assert distributed.detect_cluster() is None  # a single-host TPU VM: nothing to start
-  for var, value in dict(SLURM_JOB_ID='7', SLURM_NTASKS='8', SLURM_PROCID='3', SLURM_LOCALID='3',
-                         SLURM_STEP_NODELIST='gpu[01-02]').items():  # fmt: skip
+  for var, value in dict(
+    SLURM_JOB_ID='7',
+    SLURM_NTASKS='8',
+    SLURM_PROCID='3',
+    SLURM_LOCALID='3',
+    SLURM_STEP_NODELIST='gpu[01-02]',
+  ).items():
     monkeypatch.setenv(var, value)
   assert distributed.detect_cluster() == distributed.Cluster('SLURM', 8, 'SLURM_NTASKS=8')
 
 
 def test_flags_that_contradict_the_launcher_are_rejected(monkeypatch):
-  for var, value in dict(SLURM_JOB_ID='7', SLURM_NTASKS='4', SLURM_PROCID='0', SLURM_LOCALID='0',
-                         SLURM_STEP_NODELIST='n1').items():  # fmt: skip
+  for var, value in dict(
+    SLURM_JOB_ID='7',
+    SLURM_NTASKS='4',
+    SLURM_PROCID='0',
+    SLURM_LOCALID='0',
+    SLURM_STEP_NODELIST='n1',
+  ).items():
     monkeypatch.setenv(var, value)
   with pytest.raises(ValueError, match=r'--num_processes=2 contradicts the SLURM environment'):
     distributed.initialize('h:1', 2, 0)

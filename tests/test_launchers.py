@@ -37,8 +37,13 @@ def split0(out: bytes) -> list[str]:
 
 
 def job(**kwargs) -> tpu.TpuJob:
-  base = dict(name='lm-test', zone='us-central2-b', accelerator_type='v5p-32',
-              config='experiments/configs/default.py', workdir='gs://bucket/runs/a')  # fmt: skip
+  base = dict(
+    name='lm-test',
+    zone='us-central2-b',
+    accelerator_type='v5p-32',
+    config='experiments/configs/default.py',
+    workdir='gs://bucket/runs/a',
+  )
   base.update(kwargs)
   return tpu.TpuJob(**base)
 
@@ -58,11 +63,20 @@ def remote_of(argv: list[str]) -> str:
 @pytest.mark.parametrize(
   'accelerator_type, devices',
   [
-    ('v2-8', 8), ('v3-8', 8), ('v3-32', 32),  # TensorCores, one device each
-    ('v4-8', 4), ('v4-32', 16), ('v5p-8', 4), ('v5p-128', 64),  # megacore: 2 cores = 1 device
-    ('v5litepod-1', 1), ('v5litepod-16', 16), ('v5e-4', 4), ('v6e-8', 8), ('v6e-64', 64),
+    ('v2-8', 8),
+    ('v3-8', 8),
+    ('v3-32', 32),  # TensorCores, one device each
+    ('v4-8', 4),
+    ('v4-32', 16),
+    ('v5p-8', 4),
+    ('v5p-128', 64),  # megacore: 2 cores = 1 device
+    ('v5litepod-1', 1),
+    ('v5litepod-16', 16),
+    ('v5e-4', 4),
+    ('v6e-8', 8),
+    ('v6e-64', 64),
   ],
-)  # fmt: skip
+)
 def test_tpu_device_count(accelerator_type, devices):
   assert tpu.tpu_device_count(accelerator_type) == devices
 
@@ -93,11 +107,27 @@ def test_tpu_all_plan_dry_run():
   steps = tpu.plan(job(), 'all')
   assert [a for a, _ in steps] == ['create', 'setup', 'run', 'delete']
   cmds = flat(steps)
-  assert cmds[0] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'create', 'lm-test',
-                     '--zone=us-central2-b', '--accelerator-type=v5p-32',
-                     '--version=v2-alpha-tpuv5']  # fmt: skip
-  assert cmds[-1] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'delete', 'lm-test',
-                      '--zone=us-central2-b', '--quiet']  # fmt: skip
+  assert cmds[0] == [
+    'gcloud',
+    'compute',
+    'tpus',
+    'tpu-vm',
+    'create',
+    'lm-test',
+    '--zone=us-central2-b',
+    '--accelerator-type=v5p-32',
+    '--version=v2-alpha-tpuv5',
+  ]
+  assert cmds[-1] == [
+    'gcloud',
+    'compute',
+    'tpus',
+    'tpu-vm',
+    'delete',
+    'lm-test',
+    '--zone=us-central2-b',
+    '--quiet',
+  ]
   ssh = [c for c in cmds if c[:5] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh']]
   assert ssh and all('--worker=all' in c for c in ssh)
   setup = ' '.join(remote_of(c) for c in ssh[:-1])
@@ -132,8 +162,11 @@ def test_tpu_sweep_and_logs_and_git_setup():
   sweep = job(config='', sweep='experiments/configs/default.py')  # any existing file will do
   run = shlex.split(remote_of(tpu.run_commands(sweep)[0]))
   i = run.index('-m')
-  assert run[i + 1 : i + 4] == ['launch.sweep', '--sweep=experiments/configs/default.py',
-                                '--workdir=gs://bucket/runs/a']  # fmt: skip
+  assert run[i + 1 : i + 4] == [
+    'launch.sweep',
+    '--sweep=experiments/configs/default.py',
+    '--workdir=gs://bucket/runs/a',
+  ]
   logs = tpu.logs_commands(job(worker='3'))[0]
   assert '--worker=3' in logs
   assert remote_of(logs) == 'cd scaling_lm && tail -n +1 -F logs/default.log'
@@ -204,19 +237,40 @@ def test_tpu_remote_command_keeps_hostile_values_inert(tmp_path, detach):
 
 
 def test_tpu_dry_run_from_the_command_line():
-  cmd = [sys.executable, '-m', 'launch.tpu', '--name=lm-cli', '--zone=europe-west4-b',
-         '--accelerator_type=v5litepod-16', '--config=experiments/configs/default.py',
-         '--workdir=gs://b/w', '--override=train.steps=10', '--dry_run']  # fmt: skip
+  cmd = [
+    sys.executable,
+    '-m',
+    'launch.tpu',
+    '--name=lm-cli',
+    '--zone=europe-west4-b',
+    '--accelerator_type=v5litepod-16',
+    '--config=experiments/configs/default.py',
+    '--workdir=gs://b/w',
+    '--override=train.steps=10',
+    '--dry_run',
+  ]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
   assert proc.returncode == 0, proc.stderr
   lines = [ln for ln in proc.stdout.splitlines() if not ln.startswith('#')]
   parsed = [shlex.split(ln) for ln in lines]
-  assert [p[0] for p in parsed] == ['gcloud', 'tar', 'gcloud', 'gcloud', 'gcloud', 'gcloud',
-                                    'gcloud']  # fmt: skip
+  assert [p[0] for p in parsed] == [
+    'gcloud',
+    'tar',
+    'gcloud',
+    'gcloud',
+    'gcloud',
+    'gcloud',
+    'gcloud',
+  ]
   assert '--version=v2-alpha-tpuv5-lite' in parsed[0]
   assert '--config.train.steps=10' in shlex.split(remote_of(parsed[-2]))
-  bad = subprocess.run(cmd[:-2] + ['--override=mesh.tensor=3', '--action=run', '--dry_run'],
-                       cwd=REPO, capture_output=True, text=True, timeout=60)  # fmt: skip
+  bad = subprocess.run(
+    cmd[:-2] + ['--override=mesh.tensor=3', '--action=run', '--dry_run'],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
   assert bad.returncode == 2
   assert bad.stderr.strip().startswith('error: mesh') and bad.stderr.count('\n') == 1
   assert bad.stdout == ''  # nothing printed, nothing run
@@ -241,14 +295,23 @@ def sbatch_lines(script: str) -> dict[str, str]:
 
 
 def test_sbatch_script_one_process_per_gpu():
-  script = slurm.sbatch_script(sjob(nodes=4, gpus_per_node=8, partition='gpu', account='lab',
-                                    time='1-00:00:00', cpus_per_task=12))  # fmt: skip
+  script = slurm.sbatch_script(
+    sjob(
+      nodes=4, gpus_per_node=8, partition='gpu', account='lab', time='1-00:00:00', cpus_per_task=12
+    )
+  )
   assert script.startswith('#!/bin/bash\n')
   assert sbatch_lines(script) == {
-    'job-name': 'demo', 'nodes': '4', 'ntasks-per-node': '8', 'gpus-per-node': '8',
-    'cpus-per-task': '12', 'time': '1-00:00:00', 'partition': 'gpu', 'account': 'lab',
+    'job-name': 'demo',
+    'nodes': '4',
+    'ntasks-per-node': '8',
+    'gpus-per-node': '8',
+    'cpus-per-task': '12',
+    'time': '1-00:00:00',
+    'partition': 'gpu',
+    'account': 'lab',
     'output': '/shared/runs/demo/slurm/%x-%j.out',
-  }  # fmt: skip
+  }
   assert f'cd {REPO}\nsource .venv/bin/activate\n' in script
   assert 'JAX_LOCAL_DEVICE_IDS' not in script  # JAX gives each task GPU SLURM_LOCALID
   last = shlex.split(script.splitlines()[-1])
@@ -323,16 +386,23 @@ def test_sbatch_script_keeps_hostile_values_inert(tmp_path):
   common = dict(repo_dir=str(repo), venv='venv', launcher=PRINTER, env=[f'MYVAR={values[1]}'])
 
   def run(script, **env):
-    proc = subprocess.run(['bash', '-c', script], capture_output=True, timeout=30,
-                          env=dict(os.environ, **env))  # fmt: skip
+    proc = subprocess.run(
+      ['bash', '-c', script], capture_output=True, timeout=30, env=dict(os.environ, **env)
+    )
     assert proc.returncode == 0, proc.stderr
     return split0(proc.stdout)
 
   # A config run: the overrides arrive unchanged.
   script = slurm.sbatch_script(sjob(overrides=[f'tags.group={v}' for v in values], **common))
-  assert run(script) == [values[1], 'python', '-m', 'launch.train',
-                         '--config=experiments/configs/default.py', '--workdir=/shared/runs/demo',
-                         *[f'--config.tags.group={v}' for v in values]]  # fmt: skip
+  assert run(script) == [
+    values[1],
+    'python',
+    '-m',
+    'launch.train',
+    '--config=experiments/configs/default.py',
+    '--workdir=/shared/runs/demo',
+    *[f'--config.tags.group={v}' for v in values],
+  ]
   # A sweep: array task i runs exactly run i, its override values unchanged.
   runs = [sweep_spec.Run(f'r{i}', 'base.py', {'tags.group': v}) for i, v in enumerate(values)]
   script = slurm.sbatch_script(sjob(config='', sweep='x.py', **common), runs)
@@ -381,26 +451,48 @@ def test_slurm_mesh_check(tmp_path, monkeypatch):
 
 
 def test_slurm_dry_run_from_the_command_line():
-  cmd = [sys.executable, '-m', 'launch.slurm', '--name=cli', '--nodes=2', '--gpus_per_node=4',
-         '--config=experiments/configs/default.py', '--workdir=/shared/w',
-         '--override=tags.group=$(id)', '--dry_run']  # fmt: skip
+  cmd = [
+    sys.executable,
+    '-m',
+    'launch.slurm',
+    '--name=cli',
+    '--nodes=2',
+    '--gpus_per_node=4',
+    '--config=experiments/configs/default.py',
+    '--workdir=/shared/w',
+    '--override=tags.group=$(id)',
+    '--dry_run',
+  ]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
   assert proc.returncode == 0, proc.stderr
   assert sbatch_lines(proc.stdout)['ntasks-per-node'] == '4'
   assert shlex.split(proc.stdout.splitlines()[-1])[-1] == '--config.tags.group=$(id)'
   assert not os.path.exists('/shared/w')  # a dry run writes nothing
-  bad = subprocess.run(cmd[:-1] + ['--override=mesh.data=3', '--dry_run'], cwd=REPO,
-                       capture_output=True, text=True, timeout=60)  # fmt: skip
+  bad = subprocess.run(
+    cmd[:-1] + ['--override=mesh.data=3', '--dry_run'],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
   assert bad.returncode == 2 and bad.stderr.startswith('error: mesh')
 
 
 def test_execute_prints_and_runs_argument_lists():
   printed, ran = [], []
-  shell.execute([['echo', 'a b'], ['true']], dry_run=True, printer=printed.append,
-                runner=lambda *a, **k: ran.append(a))  # fmt: skip
+  shell.execute(
+    [['echo', 'a b'], ['true']],
+    dry_run=True,
+    printer=printed.append,
+    runner=lambda *a, **k: ran.append(a),
+  )
   assert printed == ["echo 'a b'", 'true'] and ran == []
-  shell.execute([['echo', 'a b']], dry_run=False, printer=printed.append,
-                runner=lambda argv, check: ran.append((argv, check)))  # fmt: skip
+  shell.execute(
+    [['echo', 'a b']],
+    dry_run=False,
+    printer=printed.append,
+    runner=lambda argv, check: ran.append((argv, check)),
+  )
   assert ran == [(['echo', 'a b'], True)]
 
 

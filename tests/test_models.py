@@ -54,8 +54,9 @@ def test_attention_matches_textbook(impl, kv_heads):
   x = jax.random.normal(jax.random.key(3), (2, 12, 32))
   got = np.asarray(attn(x))
   for b in range(2):
-    np.testing.assert_allclose(got[b], textbook_attention(attn, np.asarray(x[b], np.float64)),
-                               rtol=1e-4, atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+      got[b], textbook_attention(attn, np.asarray(x[b], np.float64)), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_gqa_with_all_kv_heads_is_mha_and_grouping_is_sharing():
@@ -162,8 +163,9 @@ def test_scan_and_remat_compute_the_same_function_and_gradient(remat):
   np.testing.assert_allclose(base(x), other(x), rtol=1e-5, atol=1e-5)
   g1 = nnx.state(nnx.grad(loss)(base)).to_pure_dict()
   g2 = nnx.state(nnx.grad(loss)(other)).to_pure_dict()
-  np.testing.assert_allclose(g1['blocks'][1]['mlp']['w1_DxF'], g2['blocks']['mlp']['w1_DxF'][1],
-                             rtol=1e-4, atol=1e-6)  # fmt: skip
+  np.testing.assert_allclose(
+    g1['blocks'][1]['mlp']['w1_DxF'], g2['blocks']['mlp']['w1_DxF'][1], rtol=1e-4, atol=1e-6
+  )
 
 
 @pytest.mark.parametrize('name', list(gpt3.GPT3_TABLE))

@@ -20,13 +20,23 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow
 
 FLAGS = [
-    '--config=experiments/configs/default.py',
-    '--config.model.d_model=32', '--config.model.num_layers=2', '--config.model.num_heads=4',
-    '--config.model.max_seq_len=32', '--config.data.seq_len=32', '--config.train.steps=6',
-    '--config.train.global_batch=8', '--config.train.warmup_steps=2', '--config.eval.every=3',
-    '--config.eval.batches=2', '--config.eval.batch_size=8', '--config.checkpoint.every=3',
-    '--config.checkpoint.async_save=false', '--config.log_every=1', '--config.peak_flops=1e12',
-]  # fmt: skip
+  '--config=experiments/configs/default.py',
+  '--config.model.d_model=32',
+  '--config.model.num_layers=2',
+  '--config.model.num_heads=4',
+  '--config.model.max_seq_len=32',
+  '--config.data.seq_len=32',
+  '--config.train.steps=6',
+  '--config.train.global_batch=8',
+  '--config.train.warmup_steps=2',
+  '--config.eval.every=3',
+  '--config.eval.batches=2',
+  '--config.eval.batch_size=8',
+  '--config.checkpoint.every=3',
+  '--config.checkpoint.async_save=false',
+  '--config.log_every=1',
+  '--config.peak_flops=1e12',
+]
 
 
 def free_port() -> int:
@@ -36,20 +46,32 @@ def free_port() -> int:
 
 
 def launch(workdir, processes: int, devices_each: int, extra=()) -> None:
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_each}',
-             JAX_PLATFORMS='cpu')  # fmt: skip
+  env = dict(
+    os.environ,
+    XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_each}',
+    JAX_PLATFORMS='cpu',
+  )
   base = [sys.executable, '-m', 'launch.train', f'--workdir={workdir}', *FLAGS, *extra]
   if processes == 1:
     cmds = [base]
   else:
     addr = f'127.0.0.1:{free_port()}'
     cmds = [
-        base + [f'--coordinator_address={addr}', f'--num_processes={processes}',
-                f'--process_id={i}', '--distributed_timeout_s=60']
-        for i in range(processes)
-    ]  # fmt: skip
-  procs = [subprocess.Popen(c, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True) for c in cmds]  # fmt: skip
+      base
+      + [
+        f'--coordinator_address={addr}',
+        f'--num_processes={processes}',
+        f'--process_id={i}',
+        '--distributed_timeout_s=60',
+      ]
+      for i in range(processes)
+    ]
+  procs = [
+    subprocess.Popen(
+      c, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    for c in cmds
+  ]
   outs = [p.communicate(timeout=300)[0] for p in procs]
   for p, out in zip(procs, outs, strict=True):
     assert p.returncode == 0, out[-3000:]
@@ -97,16 +119,23 @@ def test_resume_across_process_counts(tmp_path, first, second):
 
 def test_sigkill_mid_run_then_rerun_matches_uninterrupted(tmp_path):
   """A run killed with SIGKILL (no chance to clean up) resumes to the same parameters."""
-  extra = ['--config.train.steps=60', '--config.checkpoint.every=2', '--config.eval.every=60',
-           '--config.checkpoint.async_save=true']  # fmt: skip
+  extra = [
+    '--config.train.steps=60',
+    '--config.checkpoint.every=2',
+    '--config.eval.every=60',
+    '--config.checkpoint.async_save=true',
+  ]
   straight = str(tmp_path / 'straight')
   launch(straight, 1, 1, extra)
   killed = str(tmp_path / 'killed')
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
   proc = subprocess.Popen(
-      [sys.executable, '-m', 'launch.train', f'--workdir={killed}', *FLAGS, *extra],
-      cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-  )  # fmt: skip
+    [sys.executable, '-m', 'launch.train', f'--workdir={killed}', *FLAGS, *extra],
+    cwd=REPO,
+    env=env,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
   ckpt = os.path.join(killed, 'checkpoints', '4')
   while not os.path.isdir(ckpt) and proc.poll() is None:
     time.sleep(0.01)

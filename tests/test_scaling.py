@@ -55,14 +55,34 @@ def synthetic_run(root, name, n, tokens, loss, budget=0.0, steps=10):
   with open(os.path.join(run, 'metrics.jsonl'), 'w') as f:
     for s in range(1, steps + 1):
       t = tokens * s / steps
-      f.write(json.dumps({'kind': 'eval', 'step': s, 'eval_loss': float(HOFFMANN.predict(n, t)),
-                          'eval_loss_sem': 0.01, 'eval_bpb': 1.0, 'tokens': t,
-                          'flops': fpt * t}) + '\n')  # fmt: skip
-  summary = {'n_params': int(n * 1.1), 'n_params_embed': int(n * 0.1), 'n_params_nonembed': int(n),
-             'flops_per_token': fpt, 'final_step': steps, 'tokens_seen': int(tokens),
-             'final_train_loss': loss, 'final_eval_loss': loss, 'final_eval_loss_sem': 0.01,
-             'final_eval_bpb': 1.0, 'wall_time_s': 1.0,
-             'config': {'tags': {'budget_flops': budget, 'group': ''}}}  # fmt: skip
+      f.write(
+        json.dumps(
+          {
+            'kind': 'eval',
+            'step': s,
+            'eval_loss': float(HOFFMANN.predict(n, t)),
+            'eval_loss_sem': 0.01,
+            'eval_bpb': 1.0,
+            'tokens': t,
+            'flops': fpt * t,
+          }
+        )
+        + '\n'
+      )
+  summary = {
+    'n_params': int(n * 1.1),
+    'n_params_embed': int(n * 0.1),
+    'n_params_nonembed': int(n),
+    'flops_per_token': fpt,
+    'final_step': steps,
+    'tokens_seen': int(tokens),
+    'final_train_loss': loss,
+    'final_eval_loss': loss,
+    'final_eval_loss_sem': 0.01,
+    'final_eval_bpb': 1.0,
+    'wall_time_s': 1.0,
+    'config': {'tags': {'budget_flops': budget, 'group': ''}},
+  }
   with open(os.path.join(run, 'summary.json'), 'w') as f:
     json.dump(summary, f)
 
@@ -105,9 +125,13 @@ def test_compare_cli_plots_tables_and_json(tmp_path):
     sweeps.append(str(root))
   os.makedirs(tmp_path / 'sweep_a' / 'runs' / 'crashed')  # an unfinished run is listed
   out = tmp_path / 'plots' / 'cmp.png'
-  proc = subprocess.run([sys.executable, '-m', 'launch.compare', *sweeps, f'--out={out}',
-                         '--bootstrap=50'], cwd=REPO, capture_output=True, text=True,
-                        timeout=900)  # fmt: skip
+  proc = subprocess.run(
+    [sys.executable, '-m', 'launch.compare', *sweeps, f'--out={out}', '--bootstrap=50'],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   for path in (out, tmp_path / 'plots' / 'cmp_curves.png'):
     assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and path.stat().st_size > 5000
@@ -118,8 +142,13 @@ def test_compare_cli_plots_tables_and_json(tmp_path):
   assert 'sweep_a' in proc.stdout and 'sweep_b' in proc.stdout
   empty = tmp_path / 'empty'
   empty.mkdir()
-  proc = subprocess.run([sys.executable, '-m', 'launch.compare', str(empty), f'--out={out}'],
-                        cwd=REPO, capture_output=True, text=True, timeout=900)  # fmt: skip
+  proc = subprocess.run(
+    [sys.executable, '-m', 'launch.compare', str(empty), f'--out={out}'],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert proc.returncode == 2 and 'no finished runs' in proc.stderr
 
 

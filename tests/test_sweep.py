@@ -32,8 +32,16 @@ SWEEP_FILES = sorted(
   for p in glob.glob(os.path.join(REPO, 'experiments', 'sweeps', '*.py'))
   if os.path.basename(p) not in ('__init__.py', 'common.py')
 )
-EXPECTED = {'demo', 'size_ladder', 'heads', 'aspect', 'token_budget', 'isoflop', 'gpt3_reduced',
-            'shape'}  # fmt: skip
+EXPECTED = {
+  'demo',
+  'size_ladder',
+  'heads',
+  'aspect',
+  'token_budget',
+  'isoflop',
+  'gpt3_reduced',
+  'shape',
+}
 
 
 def _stem(path: str) -> str:
@@ -349,16 +357,27 @@ def test_runner_skips_reruns_and_records_failures(tmp_path, fake_cmd):
   ]
   os.makedirs(os.path.join(wd, 'runs', 'finished'))
   with open(os.path.join(wd, 'runs', 'finished', 'summary.json'), 'w') as f:
-    json.dump({'n_params_nonembed': 10, 'final_train_loss': 3.0, 'final_eval_loss': 3.5,
-               'final_eval_loss_sem': 0.1, 'wall_time_s': 77.0}, f)  # fmt: skip
+    json.dump(
+      {
+        'n_params_nonembed': 10,
+        'final_train_loss': 3.0,
+        'final_eval_loss': 3.5,
+        'final_eval_loss_sem': 0.1,
+        'wall_time_s': 77.0,
+      },
+      f,
+    )
   os.makedirs(os.path.join(wd, 'runs', 'interrupted'))
   open(os.path.join(wd, 'runs', 'interrupted', 'partial'), 'w').close()  # a checkpoint, say
   lines = []
   status = pool.run_sweep(runs, wd, parallel=1, train_cmd=fake_cmd, echo=lines.append)
 
   assert {k: v['status'] for k, v in status.items()} == {
-    'finished': 'skipped', 'interrupted': 'done', 'broken': 'failed', 'fresh': 'done'
-  }  # fmt: skip
+    'finished': 'skipped',
+    'interrupted': 'done',
+    'broken': 'failed',
+    'fresh': 'done',
+  }
   assert _invocations(wd) == ['interrupted', 'broken', 'fresh']  # in order; 'finished' not run
   assert _summary(wd, 'interrupted')['resumed'] is True
   assert _summary(wd, 'fresh')['resumed'] is False
@@ -436,16 +455,21 @@ def test_launch_exit_status_table_and_sweep_json(tmp_path, fake_cmd, fail):
   assert ('big    failed' in text) == fail
   records = json.load(open(os.path.join(wd, 'sweep.json')))
   assert [(r['name'], r['overrides']) for r in records] == [
-    ('small', {'model.n': 100}), ('big', {'model.n': 1000, 'fake.fail': fail})
-  ]  # fmt: skip
+    ('small', {'model.n': 100}),
+    ('big', {'model.n': 1000, 'fake.fail': fail}),
+  ]
 
 
 def test_dry_run_and_only_run_nothing_else(tmp_path, fake_cmd):
   path = _fake_sweep(tmp_path, fail=False)
   wd = str(tmp_path / 'sw')
   out = []
-  assert sweep.launch(path, wd, dry_run=True, overrides=['model.n=7'], train_cmd=fake_cmd,
-                      echo=out.append) == 0  # fmt: skip
+  assert (
+    sweep.launch(
+      path, wd, dry_run=True, overrides=['model.n=7'], train_cmd=fake_cmd, echo=out.append
+    )
+    == 0
+  )
   assert not os.path.exists(wd)
   text = '\n'.join(out)
   assert 'small (to run)' in text and 'model.n = 7' in text and '--config.model.n=7' in text
@@ -459,12 +483,16 @@ def test_cli_one_line_errors_and_dry_run(tmp_path):
   path = _write_sweep(tmp_path, "def get_sweep():\n  return [('bad name', {})]")
   env = {**os.environ, 'PYTHONPATH': REPO}
   cmd = [sys.executable, '-m', 'launch.sweep', f'--workdir={tmp_path / "w"}']
-  bad = subprocess.run([*cmd, f'--sweep={path}'], capture_output=True, text=True, env=env,
-                       cwd=REPO)  # fmt: skip
+  bad = subprocess.run([*cmd, f'--sweep={path}'], capture_output=True, text=True, env=env, cwd=REPO)
   assert bad.returncode == 2
   assert bad.stderr.strip().count('\n') == 0 and 'not path-safe' in bad.stderr
-  ok = subprocess.run([*cmd, '--sweep=experiments/sweeps/demo.py', '--dry_run'],
-                      capture_output=True, text=True, env=env, cwd=REPO)  # fmt: skip
+  ok = subprocess.run(
+    [*cmd, '--sweep=experiments/sweeps/demo.py', '--dry_run'],
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=REPO,
+  )
   assert ok.returncode == 0, ok.stderr
   assert ok.stdout.count('-m launch.train --config=experiments/configs/scaling_cpu.py') == len(
     _runs('demo')

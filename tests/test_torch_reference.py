@@ -52,9 +52,15 @@ def test_param_count_matches_formula_and_jax_model(shape):
   model = tr.build(*shape)
   assert tr.param_count(model) == formula(*shape)
   cfg = ModelConfig(
-    vocab_size=v, d_model=d, num_layers=n, num_heads=h, num_kv_heads=h, head_dim=dh, d_ff=f,
+    vocab_size=v,
+    d_model=d,
+    num_layers=n,
+    num_heads=h,
+    num_kv_heads=h,
+    head_dim=dh,
+    d_ff=f,
     max_seq_len=t,
-  )  # fmt: skip
+  )
   assert tr.param_count(model) == param_counts(cfg)['total']
 
 
@@ -197,9 +203,13 @@ def test_benchmark_eager():
 )
 def test_benchmark_rejects_bad_input(kwargs, match):
   args = dict(
-    shape=dict(d_model=32, num_layers=1, num_heads=4, max_seq_len=16), batch=1, seq_len=8,
-    steps=1, warmup=1, compile=False,
-  )  # fmt: skip
+    shape=dict(d_model=32, num_layers=1, num_heads=4, max_seq_len=16),
+    batch=1,
+    seq_len=8,
+    steps=1,
+    warmup=1,
+    compile=False,
+  )
   args.update(kwargs)
   with pytest.raises(ValueError, match=match):
     tr.benchmark(**args)

@@ -251,10 +251,19 @@ def test_incompatible_checkpoint_is_refused_and_kept(tmp_path):
 
 def test_cli_rejects_unknown_config_key(tmp_path):
   proc = subprocess.run(
-      [sys.executable, '-m', 'launch.train', f'--workdir={tmp_path}/run',
-       '--config=experiments/configs/default.py', '--config.model.num_head=4'],
-      cwd=REPO, capture_output=True, text=True, timeout=900,
-  )  # fmt: skip
+    [
+      sys.executable,
+      '-m',
+      'launch.train',
+      f'--workdir={tmp_path}/run',
+      '--config=experiments/configs/default.py',
+      '--config.model.num_head=4',
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert proc.returncode != 0
   assert 'num_head' in proc.stderr
   assert not (tmp_path / 'run').exists()
@@ -264,13 +273,19 @@ def test_attention_maps_of_a_trained_run(tmp_path):
   train(tiny_config(**{'train.steps': 4}), tmp_path / 'run')
   out = tmp_path / 'attn.png'
   proc = subprocess.run(
-      [sys.executable, '-m', 'launch.attention', f'--workdir={tmp_path}/run', f'--out={out}'],
-      cwd=REPO, capture_output=True, text=True, timeout=900,
-  )  # fmt: skip
+    [sys.executable, '-m', 'launch.attention', f'--workdir={tmp_path}/run', f'--out={out}'],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and out.stat().st_size > 10_000
   proc = subprocess.run(
-      [sys.executable, '-m', 'launch.attention', f'--workdir={tmp_path}/nothing'],
-      cwd=REPO, capture_output=True, text=True, timeout=900,
-  )  # fmt: skip
+    [sys.executable, '-m', 'launch.attention', f'--workdir={tmp_path}/nothing'],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert proc.returncode == 2 and 'not a training run' in proc.stderr

@@ -106,10 +106,12 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, abstract_data=No
     except Exception as e:  # noqa: BLE001 - any failure to read means: try an older one.
       older = steps[i + 1] if i + 1 < len(steps) else None
       logging.warning(
-          'checkpoint at step %d is unreadable (%s: %s); %s',
-          step, type(e).__name__, str(e).splitlines()[0][:200] if str(e) else '',
-          f'falling back to step {older}' if older is not None else 'no older checkpoint left',
-      )  # fmt: skip
+        'checkpoint at step %d is unreadable (%s: %s); %s',
+        step,
+        type(e).__name__,
+        str(e).splitlines()[0][:200] if str(e) else '',
+        f'falling back to step {older}' if older is not None else 'no older checkpoint left',
+      )
       continue
     data = restored['data']['rows'] if abstract_data is not None else None
     return step, restored['state'], data

@@ -199,9 +199,12 @@ def run(p: Prepared, stop_at: int | None = None) -> dict | None:
     files.makedirs(workdir)
     files.write_text(files.join(workdir, 'config.json'), json.dumps(config_dict, indent=2))
   logging.info(
-      'model: %s params (%s non-embedding), %.3g training FLOPs/token; mesh %s',
-      f'{counts["total"]:,}', f'{counts["nonembedding"]:,}', flops_tok, dict(p.mesh.shape),
-  )  # fmt: skip
+    'model: %s params (%s non-embedding), %.3g training FLOPs/token; mesh %s',
+    f'{counts["total"]:,}',
+    f'{counts["nonembedding"]:,}',
+    flops_tok,
+    dict(p.mesh.shape),
+  )
 
   trainer = make_trainer(config, p.model_cfg, p.mesh)
   mngr = checkpoint.manager(workdir, config.checkpoint)
@@ -259,8 +262,15 @@ def run(p: Prepared, stop_at: int | None = None) -> dict | None:
       if done % config.eval.every == 0 or done == total or done in log_evals:
         ev = evaluate(trainer, state['params'], eval_batches, p.pipe.bytes_per_token)
         last_eval = ev
-        writer.write({'kind': 'eval', 'step': done, **ev, 'tokens': done * global_batch * seq_len,
-                      'flops': flops_tok * done * global_batch * seq_len})  # fmt: skip
+        writer.write(
+          {
+            'kind': 'eval',
+            'step': done,
+            **ev,
+            'tokens': done * global_batch * seq_len,
+            'flops': flops_tok * done * global_batch * seq_len,
+          }
+        )
         writer.progress(done, f'eval loss {ev["eval_loss"]:.4f} ± {ev["eval_loss_sem"]:.4f}')
       if done % config.checkpoint.every == 0 or done == end or preempted:
         rec.record(*pending, good, force=done == end or preempted)  # diverged: stops here

@@ -66,9 +66,11 @@ def _adafactor(t, lr, mask):
   # what it means for AdamW; optax adds the decay after the learning rate, so scale it by the
   # schedule too (decoupled decay, times lr).
   return optax.adafactor(
-    lr, multiply_by_parameter_scale=False,
-    weight_decay_rate=lambda step: t.weight_decay * lr(step), weight_decay_mask=mask,
-  )  # fmt: skip
+    lr,
+    multiply_by_parameter_scale=False,
+    weight_decay_rate=lambda step: t.weight_decay * lr(step),
+    weight_decay_mask=mask,
+  )
 
 
 # name -> (t, schedule, decay mask) -> the optimizer (without clipping).

@@ -20,8 +20,15 @@ def _int_at_least(config, key: str, low: int, what: str = '') -> None:
     raise ValueError(f'{key}={value!r} must be an integer >= {low}{hint}')
 
 
-def _finite(config, key: str, low: float, *, strict: bool, high: float | None = None,
-            high_strict: bool = False) -> None:  # fmt: skip
+def _finite(
+  config,
+  key: str,
+  low: float,
+  *,
+  strict: bool,
+  high: float | None = None,
+  high_strict: bool = False,
+) -> None:
   value = _get(config, key)
   ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
   ok = ok and (value > low if strict else value >= low)
