@@ -27,8 +27,8 @@ MUTANTS = [
   (
     'causal mask off by one (sees the next token)',
     'models/attention.py',
-    'mask_LxL = jnp.tril(jnp.ones((length, length), dtype=bool))',
-    'mask_LxL = jnp.tril(jnp.ones((length, length), dtype=bool), k=1)',
+    'mask_LxS = jnp.tril(jnp.ones((length, length), dtype=bool))',
+    'mask_LxS = jnp.tril(jnp.ones((length, length), dtype=bool), k=1)',
     ['tests/test_models.py::test_causality'],
   ),
   (
@@ -86,8 +86,9 @@ MUTANTS = [
   (
     'segment ids not passed to the model in training',
     'train/step.py',
-    "segment_ids = batch.get('segment_ids') if config.data.segment_ids else None\n    logits_BxLxV",
-    'segment_ids = None\n    logits_BxLxV',
+    'def loss_fn(params, batch):\n    model = nnx.merge(graphdef, params)\n'
+    "    segment_ids = batch.get('segment_ids') if config.data.segment_ids else None",
+    'def loss_fn(params, batch):\n    model = nnx.merge(graphdef, params)\n    segment_ids = None',
     ['tests/test_train.py::test_training_with_segment_ids_masks_each_document'],
   ),
   (
@@ -179,8 +180,8 @@ MUTANTS = [
   (
     'checkpoint saved under the step before the increment',
     'train/loop.py',
-    'checkpoint.save(mngr, done, state,',
-    'checkpoint.save(mngr, step, state,',
+    'good.save(done, state,',
+    'good.save(step, state,',
     ['tests/test_train.py::test_resume_is_bitwise_exact_and_survives_a_corrupted_checkpoint'],
   ),
 ]
