@@ -54,9 +54,9 @@ def main(argv: list[str]) -> None:
     files.makedirs(_WORKDIR.value)
   except OSError as e:
     cli.fail(f'cannot create --workdir={_WORKDIR.value}: {e.strerror or e}; choose another')
-  metrics.log_to_file(_WORKDIR.value)
   try:
-    summary = loop.run(prepared, stop_at=_STOP.value or None)
+    with metrics.log_to_file(_WORKDIR.value):
+      summary = loop.run(prepared, stop_at=_STOP.value or None)
   except loop.Stopped as e:
     print(e, file=sys.stderr)
     sys.exit(e.exit_code)

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from launch import attention
+from experiments import attention_words as attention
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXT = "The animal didn't cross the street because it was too tired"

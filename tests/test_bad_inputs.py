@@ -325,10 +325,7 @@ CASES: dict[str, tuple[str, list[str]]] = {
 }
 
 # Cases whose fix is on another helper's branch (issue 11): they pass once it is merged.
-DEPENDS_ON_OTHER_BRANCH = {
-  'attention/layers-out-of-range': 'h4 (launch/attention.py)',
-  'attention/layers-not-numbers': 'h4 (launch/attention.py)',
-}
+DEPENDS_ON_OTHER_BRANCH: dict[str, str] = {}
 
 
 # -- The fixtures ------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ folder, which the test reads to check results; the trainer itself only ever sees
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -136,7 +137,8 @@ def test_train_sigkill_resume_in_a_bucket(gcs, tmp_path):
   assert not gcs.exists('killed/summary.json'), 'finished before the kill'
   proc = subprocess.run(train_cmd('killed', *EXTRA), **run)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert 'resumed from step' in proc.stderr
+  resumed = int(re.search(r'resumed from step (\d+)', proc.stderr).group(1))
+  assert resumed >= 8
 
   for a, b in zip(
     full_state(gcs.local('straight'), 24), full_state(gcs.local('killed'), 24), strict=True
@@ -144,7 +146,10 @@ def test_train_sigkill_resume_in_a_bucket(gcs, tmp_path):
     np.testing.assert_array_equal(a, b)
   with open(gcs.local('killed/metrics.jsonl')) as f:
     steps = [r['step'] for r in map(json.loads, f) if r['kind'] == 'train']
-  assert steps == list(range(1, 25))  # records past the resumed step were dropped, then redone
+  # Every step once, in order; from the resumed step on, none missing. Records of the last
+  # second before the SIGKILL may be lost: on gs:// appends are flushed at most once a second.
+  assert steps == sorted(set(steps)) and steps[-1] == 24
+  assert [s for s in steps if s > resumed] == list(range(resumed + 1, 25))
 
   attention = [sys.executable, '-m', 'launch.attention', f'--workdir=gs://{BUCKET}/killed']
   proc = subprocess.run(attention, **run)

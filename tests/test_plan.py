@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from benchmarks import hardware, plan
+from benchmarks import hardware
+from benchmarks import planner as plan
 from models.transformer import ModelConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -4,9 +4,12 @@ Only process 0 writes; other processes get a writer that does nothing. metrics.j
 JSON: a non-finite number (a diverged loss) is written as null.
 """
 
+import contextlib
 import json
 import logging as pylogging
 import math
+import sys
+import threading
 import time
 
 import jax
@@ -158,6 +161,22 @@ class _OnlyOwnInfo(pylogging.Filter):
 
 def quiet_library_logs() -> None:
   logging.get_absl_handler().addFilter(_OnlyOwnInfo())
+  # After a damaged checkpoint fails to restore, TensorStore's callbacks can still reach
+  # Orbax's closed asyncio loop and print 'Event loop is closed' tracebacks: benign noise that
+  # goes to the log file instead of the console. Every other uncaught exception is untouched.
+  sys.excepthook = _closed_loop_to_log(sys.excepthook)
+  threading.excepthook = _closed_loop_to_log(threading.excepthook, thread_hook=True)
+
+
+def _closed_loop_to_log(hook, thread_hook: bool = False):
+  def quieter(*args):
+    exc = args[0].exc_value if thread_hook else args[1]
+    if isinstance(exc, RuntimeError) and str(exc) == 'Event loop is closed':
+      logging.info('ignored after a failed restore: RuntimeError: Event loop is closed')
+      return
+    hook(*args)
+
+  return quieter
 
 
 class _FileHandler(pylogging.Handler):
@@ -187,10 +206,17 @@ class _FileHandler(pylogging.Handler):
       super().close()
 
 
-def log_to_file(workdir: str) -> str:
-  """Copies all log records (the console shows fewer) to workdir/verbose_log[.<process>].txt."""
+@contextlib.contextmanager
+def log_to_file(workdir: str):
+  """Within the block, all log records (the console shows fewer) also go to
+  workdir/verbose_log[.<process>].txt; the file is flushed and detached at the end."""
   pid = jax.process_index()
   path = files.join(workdir, f'verbose_log{f".{pid}" if pid else ""}.txt')
   files.makedirs(workdir)
-  pylogging.getLogger().addHandler(_FileHandler(path))
-  return path
+  handler = _FileHandler(path)
+  pylogging.getLogger().addHandler(handler)
+  try:
+    yield path
+  finally:
+    pylogging.getLogger().removeHandler(handler)
+    handler.close()
