@@ -41,7 +41,7 @@ case "$cmd" in
     "$PY" -m launch.sweep --sweep=experiments/sweeps/demo_kjv.py --workdir="$out" --parallel=2 "$@" || true
     "$PY" -m launch.compare "$out" --out="$out/scaling.png"
     ;;
-  test) "$PY" -m pytest -n 2 -q "$@" ;;
+  test) "$PY" -m pytest -n 2 -q --durations=25 "$@" ;;
   train) "$PY" -m launch.train "$@" ;;
   bench) "$PY" -m benchmarks.train_step "$@" ;;
   *) echo "usage: bash run.sh [demo|demo-kjv|test|train|bench|setup]" >&2; exit 2 ;;

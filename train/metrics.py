@@ -8,8 +8,6 @@ import contextlib
 import json
 import logging as pylogging
 import math
-import sys
-import threading
 import time
 
 import jax
@@ -161,22 +159,6 @@ class _OnlyOwnInfo(pylogging.Filter):
 
 def quiet_library_logs() -> None:
   logging.get_absl_handler().addFilter(_OnlyOwnInfo())
-  # After a damaged checkpoint fails to restore, TensorStore's callbacks can still reach
-  # Orbax's closed asyncio loop and print 'Event loop is closed' tracebacks: benign noise that
-  # goes to the log file instead of the console. Every other uncaught exception is untouched.
-  sys.excepthook = _closed_loop_to_log(sys.excepthook)
-  threading.excepthook = _closed_loop_to_log(threading.excepthook, thread_hook=True)
-
-
-def _closed_loop_to_log(hook, thread_hook: bool = False):
-  def quieter(*args):
-    exc = args[0].exc_value if thread_hook else args[1]
-    if isinstance(exc, RuntimeError) and str(exc) == 'Event loop is closed':
-      logging.info('ignored after a failed restore: RuntimeError: Event loop is closed')
-      return
-    hook(*args)
-
-  return quieter
 
 
 class _FileHandler(pylogging.Handler):
