@@ -86,7 +86,7 @@ row() {  # row TIMEOUT_S LABEL ARGS...: one benchmarks.train_step run, bounded i
   ((limit > left)) && limit=$left
   echo "== $label (at most ${limit}s): python -m benchmarks.train_step $*"
   local t0=$(date +%s)
-  timeout -k 10 "$limit" "$PY" -m benchmarks.train_step --label="$label" --out="$ROWS" "$@" \
+  timeout -k 10 "$limit" "$PY" -m benchmarks.train_step --label="$label" --rows_out="$ROWS" "$@" \
     > "$log" 2>&1
   local rc=$?
   echo "   exit $rc after $(($(date +%s) - t0))s; log $log"

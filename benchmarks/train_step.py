@@ -70,7 +70,7 @@ _COMPILE_ONLY = flags.DEFINE_bool('compile_only', False, 'Only measure compile t
 _TORCH = flags.DEFINE_bool('torch', True, 'Also time the PyTorch reference, if installed.')
 _TORCH_COMPILE = flags.DEFINE_bool('torch_compile', True, 'Use torch.compile if it works.')
 _LABEL = flags.DEFINE_string('label', '', 'A name stored in each output row.')
-_OUT = flags.DEFINE_string('out', '', 'Append one JSON line per shape to this file.')
+_OUT = flags.DEFINE_string('rows_out', '', 'Append one JSON line per shape to this file.')
 
 DETERMINISTIC_XLA_FLAG = '--xla_gpu_deterministic_ops=true'
 
@@ -345,7 +345,7 @@ def main(argv: list[str]) -> None:
   device = _torch_device()
   torch_rows = {s: torch_row(s, peak, device) for s in _SHAPES.value} if device else {}
   # The command as one would retype it: without where this run's rows went or their name.
-  args = [a for a in sys.argv[1:] if not a.startswith(('--out=', '--label='))]
+  args = [a for a in sys.argv[1:] if not a.startswith(('--rows_out=', '--label='))]
   command = shlex.join(['python', '-m', 'benchmarks.train_step', *args])
   for shape in _SHAPES.value:
     row = bench_shape(shape, peak)

@@ -124,7 +124,7 @@ def test_main_writes_a_row_that_the_report_reads(tmp_path, monkeypatch):
     warmup=1,
     deterministic=True,
     label='tiny',
-    out=str(out),
+    rows_out=str(out),
     attention_impl='reference',
   )
   with flagsaver.flagsaver(**{**_ONE, **kw}):
@@ -142,7 +142,7 @@ def test_main_writes_a_row_that_the_report_reads(tmp_path, monkeypatch):
   assert lines[2].endswith('| 4.00× |') and lines[4].endswith('| 4.00× |')
   assert 'PyTorch reference' in lines[3] and lines[3].endswith('| 1.00× |')
   assert 'out of memory' in lines[5] and 'did not finish in 60 s' in lines[6]
-  assert '--out=' not in lines[2] and '--label=' not in lines[2]
+  assert '--rows_out=' not in lines[2] and '--label=' not in lines[2]
 
 
 @pytest.fixture
