@@ -281,20 +281,34 @@ def fit_isoflop(runs: list[Run], budget_key: str = 'budget_flops') -> IsoFlop:
   groups = {c: g for c, g in groups.items() if len(g) >= 3}
   if len(groups) < 2:
     raise ValueError(f'IsoFLOP needs >= 2 budgets with >= 3 runs each (tags.{budget_key})')
-  budgets, n_opt, loss_opt, parabolas = [], [], [], []
+  profiles = {}
   for c in sorted(groups):
     g = groups[c]
-    ln = np.log10([r.n_nonembed for r in g])
-    poly = np.poly1d(np.polyfit(ln, [r.final_eval_loss for r in g], 2))
+    profiles[c] = (np.log10([r.n_nonembed for r in g]), [r.final_eval_loss for r in g])
+  return _isoflop_from_profiles(profiles, inside=False, what='budgets')
+
+
+def _isoflop_from_profiles(profiles: dict, inside: bool, what: str) -> IsoFlop:
+  """{C: (log10 N, loss)} -> a parabola per C, its minimum N_opt(C), then N_opt ~ C^a.
+
+  A profile whose parabola opens downwards (or, with `inside`, whose minimum lies outside the
+  sizes measured) has no optimum and is left out.
+  """
+  budgets, n_opt, loss_opt, parabolas = [], [], [], []
+  for c, (ln, loss) in profiles.items():
+    ln = np.asarray(ln, float)
+    poly = np.poly1d(np.polyfit(ln, loss, 2))
     if poly.coeffs[0] <= 0:
-      continue  # no minimum inside: this budget's sizes miss the optimum
+      continue  # no minimum: these sizes miss the optimum
     x_min = -poly.coeffs[1] / (2 * poly.coeffs[0])
+    if inside and not ln.min() < x_min < ln.max():
+      continue
     budgets.append(c)
     n_opt.append(10**x_min)
     loss_opt.append(float(poly(x_min)))
     parabolas.append(poly)
   if len(budgets) < 2:
-    raise ValueError('fewer than 2 budgets have a loss minimum inside their size range')
+    raise ValueError(f'fewer than 2 {what} have a loss minimum inside their size range')
   slope, intercept = np.polyfit(np.log(budgets), np.log(n_opt), 1)
   return IsoFlop(
     np.array(budgets),
@@ -612,7 +626,7 @@ def isoflop_from_curves(runs: list[Run], budgets: int = 8, kind: str = 'eval') -
   hi = np.sort([np.asarray(c['flops']).max() for _, c in curves])[-4]
   if not lo < hi:
     raise ValueError('fewer than 4 runs share any compute range')
-  out_c, out_n, out_l, polys = [], [], [], []
+  profiles = {}
   for c in np.geomspace(lo, hi, budgets):
     pts = [(np.log10(n), loss_at(curve, c)) for n, curve in curves]
     pts = [(ln, v) for ln, v in pts if v is not None]
@@ -623,23 +637,8 @@ def isoflop_from_curves(runs: list[Run], budgets: int = 8, kind: str = 'eval') -
     if best in (0, len(v) - 1):
       continue  # the smallest loss at an end of the sizes: no minimum inside
     lo_i = max(0, min(best - 2, len(v) - 5))  # a parabola through the (up to) 5 nearest sizes
-    ln, v = ln[lo_i : lo_i + 5], v[lo_i : lo_i + 5]
-    poly = np.poly1d(np.polyfit(ln, v, 2))
-    if poly.coeffs[0] <= 0:
-      continue
-    x_min = -poly.coeffs[1] / (2 * poly.coeffs[0])
-    if not ln.min() < x_min < ln.max():
-      continue
-    out_c.append(c)
-    out_n.append(10**x_min)
-    out_l.append(float(poly(x_min)))
-    polys.append(poly)
-  if len(out_c) < 2:
-    raise ValueError('fewer than 2 compute values have a loss minimum inside the sizes run')
-  slope, intercept = np.polyfit(np.log(out_c), np.log(out_n), 1)
-  return IsoFlop(
-    np.array(out_c), np.array(out_n), np.array(out_l), polys, float(slope), float(np.exp(intercept))
-  )
+    profiles[float(c)] = (ln[lo_i : lo_i + 5], v[lo_i : lo_i + 5])
+  return _isoflop_from_profiles(profiles, inside=True, what='compute values')
 
 
 def jackknife_ci(runs: list, statistic, level: float = 0.95) -> tuple[float, float] | None:
