@@ -6,6 +6,7 @@ whole word) summed over the tokens of word j. Whitespace between words is its ow
 (SPACE), so every row still sums to 1. Pure numpy except `word_maps`, which runs the model.
 """
 
+import json
 import re
 
 import numpy as np
@@ -128,3 +129,58 @@ def verdict(maps, spans, query: str, target: str, layers, heads, n_params: int) 
     f'prefers {top!r}): at this scale ({n_params:,} parameters, trained on bytes) no head '
     'resolves the reference.'
   )
+
+
+# -- The command line's checks and the trained model ---------------------------------------
+
+
+def select(values: list[str], count: int, what: str) -> list[int]:
+  """Indices from a --layers/--heads list, checked against `count`; empty: all."""
+  if not values:
+    return list(range(count))
+  try:
+    idx = [int(v) for v in values]
+  except ValueError:
+    raise ValueError(f'--{what} takes integers, got {",".join(values)}') from None
+  bad = [i for i in idx if not 0 <= i < count]
+  if bad:
+    raise ValueError(f'--{what}={",".join(values)}: the model has {what} 0..{count - 1}')
+  return idx
+
+
+def read_config(workdir: str):
+  import ml_collections
+
+  from train import files
+
+  config_path = files.join(workdir, 'config.json')  # local or gs://
+  if not files.exists(config_path):
+    raise FileNotFoundError(f'{workdir} is not a training run (no config.json)')
+  return ml_collections.ConfigDict(json.loads(files.read_text(config_path)))
+
+
+def load_model(workdir: str):
+  """(config, model, tokenizer, step) of the newest readable checkpoint in a run directory."""
+  import jax
+  from flax import nnx
+
+  from data.tokenizer import load_tokenizer
+  from models.transformer import ModelConfig
+  from train import checkpoint, sharding
+  from train.step import make_trainer
+
+  config = read_config(workdir)
+  if not checkpoint.existing_steps(workdir):
+    raise FileNotFoundError(f'{workdir} has no checkpoint yet; train it first')
+  tokenizer = load_tokenizer(config.data)
+  model_cfg = ModelConfig.from_config(config.model, vocab_size=tokenizer.vocab_size)
+  mesh = sharding.make_mesh({'data': 1}, jax.devices()[:1])
+  trainer = make_trainer(config, model_cfg, mesh)
+  mngr = checkpoint.manager(workdir, config.checkpoint)
+  abstract = checkpoint.abstract_with_shardings(trainer.abstract_state, trainer.state_shardings)
+  try:
+    step, state, _ = checkpoint.restore_latest(mngr, abstract)
+  finally:
+    mngr.close()
+  model = nnx.merge(trainer.graphdef, state['params'])
+  return config, model, tokenizer, step

@@ -15,21 +15,23 @@ whole word) summed over the tokens of word j. Whitespace between words is its ow
 * otherwise: the word-by-word heatmap of each selected layer and head (`--layers`, `--heads`).
 """
 
-import json
 import os
-import sys
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 from experiments.attention_words import (
   SPACE,
   find_word,
+  load_model,
   normalize_word,
+  read_config,
+  select,
   verdict,
   word_maps,
   words_of,
 )
+from launch import shell
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A training run directory.', required=True)
 _TEXT = flags.DEFINE_string(
@@ -40,64 +42,6 @@ _TARGET = flags.DEFINE_string('target', 'animal', 'With --query: the word to loo
 _OUT = flags.DEFINE_string('out', '', 'PNG path (default: WORKDIR/attention[_QUERY].png).')
 _LAYERS = flags.DEFINE_list('layers', [], 'Only these layers (default: all).')
 _HEADS = flags.DEFINE_list('heads', [], 'Only these heads (default: all).')
-
-
-# -- Words (pure numpy: tested without a model) ---------------------------------------------
-
-
-def select(values: list[str], count: int, what: str) -> list[int]:
-  """Indices from a --layers/--heads list, checked against `count`; empty: all."""
-  if not values:
-    return list(range(count))
-  try:
-    idx = [int(v) for v in values]
-  except ValueError:
-    raise ValueError(f'--{what} takes integers, got {",".join(values)}') from None
-  bad = [i for i in idx if not 0 <= i < count]
-  if bad:
-    raise ValueError(f'--{what}={",".join(values)}: the model has {what} 0..{count - 1}')
-  return idx
-
-
-# -- The model -------------------------------------------------------------------------------
-
-
-def read_config(workdir: str):
-  import ml_collections
-
-  from train import files
-
-  config_path = files.join(workdir, 'config.json')  # local or gs://
-  if not files.exists(config_path):
-    raise FileNotFoundError(f'{workdir} is not a training run (no config.json)')
-  return ml_collections.ConfigDict(json.loads(files.read_text(config_path)))
-
-
-def load_model(workdir: str):
-  """(config, model, tokenizer, step) of the newest readable checkpoint in a run directory."""
-  import jax
-  from flax import nnx
-
-  from data.tokenizer import load_tokenizer
-  from models.transformer import ModelConfig
-  from train import checkpoint, sharding
-  from train.step import make_trainer
-
-  config = read_config(workdir)
-  if not checkpoint.existing_steps(workdir):
-    raise FileNotFoundError(f'{workdir} has no checkpoint yet; train it first')
-  tokenizer = load_tokenizer(config.data)
-  model_cfg = ModelConfig.from_config(config.model, vocab_size=tokenizer.vocab_size)
-  mesh = sharding.make_mesh({'data': 1}, jax.devices()[:1])
-  trainer = make_trainer(config, model_cfg, mesh)
-  mngr = checkpoint.manager(workdir, config.checkpoint)
-  abstract = checkpoint.abstract_with_shardings(trainer.abstract_state, trainer.state_shardings)
-  try:
-    step, state, _ = checkpoint.restore_latest(mngr, abstract)
-  finally:
-    mngr.close()
-  model = nnx.merge(trainer.graphdef, state['params'])
-  return config, model, tokenizer, step
 
 
 # -- Drawing ---------------------------------------------------------------------------------
@@ -166,7 +110,8 @@ def save_figure(fig, out: str, dpi: int) -> None:
 
 def main(argv: list[str]) -> None:
   del argv
-  try:
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
+  with shell.exit_on_error():
     config = read_config(_WORKDIR.value)
     n_layers, n_heads = config.model.num_layers, config.model.num_heads
     layers = select(_LAYERS.value, n_layers, 'layers')
@@ -178,9 +123,6 @@ def main(argv: list[str]) -> None:
       find_word(spans, _QUERY.value, '--query')
       find_word(spans, _TARGET.value, '--target')
     config, model, tokenizer, step = load_model(_WORKDIR.value)
-  except (FileNotFoundError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
   import matplotlib
 
   from train import files

@@ -6,12 +6,14 @@ sbatch script) is only ever assembled from `shlex.quote`d pieces, so a value suc
 launchers run on a laptop or a login node.
 """
 
+import contextlib
+import dataclasses
 import os
 import re
 import shlex
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,3 +78,29 @@ def define_run_flags(where: str) -> None:
   flags.DEFINE_multi_string('env', [], 'NAME=VALUE set for the run (e.g. XLA_FLAGS=...).')
   flags.DEFINE_bool('check_mesh', True, f"Check the config's mesh against {where} first.")
   flags.DEFINE_bool('dry_run', False, 'Print what would run; run nothing.')
+
+
+def job_from_flags(cls, values) -> Any:
+  """A launcher's job dataclass from absl flag values: every field with a flag of its name
+  (the field `overrides` from --override)."""
+  kwargs = {}
+  for field in dataclasses.fields(cls):
+    name = 'override' if field.name == 'overrides' else field.name
+    if name in values:
+      kwargs[field.name] = values[name].value
+  return cls(**kwargs)
+
+
+@contextlib.contextmanager
+def exit_on_error() -> Iterator[None]:
+  """One `error:` line and an exit status instead of a traceback: 2 for bad input (ValueError,
+  FileNotFoundError, raised before anything runs), 1 for a command or cloud step that failed."""
+  try:
+    yield
+  except (ValueError, FileNotFoundError) as e:
+    sys.exit(print(f'error: {e}', file=sys.stderr) or 2)
+  except RuntimeError as e:
+    sys.exit(print(f'error: {e}', file=sys.stderr) or 1)
+  except subprocess.CalledProcessError as e:
+    print(f'error: command failed with status {e.returncode}: {join(e.cmd)}', file=sys.stderr)
+    sys.exit(1)

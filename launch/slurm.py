@@ -193,35 +193,14 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
-  job = SlurmJob(
-    name=f.name,
-    workdir=f.workdir,
-    config=f.config,
-    sweep=f.sweep,
-    nodes=f.nodes,
-    gpus_per_node=f.gpus_per_node,
-    process_per=f.process_per,
-    time=f.time,
-    partition=f.partition,
-    account=f.account,
-    cpus_per_task=f.cpus_per_task,
-    output_dir=f.output_dir,
-    repo_dir=f.repo_dir or REPO_ROOT,
-    venv=f.venv,
-    overrides=f.override or [],
-    env=f.env or [],
-    runs=f.runs or [],
-    max_concurrent=f.max_concurrent,
-  )
-  try:
+  job = shell.job_from_flags(SlurmJob, f)
+  job.repo_dir = job.repo_dir or REPO_ROOT
+  with shell.exit_on_error():
     job.validate()
     runs = sweep_runs(job) if job.sweep else []
     if f.check_mesh:
       check_mesh(job)
     script = sbatch_script(job, runs)
-  except (ValueError, FileNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
   if f.dry_run:
     sys.stdout.write(script)
     return

@@ -29,9 +29,9 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from absl import app, flags
+from absl import app, flags, logging
 
-from launch import pool, sweep_report, sweep_spec
+from launch import pool, shell, sweep_report, sweep_spec
 from launch.shell import TRAIN_CMD
 from train import files
 
@@ -102,26 +102,22 @@ def main(argv: list[str]) -> None:
   # A scheduler's SIGTERM (preemption, scancel, kill) stops the runs like Ctrl-C does, rather
   # than orphaning trainers that a rerun of this command would then race.
   signal.signal(signal.SIGTERM, _raise_interrupt)
+  logging.set_verbosity(logging.WARNING)  # this process prints; JAX's INFO is not for the user
   try:
-    devices = [int(d) for d in _DEVICES.value]
-  except ValueError:
-    print(f'error: --devices={",".join(_DEVICES.value)} must be integers', file=sys.stderr)
-    sys.exit(2)
-  try:
-    code = launch(
-      _SWEEP.value,
-      _WORKDIR.value,
-      _PARALLEL.value,
-      _DRY_RUN.value,
-      _ONLY.value,
-      _OVERRIDE.value,
-      devices_per_run=_DEVICES_PER_RUN.value,
-      platform=_PLATFORM.value,
-      devices=devices,
-    )
-  except (ValueError, FileNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    with shell.exit_on_error():
+      if not all(d.strip().isdigit() for d in _DEVICES.value):
+        raise ValueError(f'--devices={",".join(_DEVICES.value)} must be integers')
+      code = launch(
+        _SWEEP.value,
+        _WORKDIR.value,
+        _PARALLEL.value,
+        _DRY_RUN.value,
+        _ONLY.value,
+        _OVERRIDE.value,
+        devices_per_run=_DEVICES_PER_RUN.value,
+        platform=_PLATFORM.value,
+        devices=[int(d) for d in _DEVICES.value],
+      )
   except KeyboardInterrupt:
     print('interrupted: rerun the same command to resume', file=sys.stderr)
     sys.exit(130)

@@ -19,7 +19,6 @@ import os
 import re
 import shlex
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -155,74 +154,39 @@ class TpuJob:
     return self.runtime_version or DEFAULT_RUNTIME[family]
 
 
+def gcloud(job: TpuJob, *words: str, opts: Sequence[str] = ()) -> list[str]:
+  """`gcloud compute tpus WORDS --zone=... [--project=...] OPTS`."""
+  return ['gcloud', 'compute', 'tpus', *words, *job.gcloud_scope(), *opts]
+
+
 def ssh(job: TpuJob, remote: str, worker: str = 'all') -> list[str]:
   """gcloud ssh running one remote shell string on the given worker(s)."""
-  return [
-    'gcloud',
-    'compute',
-    'tpus',
-    'tpu-vm',
-    'ssh',
-    job.name,
-    *job.gcloud_scope(),
-    f'--worker={worker}',
-    f'--command={remote}',
-  ]
+  return gcloud(job, 'tpu-vm', 'ssh', job.name, opts=[f'--worker={worker}', f'--command={remote}'])
 
 
 def create_commands(job: TpuJob) -> list[list[str]]:
+  accel = f'--accelerator-type={job.accelerator_type}'
   if job.queued:
     spot = ['--spot'] if job.provisioning == 'queued_spot' else []
-    return [
-      [
-        'gcloud',
-        'compute',
-        'tpus',
-        'queued-resources',
-        'create',
-        job.name,
-        f'--node-id={job.name}',
-        *job.gcloud_scope(),
-        f'--accelerator-type={job.accelerator_type}',
-        f'--runtime-version={job.runtime()}',
-        *spot,
-      ],
-      queued_state_command(job),
-    ]
-  cmd = [
-    'gcloud',
-    'compute',
-    'tpus',
-    'tpu-vm',
-    'create',
-    job.name,
-    *job.gcloud_scope(),
-    f'--accelerator-type={job.accelerator_type}',
-    f'--version={job.runtime()}',
+    opts = [accel, f'--runtime-version={job.runtime()}', *spot]
+    create = gcloud(job, 'queued-resources', 'create', job.name, f'--node-id={job.name}', opts=opts)
+    return [create, queued_state_command(job)]
+  spot = ['--spot'] if job.provisioning == 'spot' else []
+  return [
+    gcloud(job, 'tpu-vm', 'create', job.name, opts=[accel, f'--version={job.runtime()}', *spot])
   ]
-  return [cmd + (['--spot'] if job.provisioning == 'spot' else [])]
 
 
 def queued_state_command(job: TpuJob) -> list[str]:
   """Polled after a queued create until the request is ACTIVE."""
-  return [
-    'gcloud',
-    'compute',
-    'tpus',
-    'queued-resources',
-    'describe',
-    job.name,
-    *job.gcloud_scope(),
-    '--format=value(state.state)',
-  ]
+  return gcloud(job, 'queued-resources', 'describe', job.name, opts=['--format=value(state.state)'])
 
 
 def state_command(job: TpuJob) -> list[str]:
   """The slice's state: READY/ACTIVE when usable, PREEMPTED, SUSPENDED, ... (gcloud describe)."""
   if job.queued:
     return queued_state_command(job)
-  describe = ['gcloud', 'compute', 'tpus', 'tpu-vm', 'describe', job.name]
-  return [*describe, *job.gcloud_scope(), '--format=value(state)']
+  return gcloud(job, 'tpu-vm', 'describe', job.name, opts=['--format=value(state)'])
 
 
 def local_tarball(job: TpuJob) -> str:
@@ -246,19 +210,10 @@ def setup_commands(job: TpuJob) -> list[list[str]]:
     tarball = local_tarball(job)
     excludes = [f'--exclude={e}' for e in _TAR_EXCLUDES]
     cmds.append(['tar', '-czf', tarball, *excludes, '-C', REPO_ROOT, '.'])
-    cmds.append(
-      [
-        'gcloud',
-        'compute',
-        'tpus',
-        'tpu-vm',
-        'scp',
-        tarball,
-        f'{job.name}:{_REMOTE_TARBALL}',
-        *job.gcloud_scope(),
-        '--worker=all',
-      ]
+    scp = gcloud(
+      job, 'tpu-vm', 'scp', tarball, f'{job.name}:{_REMOTE_TARBALL}', opts=['--worker=all']
     )
+    cmds.append(scp)
     cmds.append(
       ssh(
         job,
@@ -348,24 +303,9 @@ def logs_commands(job: TpuJob) -> list[list[str]]:
 
 
 def delete_commands(job: TpuJob) -> list[list[str]]:
-  if job.queued:
-    # --force deletes the TPU VM of the request too.
-    return [
-      [
-        'gcloud',
-        'compute',
-        'tpus',
-        'queued-resources',
-        'delete',
-        job.name,
-        *job.gcloud_scope(),
-        '--force',
-        '--quiet',
-      ],
-    ]
-  return [
-    ['gcloud', 'compute', 'tpus', 'tpu-vm', 'delete', job.name, *job.gcloud_scope(), '--quiet']
-  ]
+  if job.queued:  # --force deletes the TPU VM of the request too.
+    return [gcloud(job, 'queued-resources', 'delete', job.name, opts=['--force', '--quiet'])]
+  return [gcloud(job, 'tpu-vm', 'delete', job.name, opts=['--quiet'])]
 
 
 BUILDERS = {
@@ -504,40 +444,12 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
-  job = TpuJob(
-    name=f.name,
-    zone=f.zone,
-    accelerator_type=f.accelerator_type,
-    project=f.project,
-    runtime_version=f.runtime_version,
-    provisioning=f.provisioning,
-    repo_dir=f.repo_dir,
-    repo_url=f.repo_url,
-    repo_ref=f.repo_ref,
-    config=f.config,
-    sweep=f.sweep,
-    workdir=f.workdir,
-    overrides=f.override or [],
-    env=f.env or [],
-    detach=f.detach,
-    worker=f.worker,
-    retries=f.retries,
-  )
-  try:
+  job = shell.job_from_flags(TpuJob, f)
+  with shell.exit_on_error():
     steps = plan(job, f.action)
     if f.check_mesh and any(a == 'run' for a, _ in steps):
       check_mesh(job)
-  except (ValueError, FileNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
-  try:
     execute(steps, job, f.dry_run, f.queued_wait_s, job.retries)
-  except RuntimeError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
-  except subprocess.CalledProcessError as e:
-    print(f'error: command failed with status {e.returncode}: {shell.join(e.cmd)}', file=sys.stderr)
-    sys.exit(1)
 
 
 def _define_flags() -> None:
