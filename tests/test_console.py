@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.test_multihost import FLAGS, REPO
+from tests.cluster import FLAGS, REPO
 from tests.test_train import tiny_config, train
 
 

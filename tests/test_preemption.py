@@ -8,14 +8,13 @@ the rerun started at the saved step, and metrics.jsonl holds every step exactly 
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from tests.test_multihost import FLAGS, REPO, free_port, leaves
+from tests import cluster
+from tests.cluster import finish, leaves, records
 
 pytestmark = pytest.mark.slow
 STEPS = 60
@@ -28,41 +27,8 @@ EXTRA = [
 SIGNAL_AFTER = 3  # steps recorded before the signal is sent
 
 
-def commands(workdir, processes):
-  base = [sys.executable, '-m', 'launch.train', f'--workdir={workdir}', *FLAGS, *EXTRA]
-  if processes == 1:
-    return [base]
-  addr = f'127.0.0.1:{free_port()}'
-  return [
-    base
-    + [
-      f'--coordinator_address={addr}',
-      f'--num_processes={processes}',
-      f'--process_id={i}',
-      '--distributed_timeout_s=60',
-    ]
-    for i in range(processes)
-  ]
-
-
 def start(workdir, processes):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1', JAX_PLATFORMS='cpu')
-  return [
-    subprocess.Popen(
-      c, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    for c in commands(workdir, processes)
-  ]
-
-
-def finish(procs):
-  outs = [p.communicate(timeout=1800) for p in procs]
-  return [(p.returncode, err) for p, (_, err) in zip(procs, outs, strict=True)]
-
-
-def records(workdir, kind='train'):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [r for r in map(json.loads, f) if r['kind'] == kind]
+  return cluster.start(workdir, processes, 1, EXTRA, timeout_s=60)
 
 
 def wait_for_step(workdir, step, procs):
@@ -78,19 +44,6 @@ def wait_for_step(workdir, step, procs):
 
 def saved_steps(workdir):
   return sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit())
-
-
-def full_state(workdir, step):
-  """The whole train state of a checkpoint, onto one device whatever wrote it."""
-  import jax
-  import orbax.checkpoint as ocp
-
-  path = os.path.join(workdir, 'checkpoints', str(step), 'state')
-  ckptr = ocp.StandardCheckpointer()
-  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  meta = ckptr.metadata(path).item_metadata
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), meta)
-  return leaves(ckptr.restore(path, target))
 
 
 @pytest.fixture(scope='module')
@@ -126,7 +79,9 @@ def interrupt_and_rerun(workdir, processes, sig, target):
 
 
 def check_same_as_straight(workdir, reference, stopped_at):
-  for a, b in zip(full_state(reference, STEPS), full_state(workdir, STEPS), strict=True):
+  for a, b in zip(
+    leaves(cluster.state(reference, STEPS)), leaves(cluster.state(workdir, STEPS)), strict=True
+  ):
     np.testing.assert_array_equal(a, b)
   steps = [r['step'] for r in records(workdir)]
   assert steps == list(range(1, STEPS + 1))  # nothing repeated, nothing missing
