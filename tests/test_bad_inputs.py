@@ -324,9 +324,6 @@ CASES: dict[str, tuple[str, list[str]]] = {
   'data_bench/seq-len-negative': ('benchmarks.data_throughput', ['--config.data.seq_len=-8']),
 }
 
-# Cases whose fix is on another helper's branch (issue 11): they pass once it is merged.
-DEPENDS_ON_OTHER_BRANCH: dict[str, str] = {}
-
 
 # -- The fixtures ------------------------------------------------------------------------------
 
@@ -359,18 +356,7 @@ def _expand(argv: list[str], **where: str) -> list[str]:
   return [a.format(**where) for a in argv]
 
 
-@pytest.mark.parametrize(
-  'case',
-  [
-    pytest.param(
-      name,
-      marks=[pytest.mark.xfail(strict=True, reason=DEPENDS_ON_OTHER_BRANCH[name])]
-      if name in DEPENDS_ON_OTHER_BRANCH
-      else [],
-    )
-    for name in CASES
-  ],
-)
+@pytest.mark.parametrize('case', list(CASES))
 def test_bad_input_fails_cleanly_and_writes_nothing(case, inputs, request, tmp_path):
   module, argv = CASES[case]
   # Only the cases that name the trained run pay for training it (once).

@@ -426,9 +426,10 @@ def test_parallel_runs_overlap(tmp_path, fake_cmd):
 
 FAKE_BASE = """
 import ml_collections
+from experiments.configs import default
 def get_config():
-  c = ml_collections.ConfigDict()
-  c.model = ml_collections.ConfigDict({'n': 0})
+  c = default.get_config()  # a real config: the sweep checks it as launch.train would
+  c.model.n = 0  # the fake trainer's model size
   c.fake = ml_collections.ConfigDict({'fail': False, 'wait_for': '', 'timeout': 60.0})
   return c
 """

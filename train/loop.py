@@ -110,13 +110,7 @@ def _check_rows_per_process(config, mesh) -> None:
 
 def prepare(config, workdir: str) -> Prepared:
   """All validation: raises a one-line error before anything is compiled or written."""
-  validate.check_config(config)
-  if config.model.pos_emb == 'learned' and config.data.seq_len > config.model.max_seq_len:
-    raise ValueError(
-      f'data.seq_len={config.data.seq_len} exceeds the position table '
-      f'(model.max_seq_len={config.model.max_seq_len}); raise max_seq_len or use pos_emb=rope'
-    )
-  ModelConfig.from_config(config.model, vocab_size=config.model.vocab_size or 256)  # shapes
+  validate.check_config(config)  # ranges, names and the model's shape rules
   mesh = sharding.make_mesh(config.mesh)
   _check_batch(config, mesh)
   _check_rows_per_process(config, mesh)

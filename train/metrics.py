@@ -150,7 +150,7 @@ class _OnlyOwnInfo(pylogging.Filter):
   """Drops INFO chatter of libraries (Orbax logs every save at INFO); keeps their warnings."""
 
   def filter(self, record: pylogging.LogRecord) -> bool:
-    noisy = ('/orbax/', '/grain/', '/tensorflow_datasets/')
+    noisy = ('/orbax/', '/jax/', '/tensorflow_datasets/')
     if record.levelno < pylogging.WARNING:
       return not any(n in record.pathname for n in noisy)
     # TFDS warns about our builder's per-corpus config and its first preparation: expected.

@@ -81,6 +81,11 @@ def check_config(config, on_this_machine: bool = True) -> None:
   _finite(config, 'peak_flops', 0.0, strict=False)
   optim.check(config.train)  # unknown optimizer or schedule names
   model = ModelConfig.from_config(config.model, vocab_size=config.model.vocab_size or 256)
+  if model.pos_emb == 'learned' and config.data.seq_len > model.max_seq_len:
+    raise ValueError(
+      f'data.seq_len={config.data.seq_len} exceeds the position table '
+      f'(model.max_seq_len={model.max_seq_len}); raise max_seq_len or use pos_emb=rope'
+    )
   if model.pos_emb == 'rope' and model.head_dim % 2:
     raise ValueError(
       f'model.pos_emb=rope needs an even head dimension, got {model.head_dim} '
