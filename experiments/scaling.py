@@ -6,8 +6,8 @@
   A = e^a, B = e^b, E = e^e, minimized by L-BFGS from their grid of initializations.
 * `fit_isoflop`: per compute budget, a parabola of loss in log N; its minimum N_opt(C) ~ C^a.
 * `compute_frontier`: the lower envelope of all runs' loss-vs-FLOPs curves, fitted as L(C).
-* `bootstrap`: percentile confidence intervals of any fit's parameters (`bootstrap_fits` keeps
-  the refits themselves, so that `band` draws the same resamples).
+* `fit_power_law_ci`: the power law with a parametric-bootstrap interval on every parameter; its
+  refits also give the pointwise `band` that the plots draw.
 * `extrapolation_check`: fit without the largest model(s), predict them, report the error.
 * `analyze_sweep`, `fits_table`, `fits_json`: all of the above over one sweep directory, as
   launch.compare prints and records it.
@@ -332,7 +332,7 @@ def compute_frontier(runs: list[Run], kind: str = 'eval', points: int = 20):
   if not xs:
     raise ValueError(f'no {kind} curves to build a compute frontier from')
   x, y = np.concatenate(xs), np.concatenate(ys)
-  grid = np.logspace(np.log10(x.min()), np.log10(x.max()), points)
+  grid = np.geomspace(x.min(), x.max(), points)  # exact ends: the first C holds a point
   # Best loss reached with at most C FLOPs, by any run.
   frontier = np.array([y[x <= c].min() for c in grid])
   return grid, frontier
@@ -342,28 +342,6 @@ def fit_compute_frontier(runs: list[Run], kind: str = 'eval') -> PowerLaw:
   c, loss = compute_frontier(runs, kind)
   keep = np.concatenate([[True], np.diff(loss) < 0])  # the points where the envelope improves
   return fit_power_law(c[keep], loss[keep])
-
-
-def bootstrap_fits(fit_fn, arrays: tuple, n: int = 200, seed: int = 0) -> list:
-  """fit_fn(*resampled arrays) for `n` resamples with replacement (degenerate ones skipped)."""
-  rng = np.random.default_rng(seed)
-  arrays = tuple(np.asarray(a) for a in arrays)
-  m = len(arrays[0])
-  fits = []
-  for _ in range(n):
-    idx = rng.integers(0, m, m)
-    if len(np.unique(arrays[0][idx])) < 3:  # a degenerate resample cannot be fitted
-      continue
-    try:
-      fits.append(fit_fn(*(a[idx] for a in arrays)))
-    except (ValueError, RuntimeError):
-      continue
-  return fits
-
-
-def bootstrap(fit_fn, arrays: tuple, n: int = 200, seed: int = 0, level: float = 0.95) -> dict:
-  """Percentile intervals {param: (lo, hi)} of fit_fn(*resampled arrays).params()."""
-  return intervals(bootstrap_fits(fit_fn, arrays, n, seed), level)
 
 
 def intervals(fits: list, level: float = 0.95) -> dict:
@@ -423,18 +401,19 @@ def analyze_sweep(sweep_dir: str, x_kind: str = 'nonembed', n_boot: int = 200, o
   if len(sizes) >= 3:
     # Several runs per size (token budgets, IsoFLOP): the size law uses each size's best.
     best = np.array([loss[n == s].min() for s in sizes])
-    out['fit'] = fit_power_law(sizes, best)
-    out['fit_points'] = (sizes, best)
-    out['boot_fits'] = bootstrap_fits(fit_power_law, (sizes, best), n=n_boot)
-    out['ci'] = intervals(out['boot_fits'])
-    if len(sizes) >= 4:
-      out['extrapolation'] = extrapolation_check(sizes, best)
     sems = np.array([r.final_eval_loss_sem for r in runs])
     sem = np.array([sems[n == s][np.argmin(loss[n == s])] for s in sizes])
-    out['law'] = fit_power_law_ci(sizes, best, sem, n=max(n_boot, 50))
-  with contextlib.suppress(ValueError):
+    # One bootstrap: its refits give the parameters' intervals and the plotted band.
+    out['law'] = fit_power_law_ci(sizes, best, sem, n=n_boot)
+    out['fit'], out['ci'], out['boot_fits'] = out['law'].law, out['law'].ci, out['law'].fits
+    out['fit_points'] = (sizes, best)
+    if len(sizes) >= 4:
+      out['extrapolation'] = extrapolation_check(sizes, best)
+  try:
     out['iso_curves'] = isoflop_from_curves(runs)
     out['iso_curves_ci'] = jackknife_ci(runs, lambda rs: isoflop_from_curves(rs).exponent)
+  except ValueError as e:  # said, not hidden: at this scale there may be no optimum inside
+    out['iso_curves_note'] = str(e)
   with contextlib.suppress(ValueError):
     out['frontier'] = fit_compute_frontier(runs)
   tokens = np.array([r.tokens for r in runs], float)
@@ -491,9 +470,12 @@ def fits_json(results: list[dict]) -> dict:
       'unfinished': r['unfinished'],
     }
     if 'fit' in r:
-      d['power_law'] = {**r['fit'].params(), 'r2': r['fit'].r2, 'ci95_case_bootstrap': r['ci']}
-    if 'law' in r:
-      d['power_law'].update(ci95=r['law'].ci, ci95_method='parametric bootstrap')
+      d['power_law'] = {
+        **r['fit'].params(),
+        'r2': r['fit'].r2,
+        'ci95': r['ci'],
+        'ci95_method': f'parametric bootstrap, {len(r["boot_fits"])} refits',
+      }
     if 'iso_curves' in r:
       i = r['iso_curves']
       d['nopt_from_curves'] = {
@@ -533,6 +515,7 @@ class LawWithCI:
   law: PowerLaw
   ci: dict
   noise: np.ndarray
+  fits: list  # the bootstrap refits (PowerLaw), for bands
 
   def relative_halfwidth(self, key: str) -> float:
     """Half the interval's width over the estimate (0.3: the estimate is +-30%)."""
@@ -559,19 +542,14 @@ def fit_power_law_ci(
   rel_sem = np.zeros_like(y) if sem is None else np.asarray(sem, float) / y
   sigma = np.maximum(s, rel_sem)
   rng = np.random.default_rng(seed)
-  samples: dict[str, list[float]] = {}
-  center = law.predict(x)
+  center, fits = law.predict(x), []
   for _ in range(n):
     y_star = center * np.exp(rng.normal(0.0, sigma))
     try:
-      fit = _refit(law, x, y_star)
+      fits.append(_refit(law, x, y_star))
     except (ValueError, RuntimeError):
       continue
-    for k, v in fit.params().items():
-      samples.setdefault(k, []).append(v)
-  q = (1 - level) / 2 * 100
-  ci = {k: _percentiles(v, q) for k, v in samples.items()}
-  return LawWithCI(law, ci, sigma)
+  return LawWithCI(law, intervals(fits, level), sigma, fits)
 
 
 def _refit(start: PowerLaw, x, y) -> PowerLaw:
@@ -591,10 +569,6 @@ def _refit(start: PowerLaw, x, y) -> PowerLaw:
   return PowerLaw(
     E=float(frac * ymin), A=float(np.exp(log_a)), alpha=float(alpha), r2=0.0, n=len(x)
   )
-
-
-def _percentiles(values, q: float) -> tuple[float, float]:
-  return float(np.percentile(values, q)), float(np.percentile(values, 100 - q))
 
 
 def loss_at(curve: dict, c: float) -> float | None:
@@ -741,17 +715,21 @@ def science_lines(r: dict) -> list[str]:
   lines = []
   if 'law' in r:
     law, ci = r['law'].law, r['law'].ci
+    width = f' (+-{100 * r["law"].relative_halfwidth("alpha"):.0f}%)' if 'alpha' in ci else ''
     lines.append(
       f'  L(N) = E + A N^-alpha, 95% CI: E = {law.E:.3f}{format_ci(ci.get("E"))} nats, '
       f'A = {law.A:.3g}{format_ci(ci.get("A"))}, '
-      f'alpha = {law.alpha:.3f}{format_ci(ci.get("alpha"))} '
-      f'(+-{100 * r["law"].relative_halfwidth("alpha"):.0f}%), R2 = {law.r2:.3f}'
+      f'alpha = {law.alpha:.3f}{format_ci(ci.get("alpha"))}{width}, R2 = {law.r2:.3f}'
     )
   if 'iso_curves' in r:
     refs = ', '.join(f'{k} {v:.2f}' for k, v in REFERENCE_EXPONENTS.items())
     lines.append(
       f'  N_opt ~ C^a from the learning curves: a = {r["iso_curves"].exponent:.2f}'
       f'{format_ci(r.get("iso_curves_ci"))} (jackknife over runs; {refs})'
+    )
+  elif 'iso_curves_note' in r:
+    lines.append(
+      f'  N_opt ~ C^a from the learning curves: not measurable here ({r["iso_curves_note"]})'
     )
   return lines
 

@@ -39,7 +39,7 @@ def test_power_law_recovery_bootstrap_and_extrapolation():
   np.testing.assert_allclose([exact.E, exact.A, exact.alpha], [1.5, 30, 0.3], rtol=1e-3)
   assert exact.r2 > 0.9999
   noisy = y * np.exp(np.random.default_rng(1).normal(0, 0.002, x.size))
-  ci = scaling.bootstrap(scaling.fit_power_law, (x, noisy), n=200, seed=0)
+  ci = scaling.fit_power_law_ci(x, noisy, n=200, seed=0).ci
   assert ci['alpha'][0] < 0.3 < ci['alpha'][1]
   assert abs(scaling.extrapolation_check(x, y)['error_percent']) < 0.01
   # A law that breaks at the largest size is caught by the extrapolation check.
@@ -114,6 +114,17 @@ def test_compute_frontier_is_the_lower_envelope(tmp_path):
   # and the envelope is made of the runs' own points
   all_losses = np.concatenate([r.curve['eval']['loss'] for r in runs])
   assert all(np.isclose(all_losses, v).any() for v in loss)
+
+
+def test_compute_frontier_starts_at_the_first_point_whatever_its_value():
+  """The grid's ends are the data's own C: 10**log10(7076904960.0) falls just below it (the
+  demo's smallest eval), which once left the first grid point with no run and no frontier."""
+  from types import SimpleNamespace
+
+  curve = {'flops': np.array([7076904960.0, 3e11, 1e13]), 'loss': np.array([3.1, 2.4, 1.9])}
+  c, loss = scaling.compute_frontier([SimpleNamespace(curve={'eval': curve})], points=5)
+  assert c[0] == 7076904960.0 and c[-1] == 1e13
+  assert loss[0] == 3.1 and loss[-1] == 1.9
 
 
 def test_compare_cli_plots_tables_and_json(tmp_path):
