@@ -1,7 +1,7 @@
 """The main job on a second corpus: the demo's ladder, lr rule and tokens on the King James Bible.
 
-A robustness check of the demo's law: same six sizes, same 1.35M tokens per run, same
-learning rates, on a different public-domain English text (data/kjv.py: 66 books, 4.1 MB,
+A robustness check of the demo's law: same six sizes, same tokens per run, same learning
+rates, on a different public-domain English text (data/kjv.py: 66 books, 4.1 MB,
 ~10% of the books held out). Its reference levels (python -m data.levels --name=text_folder
 --text_glob=...): unigram 3.03, bigram 2.27 nats/byte on the held-out books.
 
