@@ -10,6 +10,14 @@ import os
 # Must happen before JAX initializes its backends.
 os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
 os.environ['JAX_PLATFORMS'] = 'cpu'
+# One persistent compilation cache for the session's workers and every training process they
+# start (children inherit the environment): the same tiny model's steps are compiled by dozens
+# of tests, and a cache hit is the same executable, so results are unchanged. It lives in the
+# user's cache, never in the checkout.
+os.environ['JAX_COMPILATION_CACHE_DIR'] = os.path.join(
+  os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'scaling_lm', 'jax_tests'
+)
+os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0.5'
 # Prepared datasets: the user's cache (data/text_corpus.py's default, or SCALING_LM_DATA), shared
 # by all tests and xdist workers (preparation is locked); never the checkout.
 

@@ -19,10 +19,16 @@ from tests.cluster import records as train_records
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(scope='module')
+def straight(tmp_path_factory):
+  """The uninterrupted reference: 1 process x 8 devices, 6 steps."""
+  workdir = str(tmp_path_factory.mktemp('straight') / 'run')
+  launch(workdir, 1, 8)
+  return workdir
+
+
 @pytest.mark.parametrize('first, second', [((2, 4), (1, 8)), ((1, 8), (2, 4))])
-def test_resume_across_process_counts(tmp_path, first, second):
-  straight = str(tmp_path / 'straight')
-  launch(straight, 1, 8)
+def test_resume_across_process_counts(tmp_path, straight, first, second):
   moved = str(tmp_path / 'moved')
   launch(moved, *first, extra=['--stop_after_step=3'])
   launch(moved, *second)
@@ -39,9 +45,9 @@ def test_resume_across_process_counts(tmp_path, first, second):
 def test_sigkill_mid_run_then_rerun_matches_uninterrupted(tmp_path):
   """A run killed with SIGKILL (no chance to clean up) resumes to the same parameters."""
   extra = [
-    '--config.train.steps=60',
+    '--config.train.steps=20',  # the kill lands at step 4: 16 steps to spare
     '--config.checkpoint.every=2',
-    '--config.eval.every=60',
+    '--config.eval.every=20',
     '--config.checkpoint.async_save=true',
   ]
   straight = str(tmp_path / 'straight')
@@ -62,5 +68,5 @@ def test_sigkill_mid_run_then_rerun_matches_uninterrupted(tmp_path):
   proc.wait()
   assert not os.path.exists(os.path.join(killed, 'summary.json')), 'finished before the kill'
   launch(killed, 1, 1, extra)
-  for a, b in zip(leaves(params(straight, 60)), leaves(params(killed, 60)), strict=True):
+  for a, b in zip(leaves(params(straight, 20)), leaves(params(killed, 20)), strict=True):
     np.testing.assert_array_equal(a, b)

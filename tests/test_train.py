@@ -169,19 +169,26 @@ def test_training_with_segment_ids_masks_each_document():
   assert abs(float(m2['loss']) - float(m['loss'])) > 1e-4  # the mask did change the loss
 
 
-def test_resume_is_bitwise_exact_and_survives_a_corrupted_checkpoint(tmp_path, caplog):
+@pytest.fixture(scope='module')
+def straight(tmp_path_factory):
+  """tiny_config() trained 8 steps without interruption: the reference of the resume tests."""
+  workdir = tmp_path_factory.mktemp('straight')
+  train(tiny_config(), workdir)
+  return workdir
+
+
+def test_resume_is_bitwise_exact_and_survives_a_corrupted_checkpoint(tmp_path, straight, caplog):
   config = tiny_config()
-  train(config, tmp_path / 'straight')
   # Preempted at step 4, resumed to 8.
   assert train(config, tmp_path / 'resumed', stop_at=4) is None
   assert not (tmp_path / 'resumed' / 'summary.json').exists()
   first_part = len(records(tmp_path / 'resumed'))
   train(config, tmp_path / 'resumed')
-  assert_trees_equal(final_params(tmp_path / 'straight', 8), final_params(tmp_path / 'resumed', 8))
+  assert_trees_equal(final_params(straight, 8), final_params(tmp_path / 'resumed', 8))
   # The second invocation started at the checkpoint (step 4): no step is recorded twice or lost.
   second = records(tmp_path / 'resumed')[first_part:]
   assert min(r['step'] for r in second) == 5
-  assert_records_cover_the_run(tmp_path / 'resumed', tmp_path / 'straight')
+  assert_records_cover_the_run(tmp_path / 'resumed', straight)
   # Stopped at 6; the step-6 checkpoint is then damaged: resume falls back to step 4.
   train(config, tmp_path / 'damaged', stop_at=6)
   for f in glob.glob(str(tmp_path / 'damaged/checkpoints/6/state/**/*'), recursive=True):
@@ -191,7 +198,7 @@ def test_resume_is_bitwise_exact_and_survives_a_corrupted_checkpoint(tmp_path, c
   caplog.set_level('WARNING')
   train(config, tmp_path / 'damaged')
   assert any('unreadable' in r.getMessage() for r in caplog.records)
-  assert_trees_equal(final_params(tmp_path / 'straight', 8), final_params(tmp_path / 'damaged', 8))
+  assert_trees_equal(final_params(straight, 8), final_params(tmp_path / 'damaged', 8))
   # The records the first invocation wrote past step 4 were dropped and redone, each step once
   # (log_every=2, plus the first step of each invocation, which has no rate yet: the second
   # invocation began at step 5), and the last step forced.
@@ -217,13 +224,12 @@ def assert_records_cover_the_run(resumed, straight):
   assert log_steps <= {r['step'] for r in got if r['kind'] == 'train'}
 
 
-def test_checkpoint_restores_onto_another_mesh(tmp_path):
+def test_checkpoint_restores_onto_another_mesh(tmp_path, straight):
   config = tiny_config()
-  train(config, tmp_path / 'straight')
   train(config, tmp_path / 'moved', stop_at=4)  # mesh data=8
   moved = tiny_config(**{'mesh.data': 2, 'mesh.fsdp': 2, 'mesh.tensor': 2})
   train(moved, tmp_path / 'moved')
-  a, b = final_params(tmp_path / 'straight', 8), final_params(tmp_path / 'moved', 8)
+  a, b = final_params(straight, 8), final_params(tmp_path / 'moved', 8)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
 
