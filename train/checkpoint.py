@@ -5,6 +5,8 @@ Layout: workdir/checkpoints/<step>/{state,data,config}. Every process takes part
 the restore targets carry the *current* shardings.
 """
 
+import sys
+
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
@@ -89,6 +91,27 @@ def save(mngr: ocp.CheckpointManager, step: int, state, data_state, config: dict
   )
 
 
+def _is_late_tensorstore_callback(exc_type, exc) -> bool:
+  return exc_type is RuntimeError and str(exc) == 'Event loop is closed'
+
+
+def _quiet_late_tensorstore_callbacks() -> None:
+  """After a failed restore, TensorStore reads that were still in flight complete on C++
+  threads and call back into Orbax's event loop, which the failure already closed; each prints
+  a 'RuntimeError: Event loop is closed' traceback through sys.excepthook. Those (and only
+  those) are dropped; the one warning line says what happened."""
+  if getattr(sys.excepthook, '_drops_late_tensorstore', False):
+    return
+  previous = sys.excepthook
+
+  def hook(exc_type, exc, tb):
+    if not _is_late_tensorstore_callback(exc_type, exc):
+      previous(exc_type, exc, tb)
+
+  hook._drops_late_tensorstore = True
+  sys.excepthook = hook
+
+
 def restore_latest(mngr: ocp.CheckpointManager, abstract_state, abstract_data=None):
   """Restores the newest readable checkpoint: (step, state, data_state), or None.
 
@@ -97,6 +120,7 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, abstract_data=No
   the previous one is tried; nothing is deleted.
   """
   steps = sorted(mngr.all_steps(), reverse=True)
+  _quiet_late_tensorstore_callbacks()  # a failing read's stragglers fire before `except` runs
   for i, step in enumerate(steps):
     items = {'state': ocp.args.StandardRestore(abstract_state)}
     if abstract_data is not None:
