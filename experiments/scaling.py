@@ -721,15 +721,16 @@ def science_lines(r: dict) -> list[str]:
       f'A = {law.A:.3g}{format_ci(ci.get("A"))}, '
       f'alpha = {law.alpha:.3f}{format_ci(ci.get("alpha"))}{width}, R2 = {law.r2:.3f}'
     )
+  refs = ', '.join(f'{k} {v:.2f}' for k, v in REFERENCE_EXPONENTS.items())
   if 'iso_curves' in r:
-    refs = ', '.join(f'{k} {v:.2f}' for k, v in REFERENCE_EXPONENTS.items())
     lines.append(
       f'  N_opt ~ C^a from the learning curves: a = {r["iso_curves"].exponent:.2f}'
       f'{format_ci(r.get("iso_curves_ci"))} (jackknife over runs; {refs})'
     )
   elif 'iso_curves_note' in r:
     lines.append(
-      f'  N_opt ~ C^a from the learning curves: not measurable here ({r["iso_curves_note"]})'
+      f'  N_opt ~ C^a from the learning curves: not measurable here ({r["iso_curves_note"]}; '
+      f'{refs})'
     )
   return lines
 
