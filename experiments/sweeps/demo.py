@@ -37,9 +37,9 @@ LR_REF, D_REF = 3e-3, 192  # the peak lr of the widest model (lr_sweep.py)
 
 LADDER = [  # ~0.35 decades apart; heads of 32 dimensions where the width allows (docs/SWEEPS.md)
   common.Shape(3, 192, 6),  # 1.33M non-embedding parameters
-  common.Shape(2, 160, 5),  # 614k
-  common.Shape(2, 96, 3),  # 221k
-  common.Shape(2, 64, 2),  # 98k
+  common.Shape(2, 160, 5),  # 619k
+  common.Shape(2, 96, 3),  # 224k
+  common.Shape(2, 64, 2),  # 100k
   common.Shape(2, 48, 3),  # 57k, heads of 16
   common.Shape(2, 32, 2),  # 25k, heads of 16
 ]
