@@ -270,6 +270,14 @@ class IsoFlop:
   exponent: float  # N_opt ~ C^exponent
   coefficient: float
 
+  def record(self) -> dict:
+    """What the JSON keeps: the budgets, their N_opt and the exponent."""
+    return {
+      'budgets': self.budgets.tolist(),
+      'n_opt': self.n_opt.tolist(),
+      'exponent': self.exponent,
+    }
+
 
 def fit_isoflop(runs: list[Run], budget_key: str = 'budget_flops') -> IsoFlop:
   """Per compute budget, loss vs log N is a parabola; its minima give N_opt(C) ~ C^a."""
@@ -477,11 +485,8 @@ def fits_json(results: list[dict]) -> dict:
         'ci95_method': f'parametric bootstrap, {len(r["boot_fits"])} refits',
       }
     if 'iso_curves' in r:
-      i = r['iso_curves']
       d['nopt_from_curves'] = {
-        'budgets': i.budgets.tolist(),
-        'n_opt': i.n_opt.tolist(),
-        'exponent': i.exponent,
+        **r['iso_curves'].record(),
         'ci95': r.get('iso_curves_ci'),
         'references': REFERENCE_EXPONENTS,
       }
@@ -492,12 +497,7 @@ def fits_json(results: list[dict]) -> dict:
     if 'chinchilla' in r:
       d['chinchilla'] = r['chinchilla'].params()
     if 'isoflop' in r:
-      f = r['isoflop']
-      d['isoflop'] = {
-        'budgets': f.budgets.tolist(),
-        'n_opt': f.n_opt.tolist(),
-        'exponent': f.exponent,
-      }
+      d['isoflop'] = r['isoflop'].record()
     out[r['label']] = d
   return out
 

@@ -91,10 +91,6 @@ def save(mngr: ocp.CheckpointManager, step: int, state, data_state, config: dict
   )
 
 
-def _is_late_tensorstore_callback(exc_type, exc) -> bool:
-  return exc_type is RuntimeError and str(exc) == 'Event loop is closed'
-
-
 def _quiet_late_tensorstore_callbacks() -> None:
   """After a failed restore, TensorStore reads that were still in flight complete on C++
   threads and call back into Orbax's event loop, which the failure already closed; each prints
@@ -105,7 +101,7 @@ def _quiet_late_tensorstore_callbacks() -> None:
   previous = sys.excepthook
 
   def hook(exc_type, exc, tb):
-    if not _is_late_tensorstore_callback(exc_type, exc):
+    if not (exc_type is RuntimeError and str(exc) == 'Event loop is closed'):
       previous(exc_type, exc, tb)
 
   hook._drops_late_tensorstore = True
