@@ -15,13 +15,14 @@
 
 import contextlib
 import dataclasses
-import glob
 import itertools
 import json
 import os
 
 import numpy as np
 from scipy import optimize, special
+
+from train import files
 
 
 @dataclasses.dataclass
@@ -37,23 +38,23 @@ class Run:
   final_eval_loss_sem: float
   tags: dict
   config: dict
+  wall_time_s: float | None
   curve: dict  # 'train' and 'eval': dicts of np arrays: step, tokens, flops, loss
 
 
 def _read_curves(path: str) -> dict:
   """Train and eval curves of a metrics.jsonl; ValueError naming the file and line if corrupt."""
   records = {'train': {}, 'eval': {}}
-  if os.path.exists(path):
-    with open(path) as f:
-      for i, line in enumerate(f, 1):
-        try:
-          r = json.loads(line)
-          key = 'loss' if r['kind'] == 'train' else 'eval_loss'
-          if r.get(key) is not None:
-            records[r['kind']][r['step']] = (r['tokens'], r['flops'], r[key])  # later wins
-        except (ValueError, KeyError, TypeError) as e:
-          why = f'missing key {e}' if isinstance(e, KeyError) else type(e).__name__
-          raise ValueError(f'{path}: line {i} is not a metrics record ({why})') from None
+  lines = files.read_text(path).splitlines() if files.exists(path) else []
+  for i, line in enumerate(lines, 1):
+    try:
+      r = json.loads(line)
+      key = 'loss' if r['kind'] == 'train' else 'eval_loss'
+      if r.get(key) is not None:
+        records[r['kind']][r['step']] = (r['tokens'], r['flops'], r[key])  # later wins
+    except (ValueError, KeyError, TypeError) as e:
+      why = f'missing key {e}' if isinstance(e, KeyError) else type(e).__name__
+      raise ValueError(f'{path}: line {i} is not a metrics record ({why})') from None
   curves = {}
   for kind, by_step in records.items():
     steps = sorted(by_step)
@@ -67,13 +68,12 @@ def _read_curves(path: str) -> dict:
   return curves
 
 
-def _load_run(run_dir: str, summary_path: str) -> Run:
+def _load_run(run_dir: str, name: str, summary_path: str) -> Run:
   """One finished run; ValueError naming the file if its summary or metrics are unreadable."""
   try:
-    with open(summary_path) as f:
-      s = json.load(f)
+    s = json.loads(files.read_text(summary_path))
     return Run(
-      name=os.path.basename(run_dir),
+      name=name,
       n_params=s['n_params'],
       n_nonembed=s['n_params_nonembed'],
       flops_per_token=s['flops_per_token'],
@@ -82,7 +82,8 @@ def _load_run(run_dir: str, summary_path: str) -> Run:
       final_eval_loss_sem=s['final_eval_loss_sem'],
       tags=dict(s.get('config', {}).get('tags', {})),
       config=s.get('config', {}),
-      curve=_read_curves(os.path.join(run_dir, 'metrics.jsonl')),
+      wall_time_s=s.get('wall_time_s'),
+      curve=_read_curves(files.join(run_dir, 'metrics.jsonl')),
     )
   except KeyError as e:
     raise ValueError(f'{summary_path}: missing key {e}') from None
@@ -95,19 +96,20 @@ def _raise(message: str) -> None:
 
 
 def load_sweep(sweep_dir: str, on_bad=_raise) -> tuple[list[Run], list[str]]:
-  """(finished runs, names of runs without a summary) of a sweep directory.
+  """(finished runs, names of runs without a summary) of a sweep directory (local or gs://).
 
   A run whose summary or metrics cannot be read is passed to `on_bad` as one line naming the
   file (by default that is a ValueError; launch.compare prints it and skips the run).
   """
   runs, unfinished = [], []
-  for run_dir in sorted(glob.glob(os.path.join(sweep_dir, 'runs', '*'))):
-    summary_path = os.path.join(run_dir, 'summary.json')
-    if not os.path.exists(summary_path):
-      unfinished.append(os.path.basename(run_dir))
+  for name in files.listdir(files.join(sweep_dir, 'runs')):
+    run_dir = files.join(sweep_dir, 'runs', name)
+    summary_path = files.join(run_dir, 'summary.json')
+    if not files.exists(summary_path):
+      unfinished.append(name)
       continue
     try:
-      runs.append(_load_run(run_dir, summary_path))
+      runs.append(_load_run(run_dir, name, summary_path))
     except ValueError as e:
       on_bad(str(e))
   return runs, unfinished
@@ -635,15 +637,6 @@ def jackknife_ci(runs: list, statistic, level: float = 0.95) -> tuple[float, flo
   return center - t * se, center + t * se
 
 
-def run_wall_times(sweep_dir: str) -> dict:
-  """{run name: wall_time_s} from each finished run's summary.json."""
-  out = {}
-  for path in glob.glob(os.path.join(sweep_dir, 'runs', '*', 'summary.json')):
-    with open(path) as f:
-      out[os.path.basename(os.path.dirname(path))] = json.load(f).get('wall_time_s')
-  return out
-
-
 RUN_COLUMNS = (
   'sweep',
   'name',
@@ -658,7 +651,7 @@ RUN_COLUMNS = (
 FIT_COLUMNS = ('sweep', 'fit', 'parameter', 'value', 'ci95_lo', 'ci95_hi', 'r2', 'points', 'note')
 
 
-def run_rows(label: str, runs: list[Run], wall_times: dict) -> list[dict]:
+def run_rows(label: str, runs: list[Run]) -> list[dict]:
   """One CSV row per run: N, D, C = FLOPs per token x D, final loss +- SEM, wall time."""
   return [
     {
@@ -670,7 +663,7 @@ def run_rows(label: str, runs: list[Run], wall_times: dict) -> list[dict]:
       'compute_flops': f'{r.flops_per_token * r.tokens:.6g}',
       'final_eval_loss': f'{r.final_eval_loss:.6f}',
       'final_eval_loss_sem': f'{r.final_eval_loss_sem:.6f}',
-      'wall_time_s': '' if wall_times.get(r.name) is None else f'{wall_times[r.name]:.1f}',
+      'wall_time_s': '' if r.wall_time_s is None else f'{r.wall_time_s:.1f}',
     }
     for r in sorted(runs, key=lambda r: r.n_nonembed)
   ]
@@ -735,12 +728,12 @@ def science_lines(r: dict) -> list[str]:
   return lines
 
 
-def write_csvs(results: list[dict], dirs: list[str], stem: str) -> list[str]:
+def write_csvs(results: list[dict], stem: str) -> list[str]:
   """{stem}_runs.csv: every run; {stem}_fits.csv: every fitted parameter with its 95% CI."""
   runs, fits = [], []
-  for r, d in zip(results, dirs, strict=True):
+  for r in results:
     label = r['label']
-    runs += run_rows(label, r['runs'], run_wall_times(d))
+    runs += run_rows(label, r['runs'])
     if 'law' in r:
       law = r['law']
       fits += fit_rows(

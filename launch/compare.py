@@ -173,7 +173,7 @@ def compare(
   stem, _ = os.path.splitext(out)
   with open(f'{stem}.json', 'w') as f:
     json.dump(scaling.fits_json(results), f, indent=2)
-  written += scaling.write_csvs(results, dirs, stem)
+  written += scaling.write_csvs(results, stem)
   echo(scaling.fits_table(results))
   echo('wrote ' + ', '.join(written + [f'{stem}.json']))
   return 0

@@ -19,6 +19,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -331,9 +332,10 @@ def run_sweep(
 
 
 def _local_log(workdir: str, name: str) -> str:
-  """Where a run's log is written when the workdir is remote (copied there when it ends)."""
+  """Where a run's log is written when the workdir is remote (copied there when it ends): this
+  host's temporary folder, named in status.json and in the sweep's table while it runs."""
   tag = re.sub(r'[^A-Za-z0-9._-]', '_', workdir.split('://', 1)[-1].strip('/'))
-  path = os.path.join(REPO_ROOT, 'logs', 'sweep', tag, f'{name}.txt')
+  path = os.path.join(tempfile.gettempdir(), 'scaling_lm_sweeps', tag, f'{name}.txt')
   os.makedirs(os.path.dirname(path), exist_ok=True)
   return path
 

@@ -6,6 +6,7 @@ N_opt ~ C^(beta / (alpha + beta)) is known in closed form.
 """
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -80,6 +81,7 @@ def _chinchilla_runs(alpha=0.34, beta=0.28):
         final_eval_loss_sem=0.0,
         tags={},
         config={},
+        wall_time_s=None,
         curve=curve,
       )
     )
@@ -98,7 +100,8 @@ def test_nopt_from_curves_recovers_the_chinchilla_exponent():
 
 def test_csv_has_every_run_and_every_fitted_parameter(tmp_path):
   runs, _ = _chinchilla_runs()
-  rows = scaling.run_rows('demo', runs, {runs[0].name: 12.5})
+  runs[0] = dataclasses.replace(runs[0], wall_time_s=12.5)
+  rows = scaling.run_rows('demo', runs)
   scaling.write_csv(tmp_path / 'runs.csv', scaling.RUN_COLUMNS, rows)
   fit = scaling.fit_power_law_ci([1e4, 1e5, 1e6, 1e7], [3.0, 2.5, 2.2, 2.05], n=50)
   fits = scaling.fit_rows('demo', 'L(N)', fit.law.params(), fit.ci, fit.law.r2, 4)

@@ -6,6 +6,7 @@ STORAGE_EMULATOR_HOST with an anonymous token. The emulator keeps its objects un
 folder, which the test reads to check results; the trainer itself only ever sees gs:// paths.
 """
 
+import csv
 import json
 import os
 import re
@@ -185,3 +186,52 @@ def test_remote_appends_are_buffered_to_one_write_per_second(gcs, monkeypatch):
   assert all(np.diff(writes[:-1]) >= 1.0)  # and the close flushes what is left
   with open(gcs.local('buffered/log.txt')) as fh:
     assert fh.read() == ''.join(f'line {i}\n' for i in range(n))
+
+
+SWEEP = """
+BASE_CONFIG = {base!r}
+TINY = {{
+  'model.num_layers': 1, 'model.num_heads': 2, 'model.max_seq_len': 32, 'data.seq_len': 32,
+  'train.steps': 6, 'train.global_batch': 8, 'train.warmup_steps': 2, 'eval.every': 3,
+  'eval.batches': 2, 'eval.batch_size': 8, 'checkpoint.every': 3, 'log_every': 1,
+}}
+
+
+def get_sweep():
+  return [(f'd{{d}}', {{**TINY, 'model.d_model': d}}) for d in (16, 24, 32)]
+"""
+
+
+def test_sweep_and_compare_in_a_bucket(gcs, tmp_path):
+  """launch.sweep writes every run, status and log to the bucket; launch.compare reads it."""
+  sweep_file = tmp_path / 'bucket_sweep.py'
+  sweep_file.write_text(SWEEP.format(base=f'{REPO}/experiments/configs/default.py'))
+  cwd = tmp_path / 'cwd'
+  cwd.mkdir()
+  run = dict(cwd=cwd, env=gcs.env(), capture_output=True, text=True, timeout=600)
+  sweep = [sys.executable, '-m', 'launch.sweep', f'--sweep={sweep_file}', '--parallel=2']
+  proc = subprocess.run([*sweep, f'--workdir=gs://{BUCKET}/sweep'], **run)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  with open(gcs.local('sweep/status.json')) as f:
+    status = json.load(f)['runs']
+  assert {k: v['status'] for k, v in status.items()} == {n: 'done' for n in ('d16', 'd24', 'd32')}
+  for name in status:
+    assert gcs.exists(f'sweep/runs/{name}/checkpoints/6/commit_success.txt')
+    logs = os.listdir(gcs.local(f'sweep/runs/{name}'))
+    assert any(n.startswith('log.') and n.endswith('.txt') for n in logs), logs
+
+  out = tmp_path / 'cmp' / 'scaling.png'
+  cmd = [sys.executable, '-m', 'launch.compare', f'gs://{BUCKET}/sweep', f'--out={out}']
+  proc = subprocess.run([*cmd, '--bootstrap=20'], **run)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(out.with_suffix('.json')) as f:
+    fitted = json.load(f)['sweep']
+  assert sorted(r['name'] for r in fitted['runs']) == ['d16', 'd24', 'd32']
+  assert fitted['unfinished'] == [] and 'power_law' in fitted  # three sizes: L(N) is fitted
+  with open(tmp_path / 'cmp' / 'scaling_runs.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert sorted(r['name'] for r in rows) == ['d16', 'd24', 'd32']
+  for r in rows:
+    with open(gcs.local(f'sweep/runs/{r["name"]}/summary.json')) as f:
+      assert float(r['final_eval_loss']) == pytest.approx(json.load(f)['final_eval_loss'])
+  assert os.listdir(cwd) == []

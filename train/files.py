@@ -43,6 +43,15 @@ def exists(path: str) -> bool:
   return epath.Path(path).exists() if is_remote(path) else os.path.exists(path)
 
 
+def listdir(path: str) -> list[str]:
+  """The names in a folder, sorted ([] if there is none)."""
+  if not exists(path):
+    return []
+  if is_remote(path):
+    return sorted(p.name for p in epath.Path(path).iterdir())
+  return sorted(os.listdir(path))
+
+
 def read_text(path: str) -> str:
   return epath.Path(path).read_text()
 
