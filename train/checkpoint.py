@@ -93,19 +93,21 @@ def save(mngr: ocp.CheckpointManager, step: int, state, data_state, config: dict
 
 def _quiet_late_tensorstore_callbacks() -> None:
   """After a failed restore, TensorStore reads that were still in flight complete on C++
-  threads and call back into Orbax's event loop, which the failure already closed; each prints
-  a 'RuntimeError: Event loop is closed' traceback through sys.excepthook. Those (and only
-  those) are dropped; the one warning line says what happened."""
-  if getattr(sys.excepthook, '_drops_late_tensorstore', False):
+  threads and call back into Orbax's event loop, which the failure already closed. Each such
+  callback raises 'RuntimeError: Event loop is closed', which Python reports as unraisable
+  (sys.unraisablehook: a traceback on stderr, ~100 of them per fallback). Those, and only
+  those, are dropped; the one warning line of restore_latest says what happened."""
+  if getattr(sys.unraisablehook, '_drops_late_tensorstore', False):
     return
-  previous = sys.excepthook
+  previous = sys.unraisablehook
 
-  def hook(exc_type, exc, tb):
-    if not (exc_type is RuntimeError and str(exc) == 'Event loop is closed'):
-      previous(exc_type, exc, tb)
+  def hook(unraisable):
+    exc = unraisable.exc_value
+    if not (type(exc) is RuntimeError and str(exc) == 'Event loop is closed'):
+      previous(unraisable)
 
   hook._drops_late_tensorstore = True
-  sys.excepthook = hook
+  sys.unraisablehook = hook
 
 
 def restore_latest(mngr: ocp.CheckpointManager, abstract_state, abstract_data=None):
