@@ -37,12 +37,8 @@ FLAGS = [
   '--config.log_every=1',
   '--config.peak_flops=1e12',
 ]
-_RETRY = (
-  'Address already in use',
-  'address already in use',
-  'Failed to bind',
-  'Gloo context initialization failed',
-)
+BIND_ERRORS = ('already in use', 'Failed to bind')  # the OS's, gRPC's and initialize()'s words
+_RETRY = (*BIND_ERRORS, 'Gloo context initialization failed')
 
 
 def free_port() -> int:

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.cluster import free_port
+from tests.cluster import BIND_ERRORS, free_port
 from train import distributed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,27 +77,35 @@ def child_env(**extra) -> dict:
   return env
 
 
-def run_pair(tmp_path, args_per_process, envs) -> list[dict]:
+def run_pair(tmp_path, pair, tries: int = 3) -> list[dict]:
+  """The two children's results; `pair(port)` gives their (args, envs) for a fresh free port.
+
+  A port can be taken between free_port() and the coordinator's bind: that try is retried."""
   script = tmp_path / 'child.py'
   script.write_text(CHILD)
-  procs = [
-    subprocess.Popen(
-      [sys.executable, str(script), json.dumps(args)],
-      cwd=REPO,
-      env=env,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT,
-      text=True,
-    )
-    for args, env in zip(args_per_process, envs, strict=True)
-  ]
-  results = []
-  for p in procs:
-    out, _ = p.communicate(timeout=120)
-    assert p.returncode == 0, out[-3000:]
-    line = [ln for ln in out.splitlines() if ln.startswith('RESULT ')][-1]
-    results.append(json.loads(line[len('RESULT ') :]))
-  return sorted(results, key=lambda r: r['process_index'])
+  for attempt in range(tries):
+    args_per_process, envs = pair(free_port())
+    procs = [
+      subprocess.Popen(
+        [sys.executable, str(script), json.dumps(args)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+      )
+      for args, env in zip(args_per_process, envs, strict=True)
+    ]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    taken = any(m in out for m in BIND_ERRORS for out in outs)
+    if attempt + 1 < tries and taken and any(p.returncode for p in procs):
+      continue
+    for p, out in zip(procs, outs, strict=True):
+      assert p.returncode == 0, out[-3000:]
+    lines = [[ln for ln in out.splitlines() if ln.startswith('RESULT ')][-1] for out in outs]
+    results = [json.loads(line[len('RESULT ') :]) for line in lines]
+    return sorted(results, key=lambda r: r['process_index'])
+  raise AssertionError('unreachable')
 
 
 def check_pair(results):
@@ -109,24 +117,30 @@ def check_pair(results):
 
 
 def test_two_processes_with_explicit_flags(tmp_path):
-  addr = f'127.0.0.1:{free_port()}'
-  args = [
-    dict(coordinator_address=addr, num_processes=2, process_id=i, timeout_s=60) for i in range(2)
-  ]
-  check_pair(run_pair(tmp_path, args, [child_env(), child_env()]))
+  def pair(port):
+    addr = f'127.0.0.1:{port}'
+    args = [
+      dict(coordinator_address=addr, num_processes=2, process_id=i, timeout_s=60) for i in range(2)
+    ]
+    return args, [child_env(), child_env()]
+
+  check_pair(run_pair(tmp_path, pair))
 
 
 def test_two_processes_detected_from_slurm_environment(tmp_path):
   # What srun sets for a 2-task step on one node; JAX_COORDINATOR_PORT replaces the port JAX
   # would derive from the job id, so the test cannot collide with a busy port.
-  common = dict(
-    SLURM_JOB_ID='4242',
-    SLURM_STEP_NODELIST='localhost',
-    SLURM_NTASKS='2',
-    JAX_COORDINATOR_PORT=str(free_port()),
-  )
-  envs = [child_env(SLURM_PROCID=str(i), SLURM_LOCALID=str(i), **common) for i in range(2)]
-  check_pair(run_pair(tmp_path, [dict(timeout_s=60)] * 2, envs))
+  def pair(port):
+    common = dict(
+      SLURM_JOB_ID='4242',
+      SLURM_STEP_NODELIST='localhost',
+      SLURM_NTASKS='2',
+      JAX_COORDINATOR_PORT=str(port),
+    )
+    envs = [child_env(SLURM_PROCID=str(i), SLURM_LOCALID=str(i), **common) for i in range(2)]
+    return [dict(timeout_s=60)] * 2, envs
+
+  check_pair(run_pair(tmp_path, pair))
 
 
 def test_unreachable_coordinator_is_a_clear_error_within_the_timeout():
