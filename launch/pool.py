@@ -24,8 +24,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from launch.shell import REPO_ROOT, TRAIN_CMD
-from launch.sweep_spec import Run
+from experiments.sweep_spec import REPO_ROOT, Run
+from launch.shell import TRAIN_CMD
 from train import files
 
 DONE, SKIPPED, FAILED, RUNNING, PENDING = 'done', 'skipped', 'failed', 'running', 'pending'

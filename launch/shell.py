@@ -16,7 +16,9 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from experiments import sweep_spec
+from experiments.sweep_spec import REPO_ROOT
+
 TRAIN_CMD = (sys.executable, '-m', 'launch.train')
 _ENV_RE = re.compile(r'[A-Za-z_][A-Za-z0-9_]*')
 
@@ -66,6 +68,29 @@ def read_pin(requirements: str, package: str) -> str:
       if m:
         return m.group(1)
   raise ValueError(f'{requirements} pins no {package}==VERSION')
+
+
+def check_run_target(
+  config: str, sweep: str, overrides: Sequence[str], env: Sequence[str], look: bool = True
+) -> None:
+  """What a cluster launcher's run needs: one of --config/--sweep, a repository-relative path
+  (that exists, when `look`: the checkout that runs it is this one), and well-formed
+  --override and --env values."""
+  if bool(config) == bool(sweep):
+    raise ValueError('give exactly one of --config and --sweep')
+  if sweep and overrides:
+    raise ValueError('--override applies to --config runs; put sweep overrides in the sweep')
+  sweep_spec.config_flags(overrides)
+  parse_env(env)
+  for path, what in ((config, '--config'), (sweep, '--sweep')):
+    if path and (os.path.isabs(path) or (look and not os.path.isfile(f'{REPO_ROOT}/{path}'))):
+      raise FileNotFoundError(f'{what}={path!r}: give a path inside the repository {REPO_ROOT}')
+
+
+def train_argv(python: Sequence[str], config: str, workdir: str, overrides: Sequence[str]):
+  """One `launch.train` run of a config file, as a cluster launcher starts it."""
+  flags_ = sweep_spec.config_flags(overrides)
+  return [*python, '-m', 'launch.train', f'--config={config}', f'--workdir={workdir}', *flags_]
 
 
 def define_run_flags(where: str) -> None:

@@ -22,8 +22,9 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from launch import shell, sweep_report, sweep_spec
-from launch.shell import REPO_ROOT
+from experiments import sweep_spec
+from experiments.sweep_spec import REPO_ROOT
+from launch import shell, sweep_report
 from train import files
 
 _PATH_RE = r'[A-Za-z0-9_./%+-]+'  # paths that go on an #SBATCH line: no spaces, no quotes.
@@ -83,23 +84,13 @@ class SlurmJob:
       shell.check_name(
         self.default_output_dir(), 'the log folder (set --output_dir)', _PATH_RE, '/shared/logs'
       )
-    if bool(self.config) == bool(self.sweep):
-      raise ValueError('give exactly one of --config and --sweep')
-    if self.sweep and self.overrides:
-      raise ValueError('--override applies to --config runs; put sweep overrides in the sweep')
     if not self.workdir:
       raise ValueError('--workdir is required (a shared path or gs://BUCKET/path)')
     if self.max_concurrent < 0:
       raise ValueError(f'--max_concurrent must be >= 0, got {self.max_concurrent}')
-    sweep_spec.config_flags(self.overrides)
-    shell.parse_env(self.env)
-    for path, what in ((self.config, '--config'), (self.sweep, '--sweep')):
-      if path and os.path.isabs(path):
-        raise ValueError(f'{what}={path!r}: give a path relative to the repository')
-      # Only this checkout can be looked into; a --repo_dir elsewhere is taken on trust.
-      local = os.path.abspath(self.repo_dir) == REPO_ROOT
-      if path and local and not os.path.isfile(os.path.join(REPO_ROOT, path)):
-        raise FileNotFoundError(f'{what}={path!r} not found in {REPO_ROOT}')
+    # Only this checkout can be looked into; a --repo_dir elsewhere is taken on trust.
+    local = os.path.abspath(self.repo_dir) == REPO_ROOT
+    shell.check_run_target(self.config, self.sweep, self.overrides, self.env, look=local)
 
 
 def sweep_runs(job: SlurmJob) -> list[sweep_spec.Run]:
@@ -109,11 +100,9 @@ def sweep_runs(job: SlurmJob) -> list[sweep_spec.Run]:
 
 def program_argv(job: SlurmJob, run: sweep_spec.Run | None = None) -> list[str]:
   """What every task runs: the --config run, or one run of the sweep."""
-  train = [*job.python, '-m', 'launch.train']
   if run is not None:
-    return run.argv(files.join(job.workdir, 'runs', run.name), train)
-  flags_ = sweep_spec.config_flags(job.overrides)
-  return [*train, f'--config={job.config}', f'--workdir={job.workdir}', *flags_]
+    return run.argv(files.join(job.workdir, 'runs', run.name), [*job.python, '-m', 'launch.train'])
+  return shell.train_argv(job.python, job.config, job.workdir, job.overrides)
 
 
 def sbatch_script(job: SlurmJob, runs: Sequence[sweep_spec.Run] = ()) -> str:

@@ -13,13 +13,13 @@ resumes it from its newest checkpoint), a failing run is recorded in DIR/status.
 others go on. The exit status is 1 if any run failed.
 
 Every key is checked against the base config, with its type, before anything starts: a typo
-in a sweep file is a one-line error, not a failed run an hour later (launch/sweep_spec.py).
+in a sweep file is a one-line error, not a failed run an hour later (experiments/sweep_spec.py).
 
   python -m launch.sweep --sweep=... --workdir=... --devices_per_run=2   # 4 runs at once on 8
 
 --devices_per_run=K runs several runs at once, each on its own K devices of this host
 (CUDA_VISIBLE_DEVICES on GPUs, the TPU runtime's visible-chip variables on a TPU VM; see
-launch/pool.py); the table shows which devices each run used. The pieces: launch/sweep_spec.py
+launch/pool.py); the table shows which devices each run used. The pieces: experiments/sweep_spec.py
 (reading), launch/pool.py (running), launch/sweep_report.py (the table, sweep.json).
 """
 
@@ -31,7 +31,8 @@ from collections.abc import Callable, Sequence
 
 from absl import app, flags, logging
 
-from launch import pool, shell, sweep_report, sweep_spec
+from experiments import sweep_spec
+from launch import pool, shell, sweep_report
 from launch.shell import TRAIN_CMD
 from train import files
 

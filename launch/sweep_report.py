@@ -4,9 +4,9 @@ import json
 import shlex
 from collections.abc import Mapping, Sequence
 
+from experiments.sweep_spec import REPO_ROOT, Run
 from launch.pool import FAILED, PENDING, SKIPPED, run_dir
-from launch.shell import REPO_ROOT, TRAIN_CMD
-from launch.sweep_spec import Run
+from launch.shell import TRAIN_CMD
 from train import files
 
 

@@ -23,8 +23,9 @@ import tempfile
 import time
 from collections.abc import Sequence
 
-from launch import shell, sweep_spec
-from launch.shell import REPO_ROOT
+from experiments import sweep_spec
+from experiments.sweep_spec import REPO_ROOT
+from launch import shell
 
 ACTIONS = ('create', 'setup', 'run', 'logs', 'delete', 'all')
 PROVISIONING = ('on_demand', 'spot', 'queued', 'queued_spot')
@@ -116,25 +117,17 @@ class TpuJob:
         f'--repo_dir={self.repo_dir!r}: give a path relative to the home directory (it is '
         'quoted, so ~ would not expand) or an absolute one'
       )
-    sweep_spec.config_flags(self.overrides)
-    shell.parse_env(self.env)
     if self.worker != 'all' and not self.worker.isdigit():
       raise ValueError(f'--worker={self.worker!r}: a worker number or all')
 
   def validate_run(self) -> None:
-    if bool(self.config) == bool(self.sweep):
-      raise ValueError('give exactly one of --config and --sweep')
-    if self.sweep and self.overrides:
-      raise ValueError('--override applies to --config runs; put sweep overrides in the sweep')
+    shell.check_run_target(self.config, self.sweep, self.overrides, self.env)
     if self.retries < 0 or (self.retries and self.detach):
       raise ValueError(f'--retries={self.retries}: >= 0, for a foreground run (no --detach)')
     if not self.workdir.startswith('gs://') or len(self.workdir) <= len('gs://'):
       raise ValueError(
         f'--workdir={self.workdir!r}: TPU workers share no disk, use gs://BUCKET/path'
       )
-    for path, what in ((self.config, '--config'), (self.sweep, '--sweep')):
-      if path and (os.path.isabs(path) or not os.path.isfile(os.path.join(REPO_ROOT, path))):
-        raise FileNotFoundError(f'{what}={path!r}: give a path inside the repository')
 
   @property
   def label(self) -> str:
@@ -248,15 +241,7 @@ def program_argv(job: TpuJob) -> list[str]:
   env = [f'{k}={v}' for k, v in shell.parse_env(job.env)]
   prefix = ['env', *env] if env else []
   if job.config:
-    return [
-      *prefix,
-      *job.python,
-      '-m',
-      'launch.train',
-      f'--config={job.config}',
-      f'--workdir={job.workdir}',
-      *sweep_spec.config_flags(job.overrides),
-    ]
+    return [*prefix, *shell.train_argv(job.python, job.config, job.workdir, job.overrides)]
   # One sweep run at a time: every run uses every chip of the slice.
   return [
     *prefix,

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from data import levels
-from experiments import scaling
+from experiments import scaling, sweep_spec
 from experiments.sweeps import common, demo, lr_sweep
-from launch import sweep_spec
+from launch.shell import TRAIN_CMD
 from train.loop import log_spaced_steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -219,7 +219,9 @@ def test_accel_run_takes_two_steps_on_a_tiny_prepared_lm1b(tmp_path, monkeypatch
     },
   )
   workdir = tmp_path / 'run'
-  r = subprocess.run(run.argv(str(workdir)), cwd=REPO, capture_output=True, text=True, timeout=600)
+  r = subprocess.run(
+    run.argv(str(workdir), TRAIN_CMD), cwd=REPO, capture_output=True, text=True, timeout=600
+  )
   assert r.returncode == 0, r.stderr[-2000:]
   summary = json.loads((workdir / 'summary.json').read_text())
   assert summary['final_step'] == 2 and math.isfinite(summary['final_eval_loss'])

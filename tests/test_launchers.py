@@ -15,7 +15,8 @@ import time
 
 import pytest
 
-from launch import shell, slurm, sweep_spec, tpu
+from experiments import sweep_spec
+from launch import shell, slurm, tpu
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Prints $MYVAR and then every argument, NUL-separated (values may hold newlines).
@@ -425,7 +426,8 @@ def test_sbatch_script_keeps_hostile_values_inert(tmp_path):
     (dict(process_per='core'), '--process_per'),
     (dict(nodes=0), '--nodes'),
     (dict(config='', sweep=''), 'exactly one'),
-    (dict(config='experiments/configs/missing.py'), 'not found'),
+    (dict(config='experiments/configs/missing.py'), 'inside the repository'),
+    (dict(config='/abs/default.py', repo_dir='/elsewhere'), 'inside the repository'),
     (dict(overrides=['oops']), 'KEY=VALUE'),
   ],
 )

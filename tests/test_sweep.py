@@ -21,8 +21,9 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
+from experiments import sweep_spec
 from experiments.sweeps import common
-from launch import pool, sweep, sweep_report, sweep_spec
+from launch import pool, sweep, sweep_report
 from models import accounting, shapes
 from models.transformer import ModelConfig
 
@@ -281,7 +282,8 @@ def test_overrides_are_typed_and_win(tmp_path):
   overrides = sweep_spec.parse_overrides(['train.steps=5', 'config.train.lr=1'])
   (run,) = sweep_spec.expand(path, overrides).runs
   assert run.overrides == {'train.steps': 5, 'train.lr': 1.0}
-  assert '--config.train.lr=1.0' in run.argv('w') and '--config.train.steps=5' in run.argv('w')
+  argv = run.argv('w', ('prog',))
+  assert '--config.train.lr=1.0' in argv and '--config.train.steps=5' in argv
   with pytest.raises(ValueError, match="train.steps='many' is not int"):
     sweep_spec.expand(path, sweep_spec.parse_overrides(['train.steps=many']))
   with pytest.raises(ValueError, match='KEY=VALUE'):

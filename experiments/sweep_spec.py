@@ -1,5 +1,8 @@
 """Reading a sweep: config files, sweep files, overrides, the mesh check. No JAX is imported.
 
+The sweep files are this folder's (experiments/sweeps/); this module is the one reader of their
+format, under the runner (launch/sweep.py), the cluster launchers and the tests of every sweep.
+
 A sweep file defines BASE_CONFIG (a config file) and get_sweep() -> [(run name, {dotted key:
 value})] (docs/SWEEPS.md). `expand` is the one reader of sweep files: the sweep runner and the
 cluster launchers all call it. Every override goes through the base config, copied and locked:
@@ -15,8 +18,10 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from launch.shell import REPO_ROOT, TRAIN_CMD
 from models import shapes
+
+# Config and sweep files named relative to the repository resolve here from any directory.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 NAME_RE = re.compile(r'[A-Za-z0-9._-]+')
 _KEY_RE = re.compile(r'[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*')
@@ -30,8 +35,8 @@ class Run:
   config: str
   overrides: dict
 
-  def argv(self, run_dir: str, train_cmd: Sequence[str] = TRAIN_CMD) -> list[str]:
-    """The trainer's command line for this run in `run_dir`."""
+  def argv(self, run_dir: str, train_cmd: Sequence[str]) -> list[str]:
+    """The trainer's command line for this run in `run_dir` (train_cmd: launch.shell's)."""
     flags_ = [f'--config.{k}={format_value(v)}' for k, v in self.overrides.items()]
     return [*train_cmd, f'--config={self.config}', f'--workdir={run_dir}', *flags_]
 
