@@ -146,19 +146,24 @@ def train_overrides(
   evals: int = 2,
   checkpoints: int = 2,
   max_interval: int = 500,
+  log_points: int = 0,
 ) -> dict:
-  """`train.*`, `eval.every`, `checkpoint.every` overrides of one run.
+  """`train.*`, `eval.*`, `checkpoint.every` overrides of one run.
 
   At least `evals` evaluations (the last at the final step) and `checkpoints` saves (one at
   the end), and one of each every `max_interval` steps: a short run pays for two evaluations,
   a long one gets a learning curve and loses at most `max_interval` steps to an interruption.
+  With `log_points`, the evaluations are that many log-spaced steps instead (eval.log_points),
+  the last at the final step: curves over log compute, no periodic ones besides.
   """
+  every = steps if log_points else max(1, min(max_interval, math.ceil(steps / evals)))
   return {
     'train.steps': steps,
     'train.global_batch': global_batch,
     'train.lr': float(f'{lr:.4g}'),
     'train.warmup_steps': max(1, round(WARMUP_FRACTION * steps)),
-    'eval.every': max(1, min(max_interval, math.ceil(steps / evals))),
+    'eval.every': every,
+    **({'eval.log_points': log_points} if log_points else {}),
     'checkpoint.every': max(1, min(max_interval, math.ceil(steps / checkpoints))),
   }
 

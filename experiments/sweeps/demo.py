@@ -53,10 +53,8 @@ def lr_for(s: common.Shape) -> float:
 def run_overrides(s: common.Shape, tokens: float, lr: float, **tags) -> dict:
   """Overrides of one run: `s` on `tokens` tokens at peak `lr`, with log-spaced evals."""
   steps = common.steps_for(tokens, global_batch=BATCH)
-  out = {**s.overrides(), **common.train_overrides(steps, lr, global_batch=BATCH, evals=1)}
-  out['train.warmup_steps'] = min(WARMUP_STEPS, steps // 5 or 1)
-  out['eval.log_points'] = EVALS
-  out['eval.every'] = steps  # no evaluations beyond the log-spaced ones
+  train = common.train_overrides(steps, lr, global_batch=BATCH, log_points=EVALS)
+  out = {**s.overrides(), **train, 'train.warmup_steps': min(WARMUP_STEPS, steps // 5 or 1)}
   seen = steps * BATCH * common.SEQ_LEN
   out.update({'tags.tokens': seen, **{f'tags.{k}': v for k, v in tags.items()}})
   return out
