@@ -57,6 +57,9 @@ def dense(x: jax.Array, w: jax.Array, n_in: int = 1, out_dtype=None) -> jax.Arra
 #   'act_mlp'      the MLP's hidden width
 #   'act_vocab'    the logits' vocabulary axis
 RESIDUAL = ('batch', 'act_length', 'act_embed')  # B x L x D between and around sublayers
+# The embedding lookup's rows, split like the table's columns ('embed' is the parameter name:
+# it claims its mesh axis before 'batch' does, train/sharding.spec_for).
+LOOKUP = ('batch', 'act_length', 'embed')
 ACTIVATION_AXES = (
   'batch',
   'act_length',

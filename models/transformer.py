@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from models.attention import IMPLS, MultiHeadAttention
-from models.layers import RESIDUAL, LayerNorm, Mlp, constrain, dense, param
+from models.layers import LOOKUP, RESIDUAL, LayerNorm, Mlp, constrain, dense, param
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
@@ -211,6 +211,10 @@ class Transformer(nnx.Module):
   def embed(self, tokens_BxL: jax.Array, dtype) -> jax.Array:
     """Token embeddings plus learned positions (rope rotates inside attention instead)."""
     x_BxLxD = jnp.take(self.embed_VxD[...], tokens_BxL, axis=0).astype(dtype)
+    # The rows come out split like the table's columns ('embed', over fsdp). Pinning that
+    # layout first makes the move to the residual's (split by batch) one all-to-all; left to
+    # itself XLA gathers the whole activation on meshes that mix fsdp with data and tensor.
+    x_BxLxD = constrain(x_BxLxD, LOOKUP)
     if self.cfg.pos_emb == 'learned':
       x_BxLxD = x_BxLxD + self.pos_LxD[...][: tokens_BxL.shape[1]].astype(dtype)
     return x_BxLxD

@@ -24,6 +24,7 @@ CASES = {
     {},
     {
       'residual': P('data', None, None),
+      'lookup': P('data', None, None),
       'heads': P('data', None, None, None),
       'kv_heads': P('data', None, None, None),
       'mlp': P('data', None, None),
@@ -35,6 +36,7 @@ CASES = {
     {},
     {
       'residual': P(DF, None, None),
+      'lookup': P('data', None, 'fsdp'),  # the table's column split; batch over what is left
       'heads': P(DF, None, 'tensor', None),
       'kv_heads': P(DF, None, 'tensor', None),
       'mlp': P(DF, None, 'tensor'),
@@ -48,6 +50,7 @@ CASES = {
     {'act_length': 'tensor'},
     {
       'residual': P('fsdp', 'tensor', None),
+      'lookup': P(None, 'tensor', 'fsdp'),
       'heads': P('fsdp', None, 'tensor', None),
       'kv_heads': P('fsdp', None, None, None),
       'mlp': P('fsdp', None, 'tensor'),
@@ -57,6 +60,7 @@ CASES = {
 }
 KINDS = {
   layers.RESIDUAL: 'residual',
+  layers.LOOKUP: 'lookup',
   ('batch', None, 'act_heads', None): 'heads',
   ('batch', None, 'act_kv_heads', None): 'kv_heads',
   ('batch', None, 'act_mlp'): 'mlp',

@@ -140,6 +140,11 @@ def test_spec_for_uses_a_mesh_axis_once_and_skips_size_one_axes():
   only_data = sharding.make_mesh({'data': 8})
   assert sharding.spec_for(('embed', 'mlp'), (32, 128), MESH_RULES, only_data) == P(None, None)
   assert sharding.batch_sharding(mesh, MESH_RULES).spec == P(('data', 'fsdp'))
+  # A parameter name claims its mesh axes before an activation name does, wherever it stands:
+  # the embedding lookup's rows keep the table's fsdp split, the batch takes what is left.
+  lookup = ('batch', 'act_length', 'embed')
+  assert sharding.spec_for(lookup, (8, 16, 32), MESH_RULES, mesh) == P('data', None, 'fsdp')
+  assert sharding.spec_for(lookup[::-1], (32, 16, 8), MESH_RULES, mesh) == P('fsdp', None, 'data')
 
 
 def test_evaluate_reports_mean_standard_error_and_bits_per_byte():

@@ -301,6 +301,12 @@ def step_volume(
   # Parameters not split over fsdp: their gradients are all-reduced over the batch axes.
   batch_axes = '+'.join(a for a, n in (('data', data), ('fsdp', fsdp)) if n > 1)
   add(batch_axes, 'all-reduce', sum(grad_bytes(p, True) for p in whole), data * fsdp)
+  # The embedding lookup's rows come out split like the table's columns (over fsdp) and move
+  # to the residual's batch split by one all-to-all forward and one backward, each of the
+  # device's [tokens, D] activation: far less than gathering a [V, D] table once more.
+  if fsdp > 1 and any(p.over_fsdp and 'embed_VxD' in p.name for p in table):
+    tokens = batch // (data * fsdp) * seq_len
+    add('fsdp', 'all-to-all', 2 * act_bytes * tokens * cfg.d_model, fsdp)
   if tensor > 1:
     tokens = batch // (data * fsdp) * seq_len
     # Per block: forward 2 all-reduces of [tokens, D] (after the attention out-projection

@@ -42,22 +42,24 @@ def spec_for(logical_axes: tuple, shape: tuple[int, ...], rules, mesh: Mesh) -> 
 
   Stacked (scanned) layers carry one more leading dimension than names: it is 'layers'.
   A mesh axis is used at most once per array; a dimension it does not divide is replicated.
+  Parameter names claim their mesh axes before activation names ('batch', 'act_*') do: an
+  activation laid out like a parameter (the embedding lookup's rows, split like the table's
+  columns: 'batch', 'act_length', 'embed') keeps the parameter's split, the batch the rest.
   """
   names = tuple(logical_axes or ())
   if len(shape) == len(names) + 1:
     names = ('layers',) + names
   if len(names) != len(shape):
     raise ValueError(f'logical axes {names} do not match shape {shape}')
-  used, spec = set(), []
-  for name, dim in zip(names, shape, strict=True):
-    target = rules.get(name) if name is not None else None
+  used, spec = set(), [None] * len(names)
+  activation = set(layers.ACTIVATION_AXES)
+  for i in sorted(range(len(names)), key=lambda i: names[i] in activation):
+    target = rules.get(names[i]) if names[i] is not None else None
     axes = (target,) if isinstance(target, str) else tuple(target or ())
     axes = tuple(a for a in axes if a not in used and mesh.shape[a] > 1)
-    if axes and dim % math.prod(mesh.shape[a] for a in axes) == 0:
+    if axes and shape[i] % math.prod(mesh.shape[a] for a in axes) == 0:
       used.update(axes)
-      spec.append(axes[0] if len(axes) == 1 else axes)
-    else:
-      spec.append(None)
+      spec[i] = axes[0] if len(axes) == 1 else axes
   return PartitionSpec(*spec)
 
 
