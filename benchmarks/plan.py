@@ -9,7 +9,8 @@ them, split as `train/sharding.py` splits them), the activations kept for the ba
 under each remat choice, the FLOPs (models/accounting.py), the communication of each mesh
 axis (train/comm.py's volume model; time over ICI/DCN or NVLink/InfiniBand from
 benchmarks/hardware.py), and the predicted step time and MFU. `--suggest` searches meshes and
-remat settings that fit in memory and prints the fastest.
+remat settings (and sequence parallelism, where a tensor axis is) that fit in memory and
+prints the fastest.
 
 The time model (benchmarks/PLANNER.md compares it with measurements and published figures):
 * compute: executed FLOPs / (peak x --efficiency); full remat executes 4/3 of the model FLOPs;
@@ -46,7 +47,12 @@ _SEQ = flags.DEFINE_integer('seq_len', 2048, 'Tokens per sequence.')
 _BATCH = flags.DEFINE_integer('global_batch', 1024, 'Sequences per step.')
 _REMAT = flags.DEFINE_enum('remat', 'dots', ['none', 'dots', 'full'], 'Remat for the step time.')
 _EFF = flags.DEFINE_float('efficiency', 1.0, 'Fraction of peak FLOP/s the matmuls reach.')
-_SUGGEST = flags.DEFINE_boolean('suggest', False, 'Search mesh and remat; print the fastest.')
+_SEQUENCE = flags.DEFINE_boolean(
+  'sequence_parallel', False, 'Split activations along L over tensor (act_length=tensor).'
+)
+_SUGGEST = flags.DEFINE_boolean(
+  'suggest', False, 'Search mesh, remat and sequence parallelism; print the fastest.'
+)
 
 
 def main(argv):
@@ -66,9 +72,11 @@ def main(argv):
         'suggested: --mesh='
         + ','.join(f'{k}={v}' for k, v in p.mesh.items() if v > 1)
         + f' --remat={p.remat}'
+        + (' --sequence_parallel' if p.sequence else '')
       )
     else:
-      p = plan(cfg, hw, mesh, _SEQ.value, _BATCH.value, _REMAT.value, _EFF.value)
+      args = (_SEQ.value, _BATCH.value, _REMAT.value, _EFF.value, _SEQUENCE.value)
+      p = plan(cfg, hw, mesh, *args)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

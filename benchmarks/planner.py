@@ -83,7 +83,7 @@ def _act_bytes(cfg) -> int:
   return 2 if cfg.dtype in ('bfloat16', 'float16') else 4
 
 
-def activation_bytes(cfg, tokens: int, tensor: int, remat: str) -> float:
+def activation_bytes(cfg, tokens: int, tensor: int, remat: str, sequence: bool = False) -> float:
   """Activations one device keeps for the backward pass, `tokens` = its B x L.
 
   Per layer, in the compute dtype (sizes below for bf16; float32 doubles them), following
@@ -93,12 +93,14 @@ def activation_bytes(cfg, tokens: int, tensor: int, remat: str) -> float:
   GELU input and output (24 x BLD / tensor); 'dots' keeps the block input and the matmul
   outputs (QKV, attention out-projection, both MLP matmuls: 6 + 14 / tensor); 'full' keeps the
   block input (2 x BLD) and rebuilds one layer at a time. The float32 logits and their
-  gradient (2 x 4 x B L V / tensor) come on top.
+  gradient (2 x 4 x B L V / tensor) come on top. With `sequence` parallelism (Megatron-SP:
+  `sharding_rules.act_length='tensor'`) the parts replicated over tensor are split along L too.
   """
   bld = tokens * cfg.d_model * _act_bytes(cfg) / 2
-  none_layer = bld * (8 + 24 / tensor)
-  per_layer = {'none': none_layer, 'dots': bld * (6 + 14 / tensor), 'full': 2 * bld}[remat]
-  layers = cfg.num_layers * per_layer + (none_layer if remat == 'full' else 0)
+  rep = tensor if sequence else 1
+  none_layer = bld * (8 / rep + 24 / tensor)
+  per_layer = {'none': none_layer, 'dots': bld * (6 / rep + 14 / tensor), 'full': 2 * bld / rep}
+  layers = cfg.num_layers * per_layer[remat] + (none_layer if remat == 'full' else 0)
   return layers + 8 * tokens * cfg.vocab_size / tensor
 
 
@@ -113,6 +115,7 @@ class Plan:
   comm: list  # [(axis, kind, bytes sent per device, seconds, link)]
   step_s: float
   mfu: float
+  sequence: bool = False  # sequence parallelism (activations split along L over tensor)
 
   @property
   def fits(self) -> bool:
@@ -162,7 +165,10 @@ def plan(
   global_batch: int,
   remat: str,
   efficiency: float = 1.0,
+  sequence: bool = False,
 ) -> Plan:
+  """The plan of one mesh and remat setting. Sequence parallelism moves the same bytes (each
+  tensor all-reduce becomes a reduce-scatter and an all-gather) and only saves memory."""
   from experiments.configs import default
   from models import accounting
 
@@ -173,7 +179,8 @@ def plan(
   table = comm.param_table(cfg, mesh, default.get_config().sharding_rules)
   params = PARAM_BYTES * sum(p.local for p in table)
   tokens = global_batch // shards * seq_len
-  acts = activation_bytes(cfg, tokens, mesh['tensor'], remat)
+  sequence = sequence and mesh['tensor'] > 1
+  acts = activation_bytes(cfg, tokens, mesh['tensor'], remat, sequence)
   memory = {'params': params, 'grads': params, 'adam': 2 * params, 'activations': acts}
   memory['total'] = sum(memory.values())
   step_tokens = global_batch * seq_len
@@ -205,7 +212,17 @@ def plan(
   step_s = max(compute_s, hidden) + exposed
   mfu = model_flops / (step_s * hw.chips * hw.chip.peak_flops)
   return Plan(
-    mesh, remat, memory, model_flops, hw_flops, compute_s, rows, step_s, mfu, hbm=hw.chip.hbm_bytes
+    mesh,
+    remat,
+    memory,
+    model_flops,
+    hw_flops,
+    compute_s,
+    rows,
+    step_s,
+    mfu,
+    sequence=sequence,
+    hbm=hw.chip.hbm_bytes,
   )
 
 
@@ -223,12 +240,17 @@ def candidate_meshes(cfg, chips: int, island: int, global_batch: int):
 
 
 def suggest(cfg, hw, seq_len, global_batch, efficiency=1.0) -> Plan | None:
-  """The fastest plan that fits in memory (ties: the smaller tensor axis, then less remat)."""
+  """The fastest plan that fits in memory (ties: the smaller tensor axis, then less remat,
+  then no sequence parallelism: it costs no time here, so it is chosen only to fit)."""
   best = None
-  for mesh, remat in itertools.product(
-    candidate_meshes(cfg, hw.chips, hw.island if hw.chip.island else 0, global_batch), REMATS
+  for mesh, remat, sequence in itertools.product(
+    candidate_meshes(cfg, hw.chips, hw.island if hw.chip.island else 0, global_batch),
+    REMATS,
+    (False, True),
   ):
-    p = plan(cfg, hw, mesh, seq_len, global_batch, remat, efficiency)
+    if sequence and mesh['tensor'] == 1:
+      continue
+    p = plan(cfg, hw, mesh, seq_len, global_batch, remat, efficiency, sequence)
     if p.fits and (best is None or p.step_s < best.step_s * (1 - 1e-9)):
       best = p
   return best
@@ -249,7 +271,8 @@ def report(cfg, hw: hardware.Slice, p: Plan, seq_len: int, global_batch: int) ->
     f'hardware: {hw.chips} x {hw.chip.name} (islands of {hw.island}), peak '
     f'{hw.chip.peak_flops / 1e12:.0f} TFLOP/s, HBM {hw.chip.hbm_bytes / 2**30:.0f} GiB',
     f'mesh: {mesh}; seq_len {seq_len}, global batch {global_batch} '
-    f'({global_batch * seq_len / 1e6:.2f}M tokens), remat {p.remat}',
+    f'({global_batch * seq_len / 1e6:.2f}M tokens), remat {p.remat}'
+    + (', sequence parallel (--config.sharding_rules.act_length=tensor)' if p.sequence else ''),
     'memory per device:',
   ]
   for key in ('params', 'grads', 'adam'):
@@ -257,7 +280,7 @@ def report(cfg, hw: hardware.Slice, p: Plan, seq_len: int, global_batch: int) ->
   tokens = global_batch // (p.mesh['data'] * p.mesh['fsdp']) * seq_len
   for remat in REMATS:
     mark = ' <-' if remat == p.remat else ''
-    acts = activation_bytes(dataclasses.replace(cfg, remat=remat), tokens, p.mesh['tensor'], remat)
+    acts = activation_bytes(cfg, tokens, p.mesh['tensor'], remat, p.sequence)
     total = 4 * p.memory['params'] + acts
     fits = 'fits' if total <= HEADROOM * hw.chip.hbm_bytes else 'DOES NOT FIT'
     lines.append(f'  activations remat={remat:4s} {_gib(acts)}  total {_gib(total)} {fits}{mark}')

@@ -70,6 +70,40 @@ def test_tensor_parallel_inside_one_node_closed_form():
   assert math.isclose(p.step_s, max(p.compute_s, hidden) + seconds)
 
 
+def test_sequence_parallelism_splits_the_replicated_activations_and_moves_the_same_bytes():
+  hw = hardware.parse('h100-8')
+  mesh = {'data': 4, 'fsdp': 1, 'tensor': 2}
+  tokens = 32 // 4 * 4
+  bld = tokens * 8  # B x L x D in bf16 halves, as activation_bytes counts
+  logits = 8 * tokens * 16 / 2
+  want = {  # per layer: (replicated over tensor, split over tensor), and full's extra layer
+    'none': (8, 24, 0),
+    'dots': (6, 14, 0),
+    'full': (2, 0, 8 + 24 / 2),
+  }
+  for remat, (rep, split, extra) in want.items():
+    plain = plan.plan(TINY, hw, mesh, 4, 32, remat)
+    sp = plan.plan(TINY, hw, mesh, 4, 32, remat, sequence=True)
+    assert plain.memory['activations'] == bld * (rep + split / 2 + extra) + logits
+    extra_sp = (8 + 24) / 2 if remat == 'full' else 0
+    assert sp.memory['activations'] == bld * (rep / 2 + split / 2 + extra_sp) + logits
+    assert sp.comm == plain.comm and sp.step_s == plain.step_s
+  # No tensor axis: nothing to split along L.
+  assert not plan.plan(
+    TINY, hw, {'data': 8, 'fsdp': 1, 'tensor': 1}, 4, 32, 'none', 1, True
+  ).sequence
+
+
+def test_palms_published_configuration_fits_only_with_sequence_parallelism():
+  """PaLM 540B, 2 x 3072 TPU v4, data 2 x fsdp 256 x tensor 12, full remat (PLANNER.md)."""
+  hw = hardware.parse('v4-6144', slices=2)
+  cfg = plan.model_config('palm.540B', 2048)
+  mesh = {'data': 2, 'fsdp': 256, 'tensor': 12}
+  assert not plan.plan(cfg, hw, mesh, 2048, 2048, 'full').fits
+  assert plan.plan(cfg, hw, mesh, 2048, 2048, 'full', sequence=True).fits
+  assert not plan.plan(cfg, hw, mesh, 2048, 2048, 'dots', sequence=True).fits
+
+
 def test_tpu_slice_names_count_tensorcores_and_dcn_joins_slices():
   assert hardware.parse('v5p-256').chips == 128  # 2 TensorCores per v5p chip
   assert hardware.parse('v5e-256').chips == 256
