@@ -70,18 +70,20 @@ def _lookup(name: str) -> GPT3Row:
 def full(name: str, as_printed: bool = False) -> dict:
   """`config.model` overrides for a full-size GPT-3 model."""
   row = _lookup(name)
-  d_model, heads, head_dim = _resolved(row, as_printed)
+  shape = _shape(row, *_resolved(row, as_printed))
+  return dict(shape, vocab_size=GPT3_VOCAB, max_seq_len=GPT3_CONTEXT, tie_embeddings=True)
+
+
+def _shape(row, d_model: int, heads: int, head_dim: int) -> dict:
+  """A row's layers at the given widths: GPT-3's dense MLP (4 d_model), learned positions."""
   return dict(
-    vocab_size=GPT3_VOCAB,
     d_model=d_model,
     num_layers=row.n_layers,
     num_heads=heads,
     num_kv_heads=0,
     head_dim=head_dim,
     d_ff=4 * d_model,
-    max_seq_len=GPT3_CONTEXT,
     pos_emb='learned',
-    tie_embeddings=True,
   )
 
 
@@ -95,13 +97,4 @@ def reduced(name: str, factor: float, min_head_dim: int = 4) -> dict:
   row = _lookup(name)
   _, heads, head_dim = _resolved(row, as_printed=False)
   head_dim = max(min_head_dim, round(head_dim / factor))
-  d_model = heads * head_dim
-  return dict(
-    d_model=d_model,
-    num_layers=row.n_layers,
-    num_heads=heads,
-    num_kv_heads=0,
-    head_dim=head_dim,
-    d_ff=4 * d_model,
-    pos_emb='learned',
-  )
+  return _shape(row, heads * head_dim, heads, head_dim)

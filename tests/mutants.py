@@ -84,11 +84,11 @@ MUTANTS = [
     ['tests/test_train.py::test_grad_accumulation_matches_the_full_batch'],
   ),
   (
-    'segment ids not passed to the model in training',
+    'segment ids not passed to the model',
     'train/step.py',
-    'def loss_fn(params, batch):\n    model = nnx.merge(graphdef, params)\n'
+    "    model = nnx.merge(graphdef, params)\n"
     "    segment_ids = batch.get('segment_ids') if config.data.segment_ids else None",
-    'def loss_fn(params, batch):\n    model = nnx.merge(graphdef, params)\n    segment_ids = None',
+    '    model = nnx.merge(graphdef, params)\n    segment_ids = None',
     ['tests/test_train.py::test_training_with_segment_ids_masks_each_document'],
   ),
   (

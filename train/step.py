@@ -62,12 +62,16 @@ def make_trainer(config, model_cfg: ModelConfig, mesh: jax.sharding.Mesh) -> Tra
   batch_sh = sharding.batch_sharding(mesh, config.sharding_rules)
   z_loss, accum = t.z_loss, t.grad_accum
 
-  def loss_fn(params, batch):
+  def nll_and_logz(params, batch):
+    """The model on one batch: per-token negative log-likelihood and log-partition, BxL."""
     model = nnx.merge(graphdef, params)
     segment_ids = batch.get('segment_ids') if config.data.segment_ids else None
     with sharding.activation_sharding(config.sharding_rules, mesh):
       logits_BxLxV = model(batch['inputs'], segment_ids)
-    nll_BxL, logz_BxL = cross_entropy(logits_BxLxV, batch['targets'])
+    return cross_entropy(logits_BxLxV, batch['targets'])
+
+  def loss_fn(params, batch):
+    nll_BxL, logz_BxL = nll_and_logz(params, batch)
     loss = nll_BxL.mean()
     if z_loss:
       loss += z_loss * jnp.square(logz_BxL).mean()
@@ -102,11 +106,7 @@ def make_trainer(config, model_cfg: ModelConfig, mesh: jax.sharding.Mesh) -> Tra
     return {'step': state['step'] + 1, 'params': params, 'opt': opt}, metrics
 
   def eval_step(params, batch):
-    model = nnx.merge(graphdef, params)
-    segment_ids = batch.get('segment_ids') if config.data.segment_ids else None
-    with sharding.activation_sharding(config.sharding_rules, mesh):
-      logits_BxLxV = model(batch['inputs'], segment_ids)
-    nll_BxL, _ = cross_entropy(logits_BxLxV, batch['targets'])
+    nll_BxL, _ = nll_and_logz(params, batch)
     return nll_BxL.mean(axis=-1)
 
   batch_tree_sh = {'inputs': batch_sh, 'targets': batch_sh, 'segment_ids': batch_sh}
