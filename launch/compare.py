@@ -25,14 +25,44 @@ _X = flags.DEFINE_enum('x', 'nonembed', ['nonembed', 'total'], 'Parameter count 
 _BOOT = flags.DEFINE_integer('bootstrap', 200, 'Bootstrap resamples for the confidence bands.')
 
 
+def _log_axes(ax, xlabel: str, ylabel: str, title: str = '', legend_size: int = 7) -> None:
+  ax.set_xscale('log')
+  ax.set_yscale('log')
+  ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+  ax.legend(fontsize=legend_size)
+  ax.grid(True, which='both', alpha=0.3)
+
+
+def _save(fig, path: str, dpi: int = 110) -> str:
+  import matplotlib.pyplot as plt
+
+  fig.tight_layout()
+  fig.savefig(path, dpi=dpi)
+  plt.close(fig)
+  return path
+
+
 def plot(results: list[dict], out: str, x_kind: str) -> list[str]:
+  """Every figure the results allow: the size law (`out`), the learning curves, N_opt(C) and
+  the IsoFLOP parabolas (siblings of `out`)."""
   import matplotlib
 
   matplotlib.use('Agg')
+  stem, _ = os.path.splitext(out)
+  written = [plot_law(results, out, x_kind), plot_curves(results, f'{stem}_curves.png')]
+  nopt = [r for r in results if 'iso_curves' in r]
+  if nopt:
+    written.append(plot_nopt(nopt, f'{stem}_nopt.png'))
+  iso = [r for r in results if 'isoflop' in r]
+  if iso:
+    written.append(plot_isoflop(iso, f'{stem}_isoflop.png'))
+  return written
+
+
+def plot_law(results: list[dict], out: str, x_kind: str) -> str:
+  """Final loss against N, every sweep on one log-log plot: points, fitted law, bootstrap band."""
   import matplotlib.pyplot as plt
 
-  stem, _ = os.path.splitext(out)
-  written = []
   fig, ax = plt.subplots(figsize=(7, 5))
   for i, res in enumerate(results):
     color = f'C{i}'
@@ -47,16 +77,14 @@ def plot(results: list[dict], out: str, x_kind: str) -> list[str]:
       ax.plot(xs, fit.predict(xs), color=color, label=label)
     else:
       ax.plot([], [], color=color, label=res['label'])
-  ax.set_xscale('log')
-  ax.set_yscale('log')
-  ax.set_xlabel(f'{"non-embedding" if x_kind == "nonembed" else "total"} parameters N')
-  ax.set_ylabel('final eval loss (nats/token)')
-  ax.legend(fontsize=8)
-  ax.grid(True, which='both', alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(out, dpi=120)
-  plt.close(fig)
-  written.append(out)
+  which = 'non-embedding' if x_kind == 'nonembed' else 'total'
+  _log_axes(ax, f'{which} parameters N', 'final eval loss (nats/token)')
+  return _save(fig, out, dpi=120)
+
+
+def plot_curves(results: list[dict], out: str) -> str:
+  """Every run's eval loss against training FLOPs, one panel per sweep, with its frontier."""
+  import matplotlib.pyplot as plt
 
   fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), squeeze=False)
   for ax, res in zip(axes[0], results, strict=True):
@@ -68,12 +96,8 @@ def plot(results: list[dict], out: str, x_kind: str) -> list[str]:
       if len(c.get('flops', [])) == 0:
         c = run.curve.get('train') or {}
       if len(c.get('flops', [])):
-        ax.plot(
-          c['flops'],
-          c['loss'],
-          color=cmap(j / max(len(order) - 1, 1)),
-          label=f'{run.name} ({res["n"][k]:.2g})',
-        )
+        color = cmap(j / max(len(order) - 1, 1))
+        ax.plot(c['flops'], c['loss'], color=color, label=f'{run.name} ({res["n"][k]:.2g})')
     if 'frontier' in res:
       f = res['frontier']
       flops = np.concatenate(
@@ -82,44 +106,27 @@ def plot(results: list[dict], out: str, x_kind: str) -> list[str]:
       flops = flops[flops > 0]
       cs = np.logspace(np.log10(flops.min()), np.log10(flops.max()), 50)
       ax.plot(cs, f.predict(cs), 'k--', label=f'frontier L(C): C^-{f.alpha:.3f}')
-    ax.set_xscale('log')
-    ax.set_yscale('log')
-    ax.set_xlabel('training FLOPs')
-    ax.set_ylabel('eval loss')
-    ax.set_title(res['label'])
-    ax.legend(fontsize=6)
-    ax.grid(True, which='both', alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(f'{stem}_curves.png', dpi=110)
-  plt.close(fig)
-  written.append(f'{stem}_curves.png')
+    _log_axes(ax, 'training FLOPs', 'eval loss', res['label'], legend_size=6)
+  return _save(fig, out)
 
-  nopt = [r for r in results if 'iso_curves' in r]
-  if nopt:
-    written.append(plot_nopt(nopt, f'{stem}_nopt.png'))
 
-  iso = [r for r in results if 'isoflop' in r]
-  if iso:
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for res in iso:
-      f = res['isoflop']
-      for c, poly, n_opt in zip(f.budgets, f.parabolas, f.n_opt, strict=True):
-        pts = [r for r in res['runs'] if float(r.tags.get('budget_flops') or 0) == c]
-        ln = np.log10([r.n_nonembed for r in pts])
-        line = ax.scatter(10**ln, [r.final_eval_loss for r in pts], s=15)
-        xs = np.linspace(ln.min(), ln.max(), 50)
-        ax.plot(10**xs, poly(xs), color=line.get_facecolor()[0], label=f'C={c:.2g}')
-        ax.axvline(n_opt, color=line.get_facecolor()[0], ls=':', lw=0.8)
-    ax.set_xscale('log')
-    ax.set_xlabel('non-embedding parameters')
-    ax.set_ylabel('final eval loss')
-    ax.set_title(f'IsoFLOP: N_opt ~ C^{iso[0]["isoflop"].exponent:.2f}')
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(f'{stem}_isoflop.png', dpi=110)
-    plt.close(fig)
-    written.append(f'{stem}_isoflop.png')
-  return written
+def plot_isoflop(results: list[dict], out: str) -> str:
+  """IsoFLOP parabolas (sweeps with tags.budget_flops) and the N_opt of each budget."""
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(7, 5))
+  for res in results:
+    f = res['isoflop']
+    for c, poly, n_opt in zip(f.budgets, f.parabolas, f.n_opt, strict=True):
+      pts = [r for r in res['runs'] if float(r.tags.get('budget_flops') or 0) == c]
+      ln = np.log10([r.n_nonembed for r in pts])
+      line = ax.scatter(10**ln, [r.final_eval_loss for r in pts], s=15)
+      xs = np.linspace(ln.min(), ln.max(), 50)
+      ax.plot(10**xs, poly(xs), color=line.get_facecolor()[0], label=f'C={c:.2g}')
+      ax.axvline(n_opt, color=line.get_facecolor()[0], ls=':', lw=0.8)
+  title = f'IsoFLOP: N_opt ~ C^{results[0]["isoflop"].exponent:.2f}'
+  _log_axes(ax, 'non-embedding parameters', 'final eval loss', title)
+  return _save(fig, out)
 
 
 def plot_nopt(results: list[dict], out: str) -> str:
@@ -141,17 +148,9 @@ def plot_nopt(results: list[dict], out: str) -> str:
     n0 = f.coefficient * c0**f.exponent
     for (name, a), ls in zip(scaling.REFERENCE_EXPONENTS.items(), (':', '--'), strict=True):
       ax.plot(cs, n0 * (cs / c0) ** a, 'k', ls=ls, lw=0.8, label=f'{name}: a = {a:.2f}')
-  ax.set_xscale('log')
-  ax.set_yscale('log')
-  ax.set_xlabel('training FLOPs C')
-  ax.set_ylabel('N_opt (non-embedding parameters)')
-  ax.set_title('N_opt ~ C^a, from the learning curves')
-  ax.legend(fontsize=7)
-  ax.grid(True, which='both', alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(out, dpi=110)
-  plt.close(fig)
-  return out
+  title = 'N_opt ~ C^a, from the learning curves'
+  _log_axes(ax, 'training FLOPs C', 'N_opt (non-embedding parameters)', title)
+  return _save(fig, out)
 
 
 def compare(
