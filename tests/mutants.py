@@ -86,7 +86,7 @@ MUTANTS = [
   (
     'segment ids not passed to the model',
     'train/step.py',
-    "    model = nnx.merge(graphdef, params)\n"
+    '    model = nnx.merge(graphdef, params)\n'
     "    segment_ids = batch.get('segment_ids') if config.data.segment_ids else None",
     '    model = nnx.merge(graphdef, params)\n    segment_ids = None',
     ['tests/test_train.py::test_training_with_segment_ids_masks_each_document'],
