@@ -1,6 +1,7 @@
 """The console stays readable: library INFO goes to the run's verbose log, not to stderr."""
 
 import glob
+import logging
 import os
 import subprocess
 import sys
@@ -60,11 +61,29 @@ def test_only_the_closed_loop_tracebacks_are_dropped(monkeypatch, capsys):
       raise self.exc
 
   monkeypatch.setattr(sys, 'unraisablehook', sys.__unraisablehook__)
-  checkpoint._quiet_late_tensorstore_callbacks()
-  checkpoint._quiet_late_tensorstore_callbacks()  # installed once, not stacked
+  checkpoint._quiet_failed_restore_stragglers()
+  checkpoint._quiet_failed_restore_stragglers()  # installed once, not stacked
   assert sys.unraisablehook._drops_late_tensorstore
   Raises(RuntimeError('Event loop is closed'))
   assert capsys.readouterr().err == ''
   for other in (RuntimeError('something else'), ValueError('Event loop is closed')):
     Raises(other)
     assert str(other) in capsys.readouterr().err
+
+
+def test_only_orbaxs_orphaned_tasks_are_dropped_from_the_asyncio_log(monkeypatch, caplog):
+  from train import checkpoint
+
+  asyncio_log = logging.getLogger('asyncio')
+  monkeypatch.setattr(asyncio_log, 'filters', [])
+  monkeypatch.setattr(sys, 'unraisablehook', sys.__unraisablehook__)
+  checkpoint._quiet_failed_restore_stragglers()
+  orphan = 'Task exception was never retrieved\nfuture: <Task coro=<Store.read() defined at {}>>'
+  with caplog.at_level(logging.ERROR, logger='asyncio'):
+    asyncio_log.error(orphan.format('.../orbax/checkpoint/_src/metadata/array_metadata_store.py'))
+    asyncio_log.error(orphan.format('.../my_project/reader.py'))
+    asyncio_log.error('Unclosed client session (orbax)')
+  assert [r.getMessage().split(chr(10))[0] for r in caplog.records] == [
+    'Task exception was never retrieved',
+    'Unclosed client session (orbax)',
+  ]

@@ -5,6 +5,7 @@ Layout: workdir/checkpoints/<step>/{state,data,config}. Every process takes part
 the restore targets carry the *current* shardings.
 """
 
+import logging as std_logging
 import sys
 
 import jax
@@ -91,12 +92,17 @@ def save(mngr: ocp.CheckpointManager, step: int, state, data_state, config: dict
   )
 
 
-def _quiet_late_tensorstore_callbacks() -> None:
-  """After a failed restore, TensorStore reads that were still in flight complete on C++
-  threads and call back into Orbax's event loop, which the failure already closed. Each such
-  callback raises 'RuntimeError: Event loop is closed', which Python reports as unraisable
-  (sys.unraisablehook: a traceback on stderr, ~100 of them per fallback). Those, and only
-  those, are dropped; the one warning line of restore_latest says what happened."""
+def _quiet_failed_restore_stragglers() -> None:
+  """After a failed restore, reads that were still in flight finish on their own, and report
+  in two ways that bypass the one warning line of restore_latest:
+
+  * TensorStore reads complete on C++ threads and call back into Orbax's event loop, which
+    the failure already closed: each raises 'RuntimeError: Event loop is closed', reported as
+    unraisable (sys.unraisablehook: a traceback on stderr, ~100 of them per fallback);
+  * an Orbax metadata read whose result nobody awaits any more is logged by asyncio as 'Task
+    exception was never retrieved', with its traceback.
+
+  Those, and only those, are dropped (installed once per process)."""
   if getattr(sys.unraisablehook, '_drops_late_tensorstore', False):
     return
   previous = sys.unraisablehook
@@ -109,6 +115,12 @@ def _quiet_late_tensorstore_callbacks() -> None:
   hook._drops_late_tensorstore = True
   sys.unraisablehook = hook
 
+  def orphaned_orbax_task(record) -> bool:
+    text = record.getMessage()
+    return not (text.startswith('Task exception was never retrieved') and 'orbax' in text)
+
+  std_logging.getLogger('asyncio').addFilter(orphaned_orbax_task)
+
 
 def restore_latest(mngr: ocp.CheckpointManager, abstract_state, abstract_data=None):
   """Restores the newest readable checkpoint: (step, state, data_state), or None.
@@ -118,7 +130,7 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, abstract_data=No
   the previous one is tried; nothing is deleted.
   """
   steps = sorted(mngr.all_steps(), reverse=True)
-  _quiet_late_tensorstore_callbacks()  # a failing read's stragglers fire before `except` runs
+  _quiet_failed_restore_stragglers()  # a failing read's stragglers fire before `except` runs
   for i, step in enumerate(steps):
     items = {'state': ocp.args.StandardRestore(abstract_state)}
     if abstract_data is not None:
