@@ -159,8 +159,9 @@ def read_config(workdir: str):
   return ml_collections.ConfigDict(json.loads(files.read_text(config_path)))
 
 
-def load_model(workdir: str):
-  """(config, model, tokenizer, step) of the newest readable checkpoint in a run directory."""
+def load_model(workdir: str, config=None):
+  """(config, model, tokenizer, step) of the newest readable checkpoint in a run directory
+  (`config`: its read_config, if the caller has it already)."""
   import jax
   from flax import nnx
 
@@ -169,7 +170,7 @@ def load_model(workdir: str):
   from train import checkpoint, sharding
   from train.step import make_trainer
 
-  config = read_config(workdir)
+  config = read_config(workdir) if config is None else config
   if not checkpoint.existing_steps(workdir):
     raise FileNotFoundError(f'{workdir} has no checkpoint yet; train it first')
   tokenizer = load_tokenizer(config.data)

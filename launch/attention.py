@@ -17,7 +17,6 @@ whole word) summed over the tokens of word j. Whitespace between words is its ow
 
 import os
 
-import numpy as np
 from absl import app, flags, logging
 
 from experiments.attention_words import (
@@ -122,16 +121,15 @@ def main(argv: list[str]) -> None:
     if _QUERY.value:
       find_word(spans, _QUERY.value, '--query')
       find_word(spans, _TARGET.value, '--target')
-    config, model, tokenizer, step = load_model(_WORKDIR.value)
+    config, model, tokenizer, step = load_model(_WORKDIR.value, config)
   import matplotlib
 
+  from models import accounting
   from train import files
 
   matplotlib.use('Agg')
   spans, maps = word_maps(model, tokenizer, _TEXT.value)
-  import jax
-
-  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx_state(model)))
+  n_params = accounting.param_counts(model.cfg)['total']
   run = os.path.basename(os.path.normpath(_WORKDIR.value))
   if _QUERY.value:
     name = f'attention_{normalize_word(_QUERY.value)}.png'
@@ -144,12 +142,6 @@ def main(argv: list[str]) -> None:
     title = f'{_TEXT.value!r}: word-level attention (rows look at columns) - {run} @ step {step}'
     draw_grid(maps, spans, layers, heads, title, out)
   print(out)
-
-
-def nnx_state(model):
-  from flax import nnx
-
-  return nnx.state(model, nnx.Param)
 
 
 if __name__ == '__main__':
