@@ -20,7 +20,8 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.cluster import REPO
+
 SKIP = {'.git', '.venv', '.data', '__pycache__', '.pytest_cache', '.ruff_cache'}
 
 MUTANTS = [

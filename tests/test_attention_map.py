@@ -7,7 +7,6 @@ weight to another word is never reported as the head that finds 'animal'.
 """
 
 import json
-import os
 import subprocess
 import sys
 
@@ -15,8 +14,8 @@ import numpy as np
 import pytest
 
 from experiments import attention_words as attention
+from tests.cluster import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXT = "The animal didn't cross the street because it was too tired"
 
 

@@ -26,7 +26,8 @@ import pytest
 from absl import app, flags
 from absl import logging as absl_logging
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.cluster import REPO
+
 TINY = [
   '--config.model.d_model=32',
   '--config.model.num_layers=2',

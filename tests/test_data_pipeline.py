@@ -14,8 +14,7 @@ from data import sources, text_corpus
 from data.pipeline import DataPipeline
 from data.tokenizer import ByteTokenizer, load_tokenizer, train_sentencepiece
 from experiments.configs import default
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.cluster import REPO
 
 
 def data_cfg(**overrides):

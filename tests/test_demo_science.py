@@ -20,9 +20,8 @@ from data import levels
 from experiments import scaling, sweep_spec
 from experiments.sweeps import common, demo, lr_sweep
 from launch.shell import TRAIN_CMD
+from tests.cluster import REPO
 from train.loop import log_spaced_steps
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_levels_recover_a_markov_chains_entropies():

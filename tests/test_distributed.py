@@ -14,10 +14,9 @@ import time
 
 import pytest
 
-from tests.cluster import BIND_ERRORS, free_port
+from tests.cluster import BIND_ERRORS, REPO, free_port
 from train import distributed
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLUSTER_VARS = (
   'SLURM_JOB_ID',
   'SLURM_NTASKS',

@@ -17,8 +17,8 @@ import pytest
 
 from experiments import sweep_spec
 from launch import shell, slurm, tpu
+from tests.cluster import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Prints $MYVAR and then every argument, NUL-separated (values may hold newlines).
 PRINTER = ('sh', '-c', 'printf "%s\\0" "$MYVAR" "$@"', 'sh')
 

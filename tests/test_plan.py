@@ -1,7 +1,6 @@
 """benchmarks/plan.py: closed forms for a tiny model, valid suggestions, one-line errors."""
 
 import math
-import os
 import subprocess
 import sys
 
@@ -10,8 +9,7 @@ import pytest
 from benchmarks import hardware
 from benchmarks import planner as plan
 from models.transformer import ModelConfig
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.cluster import REPO
 
 # vocab 16, d_model 8, 1 layer, 2 heads x 4, d_ff 32, 4 positions, tied embedding.
 TINY = ModelConfig(

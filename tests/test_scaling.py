@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from experiments import scaling
+from tests.cluster import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOFFMANN = scaling.Chinchilla(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
 
 

@@ -26,8 +26,8 @@ from experiments.sweeps import common
 from launch import pool, sweep, sweep_report
 from models import accounting, shapes
 from models.transformer import ModelConfig
+from tests.cluster import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEP_FILES = sorted(
   p
   for p in glob.glob(os.path.join(REPO, 'experiments', 'sweeps', '*.py'))

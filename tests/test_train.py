@@ -16,10 +16,9 @@ from flax import nnx
 from experiments.configs import default
 from models import accounting
 from models.transformer import ModelConfig
+from tests.cluster import REPO
 from train import loop, sharding
 from train.step import make_trainer
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(**overrides):
