@@ -68,8 +68,9 @@ def _read_curves(path: str) -> dict:
   return curves
 
 
-def _load_run(run_dir: str, name: str, summary_path: str) -> Run:
+def _load_run(run_dir: str, name: str) -> Run:
   """One finished run; ValueError naming the file if its summary or metrics are unreadable."""
+  summary_path = files.join(run_dir, 'summary.json')
   try:
     s = json.loads(files.read_text(summary_path))
     return Run(
@@ -104,12 +105,11 @@ def load_sweep(sweep_dir: str, on_bad=_raise) -> tuple[list[Run], list[str]]:
   runs, unfinished = [], []
   for name in files.listdir(files.join(sweep_dir, 'runs')):
     run_dir = files.join(sweep_dir, 'runs', name)
-    summary_path = files.join(run_dir, 'summary.json')
-    if not files.exists(summary_path):
+    if not files.exists(files.join(run_dir, 'summary.json')):
       unfinished.append(name)
       continue
     try:
-      runs.append(_load_run(run_dir, name, summary_path))
+      runs.append(_load_run(run_dir, name))
     except ValueError as e:
       on_bad(str(e))
   return runs, unfinished
