@@ -2,17 +2,20 @@
 
 * data.name='shakespeare': the embedded corpus, prepared on first use into data_dir.
 * data.name='text_folder' with data.text_glob: your text files (local or gs://), ditto.
+* data.name='parquet' or 'jsonl' with data.text_glob: Parquet or JSON Lines files (local or
+  gs://), split by file name (data/files.py).
 * any other name ('lm1b', 'c4/en', 'wikitext/wikitext-103-raw-v1', ...): a dataset already
   prepared in data.data_dir (local or gs://) in ArrayRecord format, read with
   builder_from_directory(...).as_data_source(): no TensorFlow, no dataset code needed.
 """
 
+import hashlib
 import json
 
 import tensorflow_datasets as tfds
 from etils import epath
 
-from data import text_corpus
+from data import files, text_corpus
 
 EMBEDDED = ('shakespeare', 'text_folder')
 
@@ -40,6 +43,8 @@ def _prepared_dir(data_cfg) -> epath.Path:
 def open_split(data_cfg, split: str):
   """A random-access source of documents: len() and [i] -> {text_key: bytes, ...}."""
   tfds.disable_progress_bar()
+  if data_cfg.name in files.FORMATS:
+    return files.open_split(data_cfg, split)
   if data_cfg.name in EMBEDDED:
     if data_cfg.name == 'text_folder' and not data_cfg.text_glob:
       raise ValueError("data.name='text_folder' needs data.text_glob (a folder glob or gs:// glob)")
@@ -57,7 +62,10 @@ def open_split(data_cfg, split: str):
     builder = tfds.builder_from_directory(str(path))
   splits = builder.info.splits
   if split not in splits:
-    raise ValueError(f'split {split!r} not in {data_cfg.name} (has {list(splits)})')
+    raise ValueError(
+      f'split {split!r} not in {data_cfg.name} (its splits: {list(splits)}); set '
+      'data.train_split and data.eval_split to splits it has'
+    )
   source = builder.as_data_source(split)
   if len(source) == 0:
     raise ValueError(f'the {split} split of {data_cfg.name} is empty')
@@ -70,7 +78,10 @@ def open_split(data_cfg, split: str):
 
 
 def dataset_dir(data_cfg) -> str:
-  """Where files that belong to the dataset (e.g. a tokenizer) are kept."""
+  """Where files that belong to the dataset (e.g. a tokenizer) are kept (local or gs://)."""
+  if data_cfg.name in files.FORMATS:  # beside the prepared datasets, one folder per glob
+    tag = hashlib.sha256(data_cfg.text_glob.encode()).hexdigest()[:12]
+    return str(epath.Path(data_dir(data_cfg)) / f'{data_cfg.name}_{tag}')
   if data_cfg.name in EMBEDDED:
     b = text_corpus.prepare(data_cfg.name, data_cfg.text_glob, data_dir(data_cfg))
     return str(b.data_path)

@@ -10,6 +10,7 @@ Build it ahead of time (a run also builds it on first use) with
 (the `tfds build` command line imports TensorFlow, which this project does not install).
 """
 
+import codecs
 import fcntl
 import glob as globlib
 import hashlib
@@ -21,6 +22,8 @@ from etils import epath
 
 VERSION = '1.0.0'
 VALIDATION_PERCENT = 10
+_SNIFF_BYTES = 8192  # how much of each file is read to tell text from binary (as git does)
+_TEXT_CONTROLS = frozenset(b'\t\n\r\f\b\x1b')
 
 
 def default_data_dir() -> str:
@@ -95,8 +98,20 @@ class TextCorpus(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       yield os.path.basename(path), {'text': text, 'name': os.path.basename(path)}
 
 
+def looks_binary(head: bytes) -> bool:
+  """A NUL byte, or (not UTF-8 and over 5% control bytes) in the first bytes of a file."""
+  if b'\0' in head:
+    return True
+  try:
+    codecs.getincrementaldecoder('utf-8')().decode(head, final=len(head) < _SNIFF_BYTES)
+    return False
+  except UnicodeDecodeError:
+    controls = sum(1 for b in head if (b < 32 and b not in _TEXT_CONTROLS) or b == 127)
+    return controls > 0.05 * len(head)
+
+
 def check_files(pattern: str) -> None:
-  """Raises (one line) unless the files make a train and a validation split."""
+  """Raises (one line) unless the files are text and make a train and a validation split."""
   files = list_files(pattern)
   if not files:
     raise FileNotFoundError(f'no text files match {pattern!r}; check the glob (quote it)')
@@ -105,6 +120,21 @@ def check_files(pattern: str) -> None:
       f'{pattern!r} matches only {files[0]}: a corpus needs at least 2 files, since whole '
       'files are held out for validation; split the text into several files'
     )
+  size = {}
+  for f in files:
+    with epath.Path(f).open('rb') as fh:
+      head = fh.read(_SNIFF_BYTES)
+    if looks_binary(head):
+      raise ValueError(
+        f'{f} is not text (NUL or control bytes in its first {_SNIFF_BYTES} bytes); '
+        'data.text_glob must match text files only'
+      )
+    size[f] = len(head)
+  for split, names in split_files(files).items():
+    if not any(size[f] for f in names):
+      raise ValueError(
+        f'the {split} split of {pattern!r} holds no text: its {len(names)} file(s) are empty'
+      )
 
 
 def prepare(name: str, text_glob: str, data_dir: str) -> TextCorpus:

@@ -3,7 +3,9 @@ on its own subset of the host's devices.
 
 A run with a summary.json is skipped; one whose workdir exists without it is started again (the
 trainer resumes it from its newest checkpoint); a failing run is recorded in DIR/status.json and
-the others go on.
+the others go on. Neither happens to a run whose recorded config.json differs from what the
+sweep now asks for (`stale_runs`): launch/sweep.py refuses it, or sets it aside into
+DIR/stale/ and runs it again from scratch (--rerun_changed).
 
 Device subsets (`devices_per_run=K`): the host's devices are cut into disjoint groups of K and
 each running trainer sees only its group: CUDA_VISIBLE_DEVICES on GPUs, the libtpu runtime's
@@ -14,6 +16,7 @@ import contextlib
 import dataclasses
 import glob
 import json
+import math
 import os
 import re
 import shlex
@@ -24,6 +27,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from experiments import sweep_spec
 from experiments.sweep_spec import REPO_ROOT, Run
 from launch.shell import TRAIN_CMD
 from train import files
@@ -193,6 +197,82 @@ def run_dir(workdir: str, name: str) -> str:
   return files.join(workdir, 'runs', name)
 
 
+def _flat(tree: Mapping, prefix: str = '') -> dict[str, Any]:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, Mapping):
+      out.update(_flat(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def config_differences(run: Run, recorded: Mapping, base=None) -> dict[str, tuple]:
+  """{dotted key: (recorded value, value the run now asks for)} where they differ.
+
+  The run's config is its base config file with its overrides applied, as launch.train builds
+  it (compared through JSON, as config.json holds it). A key on one side only (a key added to
+  or removed from the config files since the run) counts only if the run's overrides set it.
+  """
+  base = sweep_spec.load_config(run.config) if base is None else base
+  wanted, _ = sweep_spec.apply_overrides(base, run.overrides, f'run {run.name!r}')
+  want = _flat(json.loads(json.dumps(wanted.to_dict())))
+  have = _flat(recorded)
+  missing = object()
+  out = {}
+  for key in sorted(set(want) | set(have)):
+    a, b = have.get(key, missing), want.get(key, missing)
+    if a == b or ((a is missing or b is missing) and key not in run.overrides):
+      continue
+    out[key] = (None if a is missing else a, None if b is missing else b)
+  return out
+
+
+def stale_runs(runs: Sequence[Run], workdir: str) -> dict[str, dict[str, tuple]]:
+  """{run name: its differences} for the runs whose folder records another config.
+
+  A folder without config.json has recorded nothing (the trainer writes it before its first
+  step) and is not stale.
+  """
+  bases: dict[str, Any] = {}
+  out = {}
+  for run in runs:
+    path = files.join(run_dir(workdir, run.name), 'config.json')
+    if not files.exists(path):
+      continue
+    try:
+      recorded = json.loads(files.read_text(path))
+    except ValueError:
+      recorded = {}
+    if run.config not in bases:
+      bases[run.config] = sweep_spec.load_config(run.config)
+    diff = config_differences(run, recorded, bases[run.config])
+    if diff:
+      out[run.name] = diff
+  return out
+
+
+def describe_differences(diff: Mapping[str, tuple], most: int = 4) -> str:
+  """'train.steps 50 -> 300, train.lr ...' (the recorded value first)."""
+  items = [f'{k} {a!r} -> {b!r}' for k, (a, b) in diff.items()]
+  more = f' and {len(items) - most} more' if len(items) > most else ''
+  return ', '.join(items[:most]) + more
+
+
+def set_aside(workdir: str, name: str) -> str:
+  """Moves a run's folder to DIR/stale/<name>-<time>/ (kept, out of the sweep); returns it."""
+  if files.is_remote(workdir):
+    raise ValueError(
+      f'cannot set run {name!r} aside on {workdir}: move {run_dir(workdir, name)} yourself'
+    )
+  dest = os.path.join(workdir, 'stale', f'{name}-{time.strftime("%Y%m%d-%H%M%S")}')
+  while os.path.exists(dest):
+    dest += '_'
+  os.makedirs(os.path.dirname(dest), exist_ok=True)
+  os.rename(run_dir(workdir, name), dest)
+  return dest
+
+
 def _entry(status: str) -> dict:
   return {'status': status, 'returncode': None, 'last_line': '', 'wall_time_s': None}
 
@@ -240,6 +320,7 @@ def run_sweep(
       todo.append(run)
   status_file.update(status)
   total, finished = len(todo), 0
+  walls: list[float] = []  # wall times of the runs that ended in this invocation
   if len(runs) > total:
     echo(f'{len(runs) - total} of {len(runs)} runs already finished (skipped)')
   running: dict[str, _Running] = {}
@@ -300,8 +381,10 @@ def run_sweep(
     )
     status_file.update({name: status[name]})
     finished += 1
+    walls.append(wall)
     tail = f'({wall:.0f} s)' if done else f'exit {rc}: {last}'
-    echo(f'{"done" if done else "FAILED":7s} {name} [{finished}/{total}] {tail}')
+    eta = eta_text(walls, total - finished, limit)
+    echo(f'{"done" if done else "FAILED":7s} {name} [{finished}/{total}] {tail}{eta}')
 
   queue = list(todo)
   limit = min(parallel, len(groups)) if groups else parallel
@@ -329,6 +412,22 @@ def run_sweep(
     status_file.update(status)
     raise
   return status
+
+
+def eta_text(walls: Sequence[float], remaining: int, parallel: int) -> str:
+  """', eta 12 min' from the mean wall time of the runs so far ('' when none remain).
+
+  The mean of the runs so far, times the runs left, over the runs at once: a guess that is
+  low when the sweep goes from small runs to large ones.
+  """
+  if remaining <= 0 or not walls:
+    return ''
+  s = sum(walls) / len(walls) * math.ceil(remaining / max(1, parallel))
+  if s < 90:
+    return f', eta {s:.0f} s'
+  if s < 5400:
+    return f', eta {s / 60:.0f} min'
+  return f', eta {s / 3600:.1f} h'
 
 
 def _local_log(workdir: str, name: str) -> str:

@@ -2,7 +2,7 @@ r"""Run a sweep: each run of a sweep file as its own `launch.train` process, res
 
   python -m launch.sweep --sweep=experiments/sweeps/demo.py --workdir=runs/demo --parallel=2
   python -m launch.sweep --sweep=... --workdir=... --dry_run          # print runs and commands
-  python -m launch.sweep --sweep=... --workdir=... --only=L2-d64-h4 --override=train.steps=50
+  python -m launch.sweep --sweep=... --workdir=... --only=L3-d192-h6 --override=train.steps=50
 
 A sweep file defines BASE_CONFIG (a config file) and get_sweep() -> [(run name, {dotted key:
 value})]; docs/SWEEPS.md. Every run becomes `python -m launch.train --config=BASE_CONFIG
@@ -11,6 +11,13 @@ in DIR/runs/<name>/log.txt. Rerunning the same command is how a sweep resumes: a
 summary.json is skipped, one whose workdir exists without it is started again (the trainer
 resumes it from its newest checkpoint), a failing run is recorded in DIR/status.json and the
 others go on. The exit status is 1 if any run failed.
+
+A run is reused (skipped, or resumed) only if the config.json it recorded equals the config the
+sweep now gives it. Otherwise nothing starts and nothing is written: one line names the run and
+the keys that differ (its --override or the sweep file changed since). --rerun_changed instead
+moves each such run's folder to DIR/stale/<name>-<time>/ and trains it again from scratch, so
+DIR/sweep.json and DIR/runs/ always describe the same runs. The progress line of each run that
+ends shows an ETA (the mean wall time so far times the runs left, over --parallel).
 
 Every key is checked against the base config, with its type, before anything starts: a typo
 in a sweep file is a one-line error, not a failed run an hour later (experiments/sweep_spec.py).
@@ -49,6 +56,7 @@ def launch(
   devices_per_run: int = 0,
   platform: str = '',
   devices: Sequence[int] = (),
+  rerun_changed: bool = False,
 ) -> int:
   """The whole command: check everything, run, print the table; returns the exit status."""
   if parallel < 0:
@@ -60,12 +68,26 @@ def launch(
     workdir = os.path.abspath(workdir)
   sweep = sweep_spec.expand(sweep_file, sweep_spec.parse_overrides(overrides))
   runs = sweep_spec.select(sweep.runs, only)
+  # Every run of the sweep, not only the selected ones: sweep.json describes them all.
+  stale = pool.stale_runs(sweep.runs, workdir)
+  if stale and not rerun_changed and not dry_run:
+    name, diff = next(iter(stale.items()))
+    others = f' (and {len(stale) - 1} more runs)' if len(stale) > 1 else ''
+    raise ValueError(
+      f'run {name!r} in {pool.run_dir(workdir, name)} was trained with another config: '
+      f'{pool.describe_differences(diff)}{others}; pass --rerun_changed to set it aside and '
+      'train it again, or use another --workdir'
+    )
   if dry_run:
     echo(sweep_report.dry_run_text(runs, workdir, train_cmd))
+    for name, diff in stale.items():
+      echo(f'changed: {name} ({pool.describe_differences(diff)}): needs --rerun_changed')
     if groups:
       echo(f'device groups: {", ".join(g.label for g in groups)}')
     return 0
   if pool.is_primary_host():
+    for name in stale:
+      echo(f'set aside {name} (changed config) in {pool.set_aside(workdir, name)}')
     sweep_report.write_sweep_json(sweep.runs, workdir, sweep_file)
   t0 = time.time()
   status = pool.run_sweep(runs, workdir, parallel, train_cmd, echo=echo, groups=groups)
@@ -88,6 +110,12 @@ _DEVICES_PER_RUN = flags.DEFINE_integer(
 )
 _PLATFORM = flags.DEFINE_enum('platform', '', ['', *pool.PLATFORMS], "'': detect gpu/tpu/cpu.")
 _DEVICES = flags.DEFINE_list('devices', [], 'Device ids to share out (default: all found).')
+_RERUN_CHANGED = flags.DEFINE_bool(
+  'rerun_changed',
+  False,
+  'A run whose recorded config differs from the sweep: move it to DIR/stale/ and train it '
+  'again (default: refuse).',
+)
 
 
 def _raise_interrupt(signum, frame) -> None:
@@ -118,6 +146,7 @@ def main(argv: list[str]) -> None:
         devices_per_run=_DEVICES_PER_RUN.value,
         platform=_PLATFORM.value,
         devices=[int(d) for d in _DEVICES.value],
+        rerun_changed=_RERUN_CHANGED.value,
       )
   except KeyboardInterrupt:
     print('interrupted: rerun the same command to resume', file=sys.stderr)

@@ -170,6 +170,12 @@ def test_bad_data_input_is_a_one_line_error(tmp_path):
   (tmp_path / 'empty').mkdir()
   (tmp_path / 'empty' / 'a.txt').write_text('')
   (tmp_path / 'empty' / 'b.txt').write_text('')
+  (tmp_path / 'binary').mkdir()
+  for name in ('a.bin', 'b.bin', 'c.bin'):  # random bytes: a NUL within 8 KiB, near surely
+    (tmp_path / 'binary' / name).write_bytes(np.random.default_rng(0).bytes(20000))
+  (tmp_path / 'notjson').mkdir()
+  for name in ('train.jsonl', 'validation.jsonl'):
+    (tmp_path / 'notjson' / name).write_text('to be, or not to be\n')
   (tmp_path / 'tiny').mkdir()
   (tmp_path / 'tiny' / 'a.txt').write_text('to be')
   (tmp_path / 'tiny' / 'b.txt').write_text('or not')
@@ -179,12 +185,16 @@ def test_bad_data_input_is_a_one_line_error(tmp_path):
   (fake / 'dataset_info.json').write_text(json.dumps({'name': 'oldset', 'fileFormat': 'tfrecord'}))
 
   def folder(name):
-    return dict(name='text_folder', text_glob=str(tmp_path / name / '*.txt'), data_dir=dd)
+    return dict(name='text_folder', text_glob=str(tmp_path / name / '*.*'), data_dir=dd)
 
   cases = [
     (dict(name='text_folder', text_glob=''), 'needs data.text_glob'),
     (folder('none'), 'no text files'),
-    (folder('empty'), 'tokens'),
+    (folder('empty'), 'holds no text'),
+    (folder('binary'), 'is not text'),
+    (dict(name='jsonl', text_glob=str(tmp_path / 'notjson' / '*')), 'is not JSON Lines'),
+    (dict(name='parquet', text_glob=str(tmp_path / 'notjson' / '*')), 'not a readable Parquet'),
+    (dict(name='parquet', text_glob=''), 'needs data.text_glob'),
     (folder('tiny'), 'fewer than one sequence'),
     (dict(name='lm1b', data_dir=dd), 'tfds build lm1b'),
     (dict(name='lm1b', data_dir=str(tmp_path / 'nowhere')), 'does not exist'),
@@ -250,3 +260,153 @@ def test_two_real_processes_assemble_the_same_global_batches(tmp_path):
   it = pipe(batch=8, seq=32).train_iterator()
   for step in range(4):
     np.testing.assert_array_equal(got[step], next(it)['inputs'])
+
+
+# -- Parquet and JSONL corpora, tokenizers JSON files, real lm1b split names -------------------
+
+
+def _corpus_docs(n: int, seed: int = 0) -> list[str]:
+  """Documents of different lengths, non-ASCII included (several bytes per character)."""
+  rng = np.random.default_rng(seed)
+  words = ['alpha', 'beta', 'gamma', 'Grüße', 'naïve', 'café', '東京', 'δέλτα', 'zeta']
+  return [' '.join(rng.choice(words, int(rng.integers(20, 400)))) for _ in range(n)]
+
+
+def _write_parquet(path, docs, row_group_size):
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+
+  table = pa.table({'text': docs, 'id': list(range(len(docs)))})
+  pq.write_table(table, path, row_group_size=row_group_size)
+
+
+def _write_corpus(folder, fmt: str) -> dict[str, list[str]]:
+  """train in three files (Parquet: several row groups each), test in one; returns the docs."""
+  folder.mkdir(parents=True, exist_ok=True)
+  docs = {'train': _corpus_docs(90, 1), 'test': _corpus_docs(12, 2)}
+  pieces = {'train': [docs['train'][:25], docs['train'][25:60], docs['train'][60:]]}
+  pieces['test'] = [docs['test']]
+  for split, parts in pieces.items():
+    for k, part in enumerate(parts):
+      name = f'{split}-{k:05d}-of-{len(parts):05d}.{fmt}'
+      if fmt == 'parquet':
+        _write_parquet(folder / name, part, 7)
+      else:
+        lines = [json.dumps({'text': d, 'meta': i}) for i, d in enumerate(part)]
+        (folder / name).write_text('\n'.join(lines[:3]) + '\n\n' + '\n'.join(lines[3:]) + '\n')
+  return docs
+
+
+@pytest.mark.parametrize('fmt', ['parquet', 'jsonl'])
+def test_parquet_and_jsonl_splits_documents_resume_and_hosts(tmp_path, fmt):
+  docs = _write_corpus(tmp_path / 'corpus', fmt)
+  cfg = dict(name=fmt, text_glob=str(tmp_path / 'corpus' / f'*.{fmt}'), eval_split='test')
+  # Splits come from the files present; every document, in file order, exactly once.
+  for split in ('train', 'test'):
+    src = sources.open_split(data_cfg(**cfg), split)
+    assert [src[i]['text'].decode() for i in range(len(src))] == docs[split]
+  with pytest.raises(ValueError, match=r"split 'validation' not in .*\['test', 'train'\]"):
+    pipe(seq=32, **{**cfg, 'eval_split': 'validation'})
+  # Exact resume: restore the state after 5 batches into a fresh pipeline.
+  a = pipe(batch=4, seq=32, **cfg).train_iterator()
+  for _ in range(5):
+    next(a)
+  saved = a.get_state()
+  b = pipe(batch=4, seq=32, **cfg).train_iterator()
+  b.set_state(saved)
+  for _ in range(6):
+    np.testing.assert_array_equal(next(a)['inputs'], next(b)['inputs'])
+  # Two hosts: each its own rows of the same global batch, from disjoint documents.
+  whole = pipe(batch=4, seq=32, **cfg).train_iterator()
+  hosts = [pipe(batch=4, seq=32, index=i, count=2, **cfg) for i in range(2)]
+  for h in hosts:  # documents are read lazily from the source: record which
+    h._train.source = _Recorder(h._train.source)
+  its = [h.train_iterator() for h in hosts]
+  for _ in range(3):
+    g = next(whole)['inputs']
+    np.testing.assert_array_equal(np.concatenate([next(it)['inputs'] for it in its]), g)
+  read = [h._train.source.read for h in hosts]
+  assert read[0] and read[1] and not read[0] & read[1]
+
+
+class _Recorder:
+  def __init__(self, source):
+    self.source, self.read = source, set()
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, i):
+    self.read.add(int(i))
+    return self.source[i]
+
+
+def test_bpe_json_tokenizer_round_trips_and_bits_per_byte_count_utf8_bytes(tmp_path):
+  """A GPT-2-style byte-level BPE trained here on the embedded corpus (nothing downloaded)."""
+  from data.tokenizer import JsonTokenizer, train_bpe_json
+
+  train = sources.open_split(data_cfg(), 'train')
+  path = train_bpe_json(
+    (bytes(train[i]['text']) for i in range(4)), 512, str(tmp_path / 'tok' / 'bpe.json')
+  )
+  tok = load_tokenizer(data_cfg(tokenizer=path))
+  assert isinstance(tok, JsonTokenizer) and tok.vocab_size == 512
+  text = 'Grüße aus 東京: naïve café, δέλτα 😀'.encode()
+  ids = tok.encode(text)
+  assert tok.eos_id not in ids and tok.decode(ids) == text
+  assert tok.num_bytes(ids) == len(text) > len(text.decode())  # bytes, not characters
+  # Bits per byte divide by UTF-8 bytes: a corpus of non-ASCII documents measured both ways.
+  docs = _corpus_docs(40, 3)
+  (tmp_path / 'c').mkdir()
+  for i, d in enumerate(docs):
+    (tmp_path / 'c' / f'{"test" if i < 10 else "train"}-{i:03d}.jsonl').write_text(
+      json.dumps({'text': d}) + '\n'
+    )
+  cfg = dict(name='jsonl', text_glob=str(tmp_path / 'c' / '*.jsonl'), eval_split='test')
+  p = pipe(batch=4, seq=16, tokenizer=path, **cfg)
+  held_out = [d.encode() for d in docs[:10]]
+  n_tokens = sum(len(tok.encode(d)) + 1 for d in held_out)
+  assert p.bytes_per_token == pytest.approx(sum(map(len, held_out)) / n_tokens, rel=1e-12)
+  # and the byte tokenizer's, on the same corpus: one token per byte, plus the separators
+  b = pipe(batch=4, seq=16, **cfg)
+  assert b.bytes_per_token == pytest.approx(
+    sum(map(len, held_out)) / (sum(map(len, held_out)) + 10), rel=1e-12
+  )
+
+
+def test_tokenizer_files_that_are_not_tokenizers_are_one_line_errors(tmp_path):
+  (tmp_path / 'junk.json').write_text('{"not": "a tokenizer"}')
+  with pytest.raises(ValueError, match='not a tokenizers JSON file') as e:
+    load_tokenizer(data_cfg(tokenizer=str(tmp_path / 'junk.json')))
+  assert '\n' not in str(e.value)
+  with pytest.raises(FileNotFoundError, match='does not exist'):
+    load_tokenizer(data_cfg(tokenizer=str(tmp_path / 'none.json')))
+
+
+def test_real_lm1b_split_names_and_the_accelerator_sweeps(tmp_path, monkeypatch):
+  """lm1b has only train and test: the accelerator sweeps evaluate on test, and a missing
+  split is one line that names the splits there are."""
+  from experiments import sweep_spec
+  from tests import fake_lm1b
+
+  fake_lm1b.build(str(tmp_path / 'tfds'), docs_per_split=6, words_per_doc=400)
+  cfg = dict(name='lm1b', data_dir=str(tmp_path / 'tfds'))
+  with pytest.raises(ValueError, match=r"split 'validation' not in lm1b .*\['train', 'test'\]"):
+    pipe(batch=4, seq=16, **cfg)
+  defaults = default.get_config().data
+  for accel in ('gpu', 'v5p'):
+    monkeypatch.setenv('ACCEL', accel)
+    for stem in ('accel_ladder', 'accel_isoflop'):
+      for name in [m for m in sys.modules if m.startswith('experiments.sweeps.accel')]:
+        monkeypatch.delitem(sys.modules, name)
+      path = os.path.join(REPO, 'experiments', 'sweeps', f'{stem}.py')
+      splits = {
+        (
+          r.overrides.get('data.train_split', defaults.train_split),
+          r.overrides.get('data.eval_split', defaults.eval_split),
+        )
+        for r in sweep_spec.expand(path).runs
+      }
+      assert splits == {('train', 'test')}, (accel, stem, splits)
+  p = pipe(batch=4, seq=16, **cfg, eval_split='test')
+  assert next(p.train_iterator())['inputs'].shape == (4, 16) and p.eval_batches(1, 4)

@@ -188,19 +188,12 @@ def _shape(o: dict) -> common.Shape:
 
 
 def test_accel_run_takes_two_steps_on_a_tiny_prepared_lm1b(tmp_path, monkeypatch):
-  """The smallest GPU-ladder run, its config unchanged but for steps, batch and data_dir."""
-  from data import text_corpus
+  """The smallest GPU-ladder run, its config unchanged but for steps, batch and data_dir, on a
+  dataset with lm1b's real name and splits (train and test only)."""
+  from tests import fake_lm1b
 
-  rng = np.random.default_rng(0)
-  words = np.array(['the', 'moon', 'rose', 'over', 'quiet', 'hills', 'and', 'a', 'river'])
-  texts = tmp_path / 'texts'
-  texts.mkdir()
-  for i in range(6):
-    (texts / f'doc{i}.txt').write_text(' '.join(rng.choice(words, 6000)) + '\n')
   data_dir = tmp_path / 'tfds'
-  b = text_corpus.prepare('text_folder', str(texts / '*.txt'), str(data_dir))
-  os.makedirs(data_dir / 'lm1b')
-  os.rename(b.data_path, data_dir / 'lm1b' / '1.0.0')  # a prepared TFDS dataset named lm1b
+  fake_lm1b.build(str(data_dir))
   run = min(
     _accel_runs('accel_ladder', 'gpu', monkeypatch), key=lambda r: r.overrides['model.d_model']
   )

@@ -40,6 +40,7 @@ def accel_overrides(batch: int) -> dict:
   """What turns the CPU base config into the accelerator one (data, context, dtype, eval)."""
   return {
     'data.name': 'lm1b',
+    'data.eval_split': 'test',  # TFDS lm1b has only 'train' and 'test'
     'data.seq_len': SEQ_LEN,
     'model.max_seq_len': SEQ_LEN,
     'model.dtype': 'bfloat16',
