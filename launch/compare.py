@@ -14,6 +14,7 @@ experiments/scaling.py's; this module is the command line and the drawing.
 import json
 import os
 import sys
+import tempfile
 
 import numpy as np
 from absl import app, flags
@@ -184,6 +185,15 @@ def main(argv: list[str]) -> None:
     raise app.UsageError('give one or more sweep directories')
   if _BOOT.value < 0:
     raise app.UsageError(f'--bootstrap={_BOOT.value} must be >= 0')
+  folder = os.path.dirname(os.path.abspath(_OUT.value))
+  while not os.path.exists(folder):  # the nearest existing folder must take a new file
+    folder = os.path.dirname(folder)
+  try:
+    tempfile.TemporaryFile(dir=folder).close()
+  except OSError as e:
+    sys.exit(
+      print(f'error: --out={_OUT.value} cannot be written ({e.strerror})', file=sys.stderr) or 2
+    )
   sys.exit(compare(dirs, _OUT.value, _X.value, _BOOT.value))
 
 

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import hashlib
 import io
+import json
 import os
 import re
 import runpy
@@ -323,6 +324,50 @@ CASES: dict[str, tuple[str, list[str]]] = {
   'bench/dtype-unknown': ('benchmarks.train_step', ['--dtype=float16']),
   'data_bench/batches-0': ('benchmarks.data_throughput', ['--batches=0']),
   'data_bench/seq-len-negative': ('benchmarks.data_throughput', ['--config.data.seq_len=-8']),
+  # Corpora, tokenizers, changed sweep runs, compare's output (issue 23a).
+  'train/text-folder-binary-files': train_case(
+    '--config.data.name=text_folder',
+    '--config.data.text_glob={inputs}/binary/*',
+    '--config.data.data_dir={case}/tfds',
+  ),
+  'train/text-folder-empty-files': train_case(
+    '--config.data.name=text_folder',
+    '--config.data.text_glob={inputs}/emptyfiles/*.txt',
+    '--config.data.data_dir={case}/tfds',
+  ),
+  'train/jsonl-without-glob': train_case('--config.data.name=jsonl'),
+  'train/jsonl-no-such-files': train_case(
+    '--config.data.name=jsonl', '--config.data.text_glob={case}/none/*.jsonl'
+  ),
+  'train/jsonl-no-validation-split': train_case(
+    '--config.data.name=jsonl', '--config.data.text_glob={inputs}/jsonl/*.jsonl'
+  ),
+  'train/jsonl-text-key-unknown': train_case(
+    '--config.data.name=jsonl',
+    '--config.data.text_glob={inputs}/jsonl/*.jsonl',
+    '--config.data.eval_split=test',
+    '--config.data.text_key=body',
+  ),
+  'train/parquet-not-parquet': train_case(
+    '--config.data.name=parquet',
+    '--config.data.text_glob={inputs}/jsonl/*.jsonl',
+    '--config.data.eval_split=test',
+  ),
+  'train/tokenizer-json-junk': train_case('--config.data.tokenizer={inputs}/junk.json'),
+  'train/tokenizer-json-missing': train_case('--config.data.tokenizer={inputs}/none.json'),
+  'tokenizer/kind-unknown': ('data.tokenizer', ['--kind=wordpiece']),
+  'sweep/changed-run': (
+    'launch.sweep',
+    ['--sweep=experiments/sweeps/demo.py', '--workdir={inputs}/sweep', '--only=L2-d32-h2'],
+  ),
+  'compare/out-below-a-file': (
+    'launch.compare',
+    ['{inputs}/empty', '--out={inputs}/afile.txt/s.png'],
+  ),
+  'compare/out-in-proc': (
+    'launch.compare',
+    ['{inputs}/empty', '--out=/proc/scaling_lm_bad_input/s.png'],
+  ),
 }
 
 
@@ -340,6 +385,28 @@ def inputs(tmp_path_factory):
   (root / 'empty').mkdir()
   (root / 'one').mkdir()
   (root / 'one' / 'only.txt').write_text('To be, or not to be, that is the question.\n' * 50)
+  (root / 'binary').mkdir()
+  (root / 'emptyfiles').mkdir()
+  (root / 'jsonl').mkdir()
+  for i in range(4):
+    (root / 'binary' / f'{i}.bin').write_bytes(bytes(range(256)) * 64)
+    (root / 'emptyfiles' / f'{i}.txt').write_text('')
+  for split in ('train', 'test'):
+    line = json.dumps({'text': 'To be, or not to be, that is the question. ' * 40})
+    (root / 'jsonl' / f'{split}.jsonl').write_text((line + '\n') * 20)
+  (root / 'junk.json').write_text('{"not": "a tokenizer"}')
+  # A sweep whose one run was trained for other steps than the demo asks (config.json).
+  from experiments import sweep_spec
+
+  (run,) = sweep_spec.select(
+    sweep_spec.expand(os.path.join(REPO, 'experiments/sweeps/demo.py')).runs, ['L2-d32-h2']
+  )
+  config, _ = sweep_spec.apply_overrides(sweep_spec.load_config(run.config), run.overrides, 'x')
+  config = config.to_dict()
+  config['train']['steps'] = 50
+  (root / 'sweep' / 'runs' / run.name).mkdir(parents=True)
+  (root / 'sweep' / 'runs' / run.name / 'config.json').write_text(json.dumps(config))
+  (root / 'sweep' / 'runs' / run.name / 'summary.json').write_text('{}')
   return str(root)
 
 

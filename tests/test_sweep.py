@@ -599,3 +599,91 @@ def test_other_hosts_of_a_multi_host_sweep_write_no_shared_file(tmp_path, fake_c
   wd = tmp_path / 'w0'
   assert sweep.launch(path, str(wd), only=['small'], train_cmd=fake_cmd, echo=lambda s: None) == 0
   assert {'sweep.json', 'status.json'} <= set(os.listdir(wd))
+
+
+# -- Runs reused only when their recorded config is what the sweep asks for ---------------------
+
+
+def _record_config(wd: str, run: sweep_spec.Run, **changes) -> None:
+  """Writes run's config.json as launch.train would, with some keys changed."""
+  config, _ = sweep_spec.apply_overrides(sweep_spec.load_config(run.config), run.overrides, 'x')
+  tree = json.loads(json.dumps(config.to_dict()))
+  for key, value in changes.items():
+    *path, last = key.split('.')
+    node = tree
+    for part in path:
+      node = node[part]
+    if value is None:
+      del node[last]
+    else:
+      node[last] = value
+  with open(os.path.join(wd, 'runs', run.name, 'config.json'), 'w') as f:
+    json.dump(tree, f)
+
+
+def test_changed_runs_are_refused_or_rerun_and_sweep_json_stays_true(tmp_path, fake_cmd):
+  path = _fake_sweep(tmp_path, fail=False)
+  wd = str(tmp_path / 'sw')
+  assert sweep.launch(path, wd, train_cmd=fake_cmd, echo=print) == 0
+  small, big = sweep_spec.expand(path).runs
+  for run in (small, big):
+    _record_config(wd, run)
+  # Unchanged: both reused. A key added to the config files since (absent from the record)
+  # is no change unless the run sets it.
+  _record_config(wd, small, **{'train.b1': None})
+  assert sweep.launch(path, wd, train_cmd=fake_cmd, echo=print) == 0
+  assert _invocations(wd) == ['small', 'big']
+  # A base-config key the sweep does not override changed since big ran: refused, nothing
+  # started or written.
+  _record_config(wd, big, **{'train.b2': 0.5})
+  sweep_json = os.path.join(wd, 'sweep.json')
+  before = (open(sweep_json).read(), os.stat(sweep_json).st_mtime_ns)
+  with pytest.raises(ValueError, match=r"^run 'big' in .*runs/big was trained with another") as e:
+    sweep.launch(path, wd, train_cmd=fake_cmd, echo=print)
+  assert 'train.b2 0.5 -> 0.95' in str(e.value) and '\n' not in str(e.value)
+  # The docs' trap: a short --only run with an override, then the full sweep.
+  with pytest.raises(ValueError, match=r"run 'small' .*model.n 100 -> 7"):
+    sweep.launch(path, wd, only=['small'], overrides=['model.n=7'], train_cmd=fake_cmd)
+  assert (open(sweep_json).read(), os.stat(sweep_json).st_mtime_ns) == before
+  assert _invocations(wd) == ['small', 'big']
+  out = []
+  assert sweep.launch(path, wd, dry_run=True, train_cmd=fake_cmd, echo=out.append) == 0
+  assert any(ln.startswith('changed: big (train.b2 0.5 -> 0.95)') for ln in out)
+  # --rerun_changed: big is set aside (kept) and trained again; small is reused.
+  out = []
+  code = sweep.launch(path, wd, train_cmd=fake_cmd, echo=out.append, rerun_changed=True)
+  assert code == 0 and _invocations(wd) == ['small', 'big', 'big']
+  (aside,) = glob.glob(os.path.join(wd, 'stale', 'big-*'))
+  assert json.load(open(os.path.join(aside, 'config.json')))['train']['b2'] == 0.5
+  assert os.path.exists(os.path.join(aside, 'summary.json'))
+  assert not os.path.exists(os.path.join(wd, 'runs', 'big', 'config.json'))  # a fresh folder
+  assert _summary(wd, 'big')['resumed'] is False
+
+
+def test_a_real_short_run_is_reused_then_refused_when_its_steps_change(tmp_path):
+  """Through the real trainer: config.json as launch.train writes it equals what the sweep
+  computes (no false alarm), and a changed --override is caught."""
+  demo = os.path.join(REPO, 'experiments', 'sweeps', 'demo.py')
+  wd = str(tmp_path / 'sw')
+  args = ['train.steps=2', 'train.warmup_steps=1', 'eval.every=2', 'checkpoint.every=2']
+  out = []
+  assert sweep.launch(demo, wd, only=['L2-d32-h2'], overrides=args, echo=out.append) == 0
+  assert any(ln.startswith('done    L2-d32-h2 [1/1]') for ln in out), out
+  out = []
+  assert sweep.launch(demo, wd, only=['L2-d32-h2'], overrides=args, echo=out.append) == 0
+  assert '1 of 1 runs already finished (skipped)' in out
+  changed = [a if a != 'train.steps=2' else 'train.steps=3' for a in args]
+  with pytest.raises(ValueError, match=r"run 'L2-d32-h2' .*: train.steps 2 -> 3;"):
+    sweep.launch(demo, wd, only=['L2-d32-h2'], overrides=changed)
+
+
+def test_progress_lines_show_an_eta(tmp_path, fake_cmd):
+  assert pool.eta_text([10.0, 20.0], 4, 2) == ', eta 30 s'
+  assert pool.eta_text([600.0], 3, 1) == ', eta 30 min'
+  assert pool.eta_text([3600.0], 3, 2) == ', eta 2.0 h'
+  assert pool.eta_text([5.0], 0, 1) == pool.eta_text([], 3, 1) == ''
+  runs = [sweep_spec.Run(n, 'cfg.py', {}) for n in 'abc']
+  lines = []
+  pool.run_sweep(runs, str(tmp_path / 'sw'), train_cmd=fake_cmd, echo=lines.append)
+  done = [ln for ln in lines if ln.startswith('done')]
+  assert [', eta ' in ln for ln in done] == [True, True, False], done
