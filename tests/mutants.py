@@ -185,6 +185,51 @@ MUTANTS = [
     'good.save(step, state,',
     ['tests/test_train.py::test_resume_is_bitwise_exact_and_survives_a_corrupted_checkpoint'],
   ),
+  # issue 23a: datasets, tokenizers, sweeps that never reuse a changed run
+  (
+    'stale-run check compares only the keys the sweep overrides',
+    'launch/pool.py',
+    'if a == b or ((a is missing or b is missing) and key not in run.overrides):',
+    'if a == b or key not in run.overrides:',
+    [
+      'tests/test_sweep.py::test_changed_runs_are_refused_or_rerun_and_sweep_json_stays_true',
+    ],
+  ),
+  (
+    'bits per byte of a tokenizers JSON file count characters, not UTF-8 bytes',
+    'data/tokenizer.py',
+    'return len(self.decode(ids))',
+    'return len(self.decode(ids).decode())',
+    [
+      'tests/test_data_pipeline.py::'
+      'test_bpe_json_tokenizer_round_trips_and_bits_per_byte_count_utf8_bytes',
+    ],
+  ),
+  (
+    'Parquet row group read by its index over all files, not within its file',
+    'data/files.py',
+    'read_row_group(rg, columns=[self.key])',
+    'read_row_group(g % self._pq.ParquetFile(f).metadata.num_row_groups, columns=[self.key])',
+    [
+      'tests/test_data_pipeline.py::test_parquet_and_jsonl_splits_documents_resume_and_hosts',
+    ],
+  ),
+  (
+    'JSONL index keeps blank lines (an empty document per blank line)',
+    'data/files.py',
+    'if data[s:e].strip():',
+    'if data[s:e]:',
+    [
+      'tests/test_data_pipeline.py::test_parquet_and_jsonl_splits_documents_resume_and_hosts',
+    ],
+  ),
+  (
+    'accelerator sweeps evaluate on a validation split that lm1b does not have',
+    'experiments/sweeps/accel_ladder.py',
+    "    'data.eval_split': 'test',  # TFDS lm1b has only 'train' and 'test'\n",
+    '',
+    ['tests/test_data_pipeline.py::test_real_lm1b_split_names_and_the_accelerator_sweeps'],
+  ),
 ]
 
 

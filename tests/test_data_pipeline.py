@@ -410,3 +410,30 @@ def test_real_lm1b_split_names_and_the_accelerator_sweeps(tmp_path, monkeypatch)
       assert splits == {('train', 'test')}, (accel, stem, splits)
   p = pipe(batch=4, seq=16, **cfg, eval_split='test')
   assert next(p.train_iterator())['inputs'].shape == (4, 16) and p.eval_batches(1, 4)
+
+
+def test_tokenizer_command_trains_a_bpe_json_beside_a_jsonl_corpus(tmp_path):
+  docs = _write_corpus(tmp_path / 'corpus', 'jsonl')
+  glob_ = str(tmp_path / 'corpus' / '*.jsonl')
+  r = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'data.tokenizer',
+      '--kind=bpe_json',
+      '--vocab_size=300',
+      '--config.data.name=jsonl',
+      f'--config.data.text_glob={glob_}',
+      f'--config.data.data_dir={tmp_path / "tfds"}',
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    env={**os.environ, 'PYTHONPATH': REPO},
+  )
+  assert r.returncode == 0, r.stderr[-2000:]
+  path = r.stdout.strip()
+  assert path.startswith(str(tmp_path / 'tfds' / 'jsonl_')) and path.endswith('bpe_300.json')
+  tok = load_tokenizer(data_cfg(tokenizer=path))
+  text = docs['test'][0].encode()
+  assert tok.vocab_size == 300 and tok.decode(tok.encode(text)) == text

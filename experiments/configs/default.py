@@ -34,13 +34,14 @@ def get_config() -> ml_collections.ConfigDict:
 
   # What it reads (data/).
   c.data = d = ml_collections.ConfigDict()
-  d.name = 'shakespeare'  # 'shakespeare' | 'text_folder' | any prepared TFDS name ('lm1b', ...).
+  # 'shakespeare' | 'text_folder' | 'parquet' | 'jsonl' | any prepared TFDS name ('lm1b', ...).
+  d.name = 'shakespeare'
   d.data_dir = ''  # '' -> ~/.cache/scaling_lm/tfds (env SCALING_LM_DATA overrides).
-  d.text_glob = ''  # for 'text_folder': local or gs:// glob of text files.
+  d.text_glob = ''  # for 'text_folder', 'parquet', 'jsonl': local or gs:// glob of files.
   d.text_key = 'text'
   d.train_split = 'train'
   d.eval_split = 'validation'
-  d.tokenizer = 'bytes'  # 'bytes' | path to a SentencePiece .model file.
+  d.tokenizer = 'bytes'  # 'bytes' | a SentencePiece .model | a tokenizers .json (local or gs://).
   d.seq_len = 128
   d.segment_ids = False  # True: attention stays within a document.
   d.shuffle = True
