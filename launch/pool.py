@@ -269,7 +269,10 @@ def set_aside(workdir: str, name: str) -> str:
   while os.path.exists(dest):
     dest += '_'
   os.makedirs(os.path.dirname(dest), exist_ok=True)
-  os.rename(run_dir(workdir, name), dest)
+  try:
+    os.rename(run_dir(workdir, name), dest)
+  except FileNotFoundError:  # another runner on this workdir moved it first
+    return '(already moved)'
   return dest
 
 
