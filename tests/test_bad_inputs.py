@@ -362,11 +362,11 @@ CASES: dict[str, tuple[str, list[str]]] = {
   ),
   'compare/out-below-a-file': (
     'launch.compare',
-    ['{inputs}/empty', '--out={inputs}/afile.txt/s.png'],
+    ['{inputs}/fits', '--out={inputs}/afile.txt/s.png', '--bootstrap=0'],
   ),
   'compare/out-in-proc': (
     'launch.compare',
-    ['{inputs}/empty', '--out=/proc/scaling_lm_bad_input/s.png'],
+    ['{inputs}/fits', '--out=/proc/scaling_lm_bad_input/s.png', '--bootstrap=0'],
   ),
 }
 
@@ -395,6 +395,24 @@ def inputs(tmp_path_factory):
     line = json.dumps({'text': 'To be, or not to be, that is the question. ' * 40})
     (root / 'jsonl' / f'{split}.jsonl').write_text((line + '\n') * 20)
   (root / 'junk.json').write_text('{"not": "a tokenizer"}')
+  for k, n in enumerate([1e5, 3e5, 1e6, 3e6, 1e7]):  # a sweep that fits: compare gets to --out
+    run = root / 'fits' / 'runs' / f'r{k}'
+    run.mkdir(parents=True)
+    loss = 1.0 + 20 * n**-0.3
+    evals = [
+      {
+        'kind': 'eval',
+        'step': s,
+        'eval_loss': loss + 1 / s,
+        'tokens': 1e8 * s / 2,
+        'flops': 3e8 * n * s,
+      }
+      for s in (1, 2)
+    ]
+    (run / 'metrics.jsonl').write_text(''.join(json.dumps(e) + '\n' for e in evals))
+    summary = {'n_params': int(n * 1.1), 'n_params_nonembed': int(n), 'flops_per_token': 6 * n}
+    summary.update(tokens_seen=int(1e8), final_eval_loss=loss, final_eval_loss_sem=0.01)
+    (run / 'summary.json').write_text(json.dumps(summary))
   # A sweep whose one run was trained for other steps than the demo asks (config.json).
   from experiments import sweep_spec
 
