@@ -194,9 +194,9 @@ class DataPipeline:
   def _measure_bytes_per_token(self) -> float:
     n_bytes = n_tokens = 0
     for i in range(min(len(self._eval_source), _MAX_BPT_DOCS)):
-      ids = self.tokenizer.encode(bytes(self._eval_source[i][self.cfg.text_key]))
-      n_bytes += self.tokenizer.num_bytes(ids)
-      n_tokens += len(ids) + 1  # + the separator, which the model also predicts
+      text = bytes(self._eval_source[i][self.cfg.text_key])
+      n_bytes += len(text)  # UTF-8 bytes of the text itself, not characters, not pieces
+      n_tokens += len(self.tokenizer.encode(text)) + 1  # + the separator, also predicted
     if n_tokens <= self.seq_len:
       raise ValueError(
         f'the {self.cfg.eval_split} split has {n_tokens} tokens, fewer than one sequence'

@@ -7,7 +7,9 @@ puts between documents. Bytes: ids 0..255 are the byte values (any byte, not onl
 separator = the first of SEPARATORS that it defines as a special token. A tokenizer path may
 be local or gs://.
 
-`num_bytes(ids)` is the number of UTF-8 bytes the ids decode to: bits per byte divide by it.
+Bits per byte divide by the UTF-8 bytes of the original text (data/pipeline.py), whatever the
+tokenizer: SentencePiece normalizes text (runs of spaces, NFKC) and adds a leading space, so
+its pieces do not add up to the text's bytes.
 
 Train a vocabulary on the training split, stored beside the dataset:
   python -m data.tokenizer --config=experiments/configs/default.py --vocab_size=1024
@@ -47,9 +49,6 @@ class ByteTokenizer:
   def decode(self, ids) -> bytes:
     return bytes(int(i) for i in ids if 0 <= int(i) < 256)
 
-  def num_bytes(self, ids: np.ndarray) -> int:
-    return int(np.count_nonzero(np.asarray(ids) < 256))
-
 
 class SentencePieceTokenizer:
   def __init__(self, path: str):
@@ -66,23 +65,12 @@ class SentencePieceTokenizer:
       ) from e
     self.vocab_size = self._sp.get_piece_size()
     self.eos_id = self._sp.eos_id()
-    # Byte length of every piece, for bits-per-byte ('▁' is a space; <0xNN> is one byte).
-    lengths = np.zeros(self.vocab_size, np.int64)
-    for i in range(self.vocab_size):
-      if self._sp.is_control(i) or self._sp.is_unknown(i):
-        continue
-      piece = self._sp.id_to_piece(i)
-      lengths[i] = 1 if self._sp.is_byte(i) else len(piece.replace('\u2581', ' ').encode())
-    self._piece_bytes = lengths
 
   def encode(self, text: bytes) -> np.ndarray:
     return np.asarray(self._sp.encode(text.decode('utf-8', 'replace')), np.int32)
 
   def decode(self, ids) -> bytes:
     return self._sp.decode([int(i) for i in ids]).encode()
-
-  def num_bytes(self, ids: np.ndarray) -> int:
-    return int(self._piece_bytes[np.asarray(ids)].sum())
 
 
 class JsonTokenizer:
@@ -115,9 +103,6 @@ class JsonTokenizer:
 
   def decode(self, ids) -> bytes:
     return self._tok.decode([int(i) for i in ids], skip_special_tokens=True).encode()
-
-  def num_bytes(self, ids: np.ndarray) -> int:
-    return len(self.decode(ids))
 
 
 def load_tokenizer(data_cfg):

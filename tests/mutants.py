@@ -196,10 +196,10 @@ MUTANTS = [
     ],
   ),
   (
-    'bits per byte of a tokenizers JSON file count characters, not UTF-8 bytes',
-    'data/tokenizer.py',
-    'return len(self.decode(ids))',
-    'return len(self.decode(ids).decode())',
+    'bits per byte over characters of the held-out text, not its UTF-8 bytes',
+    'data/pipeline.py',
+    'n_bytes += len(text)',
+    "n_bytes += len(text.decode('utf-8', 'replace'))",
     [
       'tests/test_data_pipeline.py::'
       'test_bpe_json_tokenizer_round_trips_and_bits_per_byte_count_utf8_bytes',

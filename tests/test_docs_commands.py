@@ -20,6 +20,8 @@ import pytest
 
 from tests.cluster import REPO
 
+pytestmark = pytest.mark.slow
+
 DOCS = ['README.md', *sorted(os.path.relpath(p, REPO) for p in glob.glob(f'{REPO}/docs/*.md'))]
 DRY_RUN = {'launch.sweep', 'launch.tpu', 'launch.slurm'}
 FEW_STEPS = {'launch.train'}
