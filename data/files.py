@@ -3,11 +3,12 @@
   --config.data.name=parquet --config.data.text_glob='gs://bucket/c4/*.parquet'
   --config.data.name=jsonl   --config.data.text_glob='/data/corpus/*.jsonl'
 
-The split of a file comes from its name, as Hugging Face datasets lay them out: the leading word
-of the file name (`train-00000-of-00008.parquet`, `test.jsonl`, `validation_3.jsonl`), or else
-the name of the folder it is in (`train/part-0.parquet`). The splits are the ones present; a
-missing one is an error that names them. Each document is one row (Parquet, read with pyarrow)
-or one line (JSONL, stdlib json) holding `data.text_key`.
+The split of a file comes from its name, as Hugging Face datasets lay them out: a usual split
+name among the words of the file name (`train-00000-of-00008.parquet`, `test.jsonl`,
+`c4-validation.00003-of-00008.jsonl`) or of its folder (`train/part-0.parquet`), else the
+first word of the file name. Compressed files (.gz, .zst) are not read. The splits are the
+ones present; a missing one is an error that names them. Each document is one row (Parquet,
+read with pyarrow) or one line (JSONL, stdlib json) holding `data.text_key`.
 
 A split is a random-access source like the TFDS ones (len() and [i] -> {text_key: bytes}), so
 data/pipeline.py packs it the same way: per-host rows and an exactly resumable state of three
@@ -31,11 +32,20 @@ from data import text_corpus
 FORMATS = ('parquet', 'jsonl')
 _CACHE_BYTES = 1 << 30
 _SPLIT_RE = re.compile(r'[A-Za-z]+')
+_USUAL_SPLITS = ('train', 'validation', 'valid', 'val', 'dev', 'test')
 
 
 def split_of(path: str) -> str:
-  """'train' for .../train-00000-of-00008.parquet, .../test.jsonl or .../train/part-0.parquet."""
+  """'train' for .../train-00000-of-00008.parquet, .../test.jsonl, .../c4-train.00001.jsonl or
+  .../train/part-0.parquet: a usual split name among the words of the file name, else the
+  folder's name if it is one, else the file name's first word, else the folder's name."""
   parts = path.rstrip('/').split('/')
+  words = re.split(r'[-_.]', parts[-1].lower())
+  known = [w for w in words if w in _USUAL_SPLITS]
+  if known:
+    return known[0]
+  if len(parts) > 1 and parts[-2].lower() in _USUAL_SPLITS:
+    return parts[-2].lower()
   m = _SPLIT_RE.match(parts[-1])
   word = m.group(0).lower() if m else ''
   if word and parts[-1][len(word) : len(word) + 1] in ('-', '_', '.'):

@@ -437,3 +437,15 @@ def test_tokenizer_command_trains_a_bpe_json_beside_a_jsonl_corpus(tmp_path):
   tok = load_tokenizer(data_cfg(tokenizer=path))
   text = docs['test'][0].encode()
   assert tok.vocab_size == 300 and tok.decode(tok.encode(text)) == text
+
+
+def test_split_of_a_file_comes_from_its_name_or_folder():
+  from data.files import split_of
+
+  assert split_of('gs://b/c4/train-00000-of-00008.parquet') == 'train'
+  assert split_of('/d/test.jsonl') == 'test'
+  assert split_of('/d/en/c4-validation.00003-of-00008.jsonl') == 'validation'
+  assert split_of('/d/wiki_dev_2.jsonl') == 'dev'
+  assert split_of('/d/heldout-0.parquet') == 'heldout'
+  assert split_of('/d/train/part-0.parquet') == 'train'
+  assert split_of('/d/test/0001.jsonl') == 'test'
