@@ -154,6 +154,14 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, abstract_data=No
   return None
 
 
+def restore_trainer_state(mngr: ocp.CheckpointManager, trainer, abstract_data=None):
+  """The one restore of a train state: training resumes through it and every tool that loads
+  a trained model (train/restore.py) does too. `trainer` (train/step.make_trainer) gives the
+  abstract state and the shardings to restore onto; returns restore_latest's tuple or None."""
+  abstract = abstract_with_shardings(trainer.abstract_state, trainer.state_shardings)
+  return restore_latest(mngr, abstract, abstract_data)
+
+
 def abstract_with_shardings(abstract_tree, shardings):
   """ShapeDtypeStructs carrying concrete NamedShardings: what Orbax restores onto."""
   return jax.tree.map(
