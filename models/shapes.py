@@ -58,6 +58,12 @@ def mesh_shape(mesh: Mapping, num_devices: int, where: str = '') -> tuple[int, .
   return tuple(sizes)
 
 
+def default_d_ff(d_model: int, mlp: str = 'gelu') -> int:
+  """model.d_ff=0: 4 d for GELU; for SwiGLU 8/3 d rounded up to a multiple of 8, so that its
+  three matrices hold about the parameters of GELU's two (Shazeer 2020; Llama)."""
+  return 4 * d_model if mlp == 'gelu' else 8 * math.ceil(8 * d_model / 3 / 8)
+
+
 def param_counts(
   *,
   vocab_size: int,

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from models import shapes
 from models.attention import IMPLS, MultiHeadAttention
 from models.layers import LOOKUP, MLPS, NORMS, RESIDUAL, Mlp, constrain, dense, norm, param
 
@@ -113,7 +114,7 @@ class ModelConfig:
       num_heads=m.num_heads,
       num_kv_heads=kv,
       head_dim=m.head_dim or m.d_model // m.num_heads,
-      d_ff=m.d_ff or default_d_ff(m.d_model, block['mlp']),
+      d_ff=m.d_ff or shapes.default_d_ff(m.d_model, block['mlp']),
       max_seq_len=m.max_seq_len,
       pos_emb=m.pos_emb,
       tie_embeddings=m.tie_embeddings,
@@ -131,12 +132,6 @@ def _norm(cfg: ModelConfig, rngs: nnx.Rngs):
   """The residual stream's norm (model.norm, model.use_bias)."""
   pdt = _DTYPES[cfg.param_dtype]
   return norm(cfg.norm, cfg.d_model, rngs=rngs, param_dtype=pdt, use_bias=cfg.use_bias)
-
-
-def default_d_ff(d_model: int, mlp: str) -> int:
-  """model.d_ff=0: 4 d for GELU; for SwiGLU 8/3 d rounded up to a multiple of 8, so that its
-  three matrices hold about the parameters of GELU's two (Shazeer 2020; Llama)."""
-  return 4 * d_model if mlp == 'gelu' else 8 * math.ceil(8 * d_model / 3 / 8)
 
 
 class Block(nnx.Module):

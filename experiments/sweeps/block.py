@@ -10,6 +10,7 @@ Results and the command: docs/SWEEPS.md#block-options.
 """
 
 from experiments.sweeps import common
+from models import shapes
 
 BASE_CONFIG = common.BASE_CONFIG
 TOKENS = 400_000  # per run
@@ -23,17 +24,12 @@ MODERN = {
 }
 
 
-def swiglu_ff(d_model: int) -> int:
-  """models/transformer.default_d_ff for SwiGLU, written out (sweep files import no JAX)."""
-  return 8 * -(-8 * d_model // 24)
-
-
 def get_sweep() -> list[tuple[str, dict]]:
   runs = []
   for s in SHAPES:
     gpt3 = common.ladder_run(s, TOKENS, 'block', 'gpt3', target_nonembed=s.nonembed())
     runs.append((f'{s.name}-gpt3', gpt3))
-    modern = {**gpt3, **MODERN, 'model.d_ff': swiglu_ff(s.d_model)}
+    modern = {**gpt3, **MODERN, 'model.d_ff': shapes.default_d_ff(s.d_model, 'swiglu')}
     modern['tags.group'] = 'modern'
     runs.append((f'{s.name}-modern', modern))
   return runs
