@@ -25,6 +25,7 @@ from models.attention import IMPLS, MultiHeadAttention
 from models.layers import LOOKUP, MLPS, NORMS, RESIDUAL, Mlp, constrain, dense, norm, param
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+BLOCK_OPTIONS = ('norm', 'mlp', 'use_bias', 'qk_norm')  # model.* keys; defaults: GPT-3's block
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +91,7 @@ class ModelConfig:
       'param_dtype': tuple(_DTYPES),
     }
     # The block options may be missing from a run saved before they existed: the defaults.
-    block = {k: m.get(k, getattr(cls, k)) for k in ('norm', 'mlp', 'use_bias', 'qk_norm')}
+    block = {k: m.get(k, getattr(cls, k)) for k in BLOCK_OPTIONS}
     for key, allowed in choices.items():
       if m[key] not in allowed:
         raise ValueError(f'model.{key}={m[key]!r}; choose one of {allowed}')

@@ -15,6 +15,7 @@ from experiments.configs import default, modern
 from models import accounting, layers, shapes
 from models.attention import MultiHeadAttention
 from models.transformer import ModelConfig, Transformer
+from train import checkpoint
 
 RNG = np.random.default_rng(0)
 
@@ -251,3 +252,14 @@ def test_bad_option_is_one_line(key, value):
   m = ml_collections.ConfigDict({**default.get_config().model.to_dict(), key: value})
   with pytest.raises(ValueError, match=f'model.{key}='):
     ModelConfig.from_config(m, vocab_size=64)
+
+
+def test_a_run_saved_before_the_options_resumes_only_as_the_gpt3_block():
+  saved = default.get_config().to_dict()
+  for key in ('norm', 'mlp', 'use_bias', 'qk_norm'):
+    del saved['model'][key]
+  checkpoint.check_compatible(saved, default.get_config().to_dict(), 'old')  # no error
+  now = default.get_config()
+  now.model.norm = 'rmsnorm'
+  with pytest.raises(ValueError, match="model.norm: saved 'layernorm' vs now 'rmsnorm'"):
+    checkpoint.check_compatible(saved, now.to_dict(), 'old')

@@ -48,8 +48,12 @@ def saved_config(mngr: ocp.CheckpointManager, step: int) -> dict:
 
 def check_compatible(saved: dict, config: dict, workdir: str) -> None:
   """Refuses to resume (and so to overwrite) a checkpoint of a different model."""
+  from models.transformer import BLOCK_OPTIONS, ModelConfig
+
   for section in _MUST_MATCH:
     old, new = saved.get(section, {}), config.get(section, {})
+    if section == 'model':  # a run saved before the block options existed has their defaults
+      old = {**{k: getattr(ModelConfig, k) for k in BLOCK_OPTIONS}, **old}
     diff = {k: (old.get(k), new.get(k)) for k in set(old) | set(new) if old.get(k) != new.get(k)}
     if diff:
       desc = ', '.join(
