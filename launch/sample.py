@@ -5,7 +5,9 @@ r"""Text from a trained model: python -m launch.sample --workdir=RUN --prompt='R
 
 Restores the newest readable checkpoint (train/restore.py, the restore training resumes
 through) and decodes with a key/value cache under one jit (models/decode.py). Prints the prompt
-and its continuation; writes nothing. --temperature=0 is greedy decoding. Bad input is one
+and its continuation; writes nothing. --temperature=0 is greedy decoding. With learned
+positions the prompt and the new tokens must fit model.max_seq_len; a RoPE model may go past it
+(to positions it never saw in training). Bad input is one
 `error:` line (exit 2) before anything is restored or compiled.
 """
 

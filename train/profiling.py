@@ -6,7 +6,8 @@ and xprof read), beside the compiled step's HLO and the traced steps' wall time
 
 'START:STOP' traces the steps after START up to STOP, numbered as in metrics.jsonl (step 1 is
 the first); 'N' is '1:N+1': N steps after the first, which compiles. Each process traces its
-own host; a window that began before a resume is not traced again.
+own host; a window that began before a resume is not traced again. Tested on local workdirs;
+whether jax.profiler writes to a gs:// workdir is not tested here.
 """
 
 import json

@@ -77,7 +77,7 @@ def get_config() -> ml_collections.ConfigDict:
   t.deterministic = False
   # A jax.profiler trace into WORKDIR/tb/plugins/profile/ of the steps after START up to STOP
   # ('START:STOP', numbered as in metrics.jsonl), or of N steps after the first, compiling,
-  # one ('N' = '1:N+1'). '': no trace. `python -m benchmarks.profile --trace=WORKDIR` reads it.
+  # one ('N' = '1:N+1'). '': no trace. `python -m benchmarks.profile --run=WORKDIR` reads it.
   t.profile_steps = ''
 
   c.eval = e = ml_collections.ConfigDict()
