@@ -3,6 +3,7 @@
   python -m benchmarks.profile --shapes=d512.L8.H8 --seq_len=256 --batch=8 --steps=3
   python -m benchmarks.profile --shapes=gpt3.Medium --seq_len=2048 --batch=8 --dtype=bfloat16 \
       --vocab=50304 --scan_layers --remat=dots --steps=3
+  python -m benchmarks.profile --run=WORKDIR   # a training run's train.profile_steps trace
 
 Takes the shape flags of benchmarks.train_step (and its --config). After compilation and
 --warmup untimed steps it traces --steps steps with `jax.profiler`, reads the trace back with
@@ -52,6 +53,9 @@ CATEGORIES = (
 )
 
 _TOP = flags.DEFINE_integer('top', 15, 'How many operations to list.')
+_RUN = flags.DEFINE_string(
+  'run', '', 'Summarize the trace a training run wrote (train.profile_steps) instead.'
+)
 _TRACE_DIR = flags.DEFINE_string('trace_dir', '', 'Keep the trace here (default: a temp dir).')
 _COMMAND_BUFFERS = flags.DEFINE_bool(
   'command_buffers',
@@ -476,9 +480,44 @@ def profile_shape(shape: str, steps: int, warmup: int, trace_dir: str) -> dict:
   }
 
 
+def report_run(workdir: str, top: int) -> str:
+  """The report of the steps a training run traced (train/profiling.py wrote them with the
+  compiled step's HLO and their wall time into WORKDIR/tb/plugins/profile/)."""
+  import json
+
+  import jax
+
+  where = os.path.join(workdir, 'tb', 'plugins', 'profile')
+  summary_path = os.path.join(where, 'train_step.json')
+  if not os.path.isfile(summary_path):
+    raise FileNotFoundError(
+      f'{workdir} holds no training trace ({summary_path}); train it with '
+      "--config.train.profile_steps='START:STOP'"
+    )
+  with open(summary_path) as f:
+    summary = json.load(f)
+  with open(os.path.join(where, 'train_step.hlo.txt')) as f:
+    infos = classify(parse_hlo(f.read()))
+  profile = jax.profiler.ProfileData.from_file(find_xspace(os.path.join(workdir, 'tb')))
+  times, counts, unattributed = op_times(profile, summary['module'])
+  if not times:
+    raise RuntimeError(f'the trace of {workdir} holds no operation of {summary["module"]}')
+  by_cat, rows = summarize(times, counts, infos, unattributed)
+  first, steps = summary['first'], summary['steps']
+  head = f'## {workdir}: steps {first}..{first + steps - 1} of training\n'
+  return head + format_report(by_cat, rows, steps, summary['wall_s'], top)
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}')
+  if _RUN.value:
+    try:
+      print(report_run(_RUN.value, _TOP.value))
+    except (OSError, RuntimeError) as e:
+      print(f'error: {e}', file=sys.stderr)
+      sys.exit(2)
+    return
   if _FLAGS_STEPS() < 1:
     raise app.UsageError('--steps must be >= 1')
   train_step.check_flags()

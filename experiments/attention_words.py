@@ -6,7 +6,6 @@ whole word) summed over the tokens of word j. Whitespace between words is its ow
 (SPACE), so every row still sums to 1. Pure numpy except `word_maps`, which runs the model.
 """
 
-import json
 import re
 
 import numpy as np
@@ -149,39 +148,15 @@ def select(values: list[str], count: int, what: str) -> list[int]:
 
 
 def read_config(workdir: str):
-  import ml_collections
+  from train import restore
 
-  from train import files
-
-  config_path = files.join(workdir, 'config.json')  # local or gs://
-  if not files.exists(config_path):
-    raise FileNotFoundError(f'{workdir} is not a training run (no config.json)')
-  return ml_collections.ConfigDict(json.loads(files.read_text(config_path)))
+  return restore.read_config(workdir)
 
 
 def load_model(workdir: str, config=None):
   """(config, model, tokenizer, step) of the newest readable checkpoint in a run directory
-  (`config`: its read_config, if the caller has it already)."""
-  import jax
-  from flax import nnx
+  (`config`: its read_config, if the caller has it already), by train/restore.py."""
+  from train import restore
 
-  from data.tokenizer import load_tokenizer
-  from models.transformer import ModelConfig
-  from train import checkpoint, sharding
-  from train.step import make_trainer
-
-  config = read_config(workdir) if config is None else config
-  if not checkpoint.existing_steps(workdir):
-    raise FileNotFoundError(f'{workdir} has no checkpoint yet; train it first')
-  tokenizer = load_tokenizer(config.data)
-  model_cfg = ModelConfig.from_config(config.model, vocab_size=tokenizer.vocab_size)
-  mesh = sharding.make_mesh({'data': 1}, jax.devices()[:1])
-  trainer = make_trainer(config, model_cfg, mesh)
-  mngr = checkpoint.manager(workdir, config.checkpoint)
-  abstract = checkpoint.abstract_with_shardings(trainer.abstract_state, trainer.state_shardings)
-  try:
-    step, state, _ = checkpoint.restore_latest(mngr, abstract)
-  finally:
-    mngr.close()
-  model = nnx.merge(trainer.graphdef, state['params'])
-  return config, model, tokenizer, step
+  t = restore.load(workdir, config)
+  return t.config, t.model, t.tokenizer, t.step

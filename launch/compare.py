@@ -24,6 +24,12 @@ from experiments import scaling
 _OUT = flags.DEFINE_string('out', 'scaling.png', 'Output PNG; siblings get _curves/_isoflop.')
 _X = flags.DEFINE_enum('x', 'nonembed', ['nonembed', 'total'], 'Parameter count for L(N).')
 _BOOT = flags.DEFINE_integer('bootstrap', 200, 'Bootstrap resamples for the confidence bands.')
+_L2L = flags.DEFINE_list(
+  'loss_to_loss',
+  [],
+  "X,Y: instead of the fits, plot each run's loss on eval label Y against label X (the "
+  'RUN/eval_<label>.json files of launch.eval) with a fitted log-log line.',
+)
 
 
 def _log_axes(ax, xlabel: str, ylabel: str, title: str = '', legend_size: int = 7) -> None:
@@ -179,6 +185,68 @@ def compare(
   return 0
 
 
+def loss_to_loss(dirs: list[str], labels: list[str], out: str, n_boot: int, echo=print) -> int:
+  """Loss on one corpus against loss on another across sweeps (Brandfonbrener et al. 2024):
+  every run with both eval JSONs is a point; log L_Y = kappa log L_X + c is fitted over all of
+  them, kappa with a bootstrap 95% interval over runs. Writes `out` and its .json."""
+  from train import files
+
+  if len(labels) != 2:
+    print(f'error: --loss_to_loss takes two eval labels X,Y, got {labels}', file=sys.stderr)
+    return 2
+  points = []  # (sweep, run, loss X, loss Y)
+  for d in dirs:
+    runs = files.join(d, 'runs')
+    for run in sorted(files.listdir(runs)) if files.exists(runs) else []:
+      paths = [files.join(runs, run, f'eval_{label}.json') for label in labels]
+      if all(files.exists(p) for p in paths):
+        x, y = (json.loads(files.read_text(p))['eval_loss'] for p in paths)
+        points.append((d, run, x, y))
+  if len(points) < 3:
+    print(
+      f'error: {len(points)} runs under {dirs} have both eval_{labels[0]}.json and '
+      f'eval_{labels[1]}.json; a fit needs 3 (python -m launch.eval --label=...)',
+      file=sys.stderr,
+    )
+    return 2
+  lx, ly = np.log([p[2] for p in points]), np.log([p[3] for p in points])
+  kappa, c = np.polyfit(lx, ly, 1)
+  rng = np.random.default_rng(0)
+  boot = [np.polyfit(lx[i], ly[i], 1)[0] for i in rng.integers(0, len(lx), (n_boot, len(lx)))]
+  boot = [k for k in boot if np.isfinite(k)]
+  lo, hi = np.percentile(boot, [2.5, 97.5]) if boot else (float('nan'),) * 2
+  import matplotlib
+
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(5, 4))
+  for d in dirs:
+    mine = [p for p in points if p[0] == d]
+    if mine:
+      ax.plot([p[2] for p in mine], [p[3] for p in mine], 'o', label=os.path.basename(d))
+  xs = np.exp(np.linspace(lx.min(), lx.max(), 50))
+  line = f'kappa = {kappa:.3f} [{lo:.3f}, {hi:.3f}]'
+  ax.plot(xs, np.exp(c) * xs**kappa, 'k--', lw=0.8, label=line)
+  _log_axes(ax, f'eval loss on {labels[0]}', f'eval loss on {labels[1]}', 'loss to loss')
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  _save(fig, out)
+  stem, _ = os.path.splitext(out)
+  record = {
+    'x': labels[0],
+    'y': labels[1],
+    'kappa': kappa,
+    'kappa_95': [lo, hi],
+    'log_c': c,
+    'runs': [{'sweep': p[0], 'run': p[1], 'loss_x': p[2], 'loss_y': p[3]} for p in points],
+  }
+  with open(f'{stem}.json', 'w') as f:
+    json.dump(record, f, indent=2)
+  echo(f'{len(points)} runs: log L_{labels[1]} = {kappa:.3f} log L_{labels[0]} + {c:.3f}; '
+       f'kappa 95% [{lo:.3f}, {hi:.3f}]; wrote {out}, {stem}.json')  # fmt: skip
+  return 0
+
+
 def main(argv: list[str]) -> None:
   dirs = argv[1:]
   if not dirs:
@@ -194,6 +262,8 @@ def main(argv: list[str]) -> None:
     sys.exit(
       print(f'error: --out={_OUT.value} cannot be written ({e.strerror})', file=sys.stderr) or 2
     )
+  if _L2L.value:
+    sys.exit(loss_to_loss(dirs, _L2L.value, _OUT.value, _BOOT.value))
   sys.exit(compare(dirs, _OUT.value, _X.value, _BOOT.value))
 
 

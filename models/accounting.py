@@ -1,7 +1,10 @@
 """Parameter and FLOP accounting, from abstract shapes only (nothing is allocated).
 
 Parameters: `embedding` = token embedding + position table (+ the unembedding when untied);
-`nonembedding` = everything else (attention, MLP, norms, biases), Kaplan et al.'s N.
+`nonembedding` = everything else (attention, MLP, norms, biases), Kaplan et al.'s N. The count
+is a sum over the model's own leaves, so every block option is counted as built (SwiGLU's three
+matrices, no biases with use_bias=False, qk-norm scales); models/shapes.py's closed form is
+checked against it for every combination (tests/test_blocks.py).
 
 Training FLOPs per token: models/shapes.flops_per_token (PaLM's or Kaplan's formula) over the
 non-embedding count found here. The attention term counts both attention matmuls (QK^T and AV)

@@ -13,6 +13,13 @@ The softmax(QK^T)V step has several implementations of the same function, all ca
 * 'splash': the Pallas splash-attention kernel JAX ships for TPUs (interpreted elsewhere);
 * 'auto' (the default) picks with `choose_attention`, a pure function of the platform and
   the shapes, and says once, in one log line, why it did not take the fused kernel.
+
+Decoding with a key/value cache (`MultiHeadAttention.decode`, `cached_attention`) runs on
+'reference' or 'xla' only (DECODE_IMPLS; any other setting decodes with 'xla'): its queries
+are the L new tokens and its keys the whole fixed-size cache, an L x S rectangle whose mask is
+"key position <= query position", not the square causal L x L the fused kernels are built for
+(the splash kernel's mask is a fixed CausalMask((L, L)); cuDNN's causal mode aligns the
+top-left corners). At one query row per step the L x S scores are small anyway.
 """
 
 import functools
@@ -23,9 +30,10 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from models.layers import RESIDUAL, constrain, current_sharding, dense, param
+from models.layers import RESIDUAL, add_bias, constrain, current_sharding, dense, norm, param
 
 IMPLS = ('auto', 'reference', 'xla', 'cudnn', 'splash')
+DECODE_IMPLS = ('reference', 'xla')
 # From this length on, an accelerator never materializes L x S scores without saying so.
 LONG = 1024
 _FUSED_DTYPES = ('bfloat16', 'float16')
@@ -205,6 +213,24 @@ def attend(
   )
 
 
+def cached_attention(
+  q_BxLxHxDh: jax.Array,
+  k_BxSxKxDh: jax.Array,
+  v_BxSxKxDh: jax.Array,
+  positions_L: jax.Array,
+  impl: str,
+) -> jax.Array:
+  """Attention of L queries at `positions_L` over a cache of S key slots: query l sees slot s
+  iff s <= positions_L[l] (slots past the newest token hold zeros and are never seen)."""
+  s = k_BxSxKxDh.shape[1]
+  mask_1x1xLxS = (jnp.arange(s)[None, :] <= positions_L[:, None])[None, None]
+  if impl == 'reference':
+    return reference_attention(q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask_1x1xLxS)[0]
+  return jax.nn.dot_product_attention(
+    q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask=mask_1x1xLxS, implementation='xla'
+  )
+
+
 def splash_attention(
   q_BxLxHxDh: jax.Array,
   k_BxSxKxDh: jax.Array,
@@ -301,7 +327,12 @@ class MultiHeadAttention(nnx.Module):
     out_init_std: float = 0.02,
     dtype=jnp.float32,
     param_dtype=jnp.float32,
+    use_bias: bool = True,
+    qk_norm: str = '',
   ):
+    """`use_bias=False`: no Q/K/V/O biases. `qk_norm` ('' off, or 'layernorm'/'rmsnorm'):
+    normalize each head's query and key over Dh before the dot (Dehghani et al. 2023,
+    Wortsman et al. 2023), one scale (and bias) of Dh shared by the heads; before RoPE."""
     if num_heads % num_kv_heads:
       raise ValueError(f'num_kv_heads={num_kv_heads} must divide num_heads={num_heads}')
     if use_rope and head_dim % 2:
@@ -315,9 +346,10 @@ class MultiHeadAttention(nnx.Module):
     self.wq_DxHxDh = param(rngs, normal, (d, h, dh), ('embed', 'heads', 'head_dim'), param_dtype)
     self.wk_DxKxDh = param(rngs, normal, (d, k, dh), ('embed', 'kv_heads', 'head_dim'), param_dtype)
     self.wv_DxKxDh = param(rngs, normal, (d, k, dh), ('embed', 'kv_heads', 'head_dim'), param_dtype)
-    self.bq_HxDh = param(rngs, zeros, (h, dh), ('heads', 'head_dim'), param_dtype)
-    self.bk_KxDh = param(rngs, zeros, (k, dh), ('kv_heads', 'head_dim'), param_dtype)
-    self.bv_KxDh = param(rngs, zeros, (k, dh), ('kv_heads', 'head_dim'), param_dtype)
+    bias = lambda shape, axes: param(rngs, zeros, shape, axes, param_dtype) if use_bias else None  # noqa: E731
+    self.bq_HxDh = bias((h, dh), ('heads', 'head_dim'))
+    self.bk_KxDh = bias((k, dh), ('kv_heads', 'head_dim'))
+    self.bv_KxDh = bias((k, dh), ('kv_heads', 'head_dim'))
     self.wo_HxDhxD = param(
       rngs,
       nnx.initializers.normal(out_init_std),
@@ -325,7 +357,10 @@ class MultiHeadAttention(nnx.Module):
       ('heads', 'head_dim', 'embed'),
       param_dtype,
     )
-    self.bo_D = param(rngs, zeros, (d,), ('embed',), param_dtype)
+    self.bo_D = bias((d,), ('embed',))
+    kw = dict(rngs=rngs, param_dtype=param_dtype, use_bias=use_bias, axis='head_dim')
+    self.q_norm = norm(qk_norm, dh, **kw) if qk_norm else None
+    self.k_norm = norm(qk_norm, dh, **kw) if qk_norm else None
 
   def resolved_impl(self, length: int, segments: bool) -> str:
     """The implementation that runs for this length on the default backend (logs why, once)."""
@@ -347,18 +382,8 @@ class MultiHeadAttention(nnx.Module):
     segment_ids_BxL: jax.Array | None = None,
     return_weights: bool = False,
   ) -> jax.Array | tuple[jax.Array, jax.Array]:
-    dt = self.dtype
     length = x_BxLxD.shape[1]
-    x_BxLxD = x_BxLxD.astype(dt)
-    heads, kv_heads = ('batch', None, 'act_heads', None), ('batch', None, 'act_kv_heads', None)
-    q_BxLxHxDh = dense(x_BxLxD, self.wq_DxHxDh[...].astype(dt)) + self.bq_HxDh[...].astype(dt)
-    k_BxSxKxDh = dense(x_BxLxD, self.wk_DxKxDh[...].astype(dt)) + self.bk_KxDh[...].astype(dt)
-    v_BxSxKxDh = dense(x_BxLxD, self.wv_DxKxDh[...].astype(dt)) + self.bv_KxDh[...].astype(dt)
-    if self.use_rope:
-      positions_L = jnp.arange(length)
-      q_BxLxHxDh, k_BxSxKxDh = rope(q_BxLxHxDh, positions_L), rope(k_BxSxKxDh, positions_L)
-    q_BxLxHxDh = constrain(q_BxLxHxDh, heads)
-    k_BxSxKxDh, v_BxSxKxDh = constrain(k_BxSxKxDh, kv_heads), constrain(v_BxSxKxDh, kv_heads)
+    q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh = self.qkv(x_BxLxD, jnp.arange(length))
 
     weights_BxHxLxS = None
     if return_weights:  # for inspection: the reference path, which has the weights
@@ -367,9 +392,44 @@ class MultiHeadAttention(nnx.Module):
     else:
       impl = self.resolved_impl(length, segment_ids_BxL is not None)
       out_BxLxHxDh = attend(q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, segment_ids_BxL, impl)
-    out_BxLxHxDh = constrain(out_BxLxHxDh, heads)
-
-    out_BxLxD = dense(out_BxLxHxDh, self.wo_HxDhxD[...].astype(dt), 2) + self.bo_D[...].astype(dt)
-    # Back on the residual stream's sharding: the all-reduce (or reduce-scatter) of B x L x D.
-    out_BxLxD = constrain(out_BxLxD, RESIDUAL)
+    out_BxLxD = self.out(out_BxLxHxDh)
     return (out_BxLxD, weights_BxHxLxS) if return_weights else out_BxLxD
+
+  def qkv(self, x_BxLxD: jax.Array, positions_L: jax.Array):
+    """Queries, keys and values of the tokens at `positions_L` (biases, qk-norm, RoPE)."""
+    dt = self.dtype
+    x_BxLxD = x_BxLxD.astype(dt)
+    heads, kv_heads = ('batch', None, 'act_heads', None), ('batch', None, 'act_kv_heads', None)
+    q_BxLxHxDh = add_bias(dense(x_BxLxD, self.wq_DxHxDh[...].astype(dt)), self.bq_HxDh, dt)
+    k_BxSxKxDh = add_bias(dense(x_BxLxD, self.wk_DxKxDh[...].astype(dt)), self.bk_KxDh, dt)
+    v_BxSxKxDh = add_bias(dense(x_BxLxD, self.wv_DxKxDh[...].astype(dt)), self.bv_KxDh, dt)
+    if self.q_norm is not None:
+      q_BxLxHxDh, k_BxSxKxDh = self.q_norm(q_BxLxHxDh), self.k_norm(k_BxSxKxDh)
+    if self.use_rope:
+      q_BxLxHxDh, k_BxSxKxDh = rope(q_BxLxHxDh, positions_L), rope(k_BxSxKxDh, positions_L)
+    q_BxLxHxDh = constrain(q_BxLxHxDh, heads)
+    k_BxSxKxDh, v_BxSxKxDh = constrain(k_BxSxKxDh, kv_heads), constrain(v_BxSxKxDh, kv_heads)
+    return q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh
+
+  def out(self, out_BxLxHxDh: jax.Array) -> jax.Array:
+    """Heads concatenated and projected back to D."""
+    dt = self.dtype
+    out_BxLxHxDh = constrain(out_BxLxHxDh, ('batch', None, 'act_heads', None))
+    out_BxLxD = add_bias(dense(out_BxLxHxDh, self.wo_HxDhxD[...].astype(dt), 2), self.bo_D, dt)
+    # Back on the residual stream's sharding: the all-reduce (or reduce-scatter) of B x L x D.
+    return constrain(out_BxLxD, RESIDUAL)
+
+  def decode(self, x_BxLxD: jax.Array, cache: dict, pos: jax.Array) -> tuple[jax.Array, dict]:
+    """L new tokens at positions pos..pos+L-1 (prefill: L = the prompt; then L = 1): their
+    keys and values are written into the fixed-size cache {'k', 'v': BxSxKxDh} at `pos`, and
+    they attend to every slot up to their own position. Returns (output BxLxD, new cache)."""
+    positions_L = pos + jnp.arange(x_BxLxD.shape[1])
+    q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh = self.qkv(x_BxLxD, positions_L)
+    at = (0, pos, 0, 0)
+    cache = {
+      'k': jax.lax.dynamic_update_slice(cache['k'], k_BxLxKxDh.astype(cache['k'].dtype), at),
+      'v': jax.lax.dynamic_update_slice(cache['v'], v_BxLxKxDh.astype(cache['v'].dtype), at),
+    }
+    impl = self.impl if self.impl in DECODE_IMPLS else 'xla'
+    out_BxLxHxDh = cached_attention(q_BxLxHxDh, cache['k'], cache['v'], positions_L, impl)
+    return self.out(out_BxLxHxDh), cache

@@ -102,11 +102,26 @@ def constrain(x: jax.Array, logical_axes: tuple) -> jax.Array:
 
 
 class LayerNorm(nnx.Module):
-  """LayerNorm with scale and bias, computed in float32 whatever the compute dtype."""
+  """LayerNorm (Ba et al. 2016): (x - mean) / sqrt(var + eps) * scale (+ bias), in float32.
 
-  def __init__(self, dim: int, *, rngs: nnx.Rngs, eps: float = 1e-5, param_dtype=jnp.float32):
-    self.scale_D = param(rngs, nnx.initializers.ones, (dim,), ('embed',), param_dtype)
-    self.bias_D = param(rngs, nnx.initializers.zeros, (dim,), ('embed',), param_dtype)
+  `axis` is the logical name of the normalized axis ('embed' on the residual stream,
+  'head_dim' for qk-norm); `use_bias=False` drops the additive bias.
+  """
+
+  def __init__(
+    self,
+    dim: int,
+    *,
+    rngs: nnx.Rngs,
+    eps: float = 1e-5,
+    param_dtype=jnp.float32,
+    use_bias: bool = True,
+    axis: str = 'embed',
+  ):
+    self.scale_D = param(rngs, nnx.initializers.ones, (dim,), (axis,), param_dtype)
+    self.bias_D = (
+      param(rngs, nnx.initializers.zeros, (dim,), (axis,), param_dtype) if use_bias else None
+    )
     self.eps = eps
 
   def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
@@ -114,12 +129,50 @@ class LayerNorm(nnx.Module):
     mean = x.mean(-1, keepdims=True)
     var = jnp.square(x - mean).mean(-1, keepdims=True)
     y = (x - mean) * jax.lax.rsqrt(var + self.eps)
-    y = y * self.scale_D[...].astype(jnp.float32) + self.bias_D[...].astype(jnp.float32)
+    y = y * self.scale_D[...].astype(jnp.float32)
+    if self.bias_D is not None:
+      y = y + self.bias_D[...].astype(jnp.float32)
     return y.astype(x_BxLxD.dtype)
 
 
+class RMSNorm(nnx.Module):
+  """RMSNorm (Zhang & Sennrich 2019): x / sqrt(mean(x^2) + eps) * scale, in float32; no
+  centering, no bias."""
+
+  def __init__(
+    self, dim: int, *, rngs: nnx.Rngs, eps: float = 1e-5, param_dtype=jnp.float32, axis='embed'
+  ):
+    self.scale_D = param(rngs, nnx.initializers.ones, (dim,), (axis,), param_dtype)
+    self.eps = eps
+
+  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+    x = x_BxLxD.astype(jnp.float32)
+    y = x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + self.eps)
+    return (y * self.scale_D[...].astype(jnp.float32)).astype(x_BxLxD.dtype)
+
+
+NORMS = ('layernorm', 'rmsnorm')
+MLPS = ('gelu', 'swiglu')
+
+
+def norm(kind: str, dim: int, *, rngs: nnx.Rngs, param_dtype, use_bias: bool, axis='embed'):
+  """The normalization `kind` names (model.norm): 'layernorm' or 'rmsnorm' (never a bias)."""
+  if kind == 'rmsnorm':
+    return RMSNorm(dim, rngs=rngs, param_dtype=param_dtype, axis=axis)
+  if kind == 'layernorm':
+    return LayerNorm(dim, rngs=rngs, param_dtype=param_dtype, use_bias=use_bias, axis=axis)
+  raise ValueError(f'norm={kind!r}; choose one of {NORMS}')
+
+
+def add_bias(y: jax.Array, bias: nnx.Param | None, dtype) -> jax.Array:
+  """y + bias, or y when the layer was built without biases (model.use_bias=False)."""
+  return y if bias is None else y + bias[...].astype(dtype)
+
+
 class Mlp(nnx.Module):
-  """Two projections with a GELU between them: D -> F -> D."""
+  """D -> F -> D. 'gelu' (GPT-2/3): gelu(x W1 + b1) W2 + b2. 'swiglu' (Shazeer 2020, as in
+  PaLM and Llama): (silu(x W1) * (x W3)) W2, three matrices; W1 is the gate, W3 the up
+  projection. `use_bias=False` drops b1 (b3) and b2."""
 
   def __init__(
     self,
@@ -131,23 +184,36 @@ class Mlp(nnx.Module):
     out_init_std: float,
     dtype=jnp.float32,
     param_dtype=jnp.float32,
+    kind: str = 'gelu',
+    use_bias: bool = True,
   ):
-    zeros = nnx.initializers.zeros
-    self.w1_DxF = param(
-      rngs, nnx.initializers.normal(init_std), (d_model, d_ff), ('embed', 'mlp'), param_dtype
-    )
-    self.b1_F = param(rngs, zeros, (d_ff,), ('mlp',), param_dtype)
+    if kind not in MLPS:
+      raise ValueError(f'mlp={kind!r}; choose one of {MLPS}')
+    zeros, normal = nnx.initializers.zeros, nnx.initializers.normal(init_std)
+    bias = lambda shape, axes: param(rngs, zeros, shape, axes, param_dtype) if use_bias else None  # noqa: E731
+    self.kind = kind
+    self.w1_DxF = param(rngs, normal, (d_model, d_ff), ('embed', 'mlp'), param_dtype)
+    self.b1_F = bias((d_ff,), ('mlp',))
+    if kind == 'swiglu':
+      self.w3_DxF = param(rngs, normal, (d_model, d_ff), ('embed', 'mlp'), param_dtype)
+      self.b3_F = bias((d_ff,), ('mlp',))
     self.w2_FxD = param(
       rngs, nnx.initializers.normal(out_init_std), (d_ff, d_model), ('mlp', 'embed'), param_dtype
     )
-    self.b2_D = param(rngs, zeros, (d_model,), ('embed',), param_dtype)
+    self.b2_D = bias((d_model,), ('embed',))
     self.dtype = dtype
 
   def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
     dt = self.dtype
-    h_BxLxF = dense(x_BxLxD.astype(dt), self.w1_DxF[...].astype(dt)) + self.b1_F[...].astype(dt)
+    x_BxLxD = x_BxLxD.astype(dt)
+    h_BxLxF = add_bias(dense(x_BxLxD, self.w1_DxF[...].astype(dt)), self.b1_F, dt)
+    if self.kind == 'swiglu':
+      up_BxLxF = add_bias(dense(x_BxLxD, self.w3_DxF[...].astype(dt)), self.b3_F, dt)
+      h_BxLxF = jax.nn.silu(h_BxLxF) * up_BxLxF
+    else:
+      h_BxLxF = jax.nn.gelu(h_BxLxF)
     # Tensor parallelism splits F; the full length is gathered here (see 'act_length').
-    h_BxLxF = constrain(jax.nn.gelu(h_BxLxF), ('batch', None, 'act_mlp'))
-    y_BxLxD = dense(h_BxLxF, self.w2_FxD[...].astype(dt)) + self.b2_D[...].astype(dt)
+    h_BxLxF = constrain(h_BxLxF, ('batch', None, 'act_mlp'))
+    y_BxLxD = add_bias(dense(h_BxLxF, self.w2_FxD[...].astype(dt)), self.b2_D, dt)
     # Back on the residual stream's sharding: the all-reduce (or reduce-scatter) of B x L x D.
     return constrain(y_BxLxD, RESIDUAL)

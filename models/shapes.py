@@ -6,10 +6,13 @@ train/sharding.py and models/accounting.py use the same functions, so each rule 
 Mesh: three axes (data, fsdp, tensor); one size may be -1, meaning "the devices left".
 
 Parameters of models/transformer.py, per layer: Q, K, V, O projections and their biases (K and
-V have num_kv_heads heads), two LayerNorms (scale and bias), the MLP and its biases; plus the
-final LayerNorm. Embedding parameters: the token table, the learned position table (not with
-rope), and the unembedding when it is not tied. models/accounting.py counts the same from the
-model's abstract shapes; tests/test_sweep.py checks that the two agree.
+V have num_kv_heads heads), two norms, the MLP (two matrices for GELU, three for SwiGLU) and its
+biases; plus the final norm. A LayerNorm has a scale and a bias, an RMSNorm a scale only;
+use_bias=False removes every bias (projections and LayerNorms); qk_norm adds two norms of
+head_dim per layer (queries and keys). Embedding parameters: the token table, the learned
+position table (not with rope), and the unembedding when it is not tied. models/accounting.py
+counts the same from the model's abstract shapes; tests/test_sweep.py and tests/test_blocks.py
+check that the two agree.
 
 Training FLOPs per token (forward + backward = 3x forward, 2 FLOPs per multiply-add):
 * PaLM (Chowdhery et al. 2022, App. B): 6 * N_matmul + 12 * L * H * Dh * T, where N_matmul is
@@ -55,6 +58,12 @@ def mesh_shape(mesh: Mapping, num_devices: int, where: str = '') -> tuple[int, .
   return tuple(sizes)
 
 
+def default_d_ff(d_model: int, mlp: str = 'gelu') -> int:
+  """model.d_ff=0: 4 d for GELU; for SwiGLU 8/3 d rounded up to a multiple of 8, so that its
+  three matrices hold about the parameters of GELU's two (Shazeer 2020; Llama)."""
+  return 4 * d_model if mlp == 'gelu' else 8 * math.ceil(8 * d_model / 3 / 8)
+
+
 def param_counts(
   *,
   vocab_size: int,
@@ -67,14 +76,21 @@ def param_counts(
   max_seq_len: int = 0,
   pos_emb: str = 'learned',
   tie_embeddings: bool = True,
+  norm: str = 'layernorm',
+  mlp: str = 'gelu',
+  use_bias: bool = True,
+  qk_norm: bool = False,
 ) -> dict[str, int]:
   """{'total', 'embedding', 'nonembedding'} in closed form (num_kv_heads 0: = num_heads)."""
   d, f, dh = d_model, d_ff, head_dim
   q, kv = num_heads * dh, (num_kv_heads or num_heads) * dh
-  attention = d * q + 2 * d * kv + q * d + (q + 2 * kv + d)  # weights, then biases
-  mlp = 2 * d * f + f + d
-  norms = 2 * 2 * d
-  nonembed = num_layers * (attention + mlp + norms) + 2 * d
+  per_norm = 2 if norm == 'layernorm' and use_bias else 1  # scale (+ bias) per feature
+  attention = d * q + 2 * d * kv + q * d + use_bias * (q + 2 * kv + d)  # weights, biases
+  attention += qk_norm * 2 * per_norm * dh
+  matrices = 3 if mlp == 'swiglu' else 2  # SwiGLU: gate, up and down
+  mlp_params = matrices * d * f + use_bias * ((matrices - 1) * f + d)
+  norms = 2 * per_norm * d
+  nonembed = num_layers * (attention + mlp_params + norms) + per_norm * d
   embed = vocab_size * d
   embed += max_seq_len * d if pos_emb == 'learned' else 0
   embed += 0 if tie_embeddings else d * vocab_size

@@ -1,7 +1,10 @@
 """A decoder-only transformer (GPT-2/GPT-3 style) in Flax NNX (shape letters: models/layers.py).
 
-tokens -> token embedding (+ learned positions) -> Ly pre-LayerNorm blocks
-(x + attn(ln(x)), then x + mlp(ln(x))) -> final LayerNorm -> logits (tied or untied unembedding).
+tokens -> token embedding (+ learned positions) -> Ly pre-norm blocks
+(x + attn(ln(x)), then x + mlp(ln(x))) -> final norm -> logits (tied or untied unembedding).
+The block is GPT-3's by default (LayerNorm, GELU MLP, biases); `model.norm`, `model.mlp`,
+`model.use_bias` and `model.qk_norm` give a modern decoder's (RMSNorm, SwiGLU, no biases,
+qk-norm). `decode` runs the same function on new tokens with a key/value cache.
 
 With `scan_layers` the blocks are one stacked module (parameters with a leading layer axis)
 applied by `jax.lax.scan`, so compile time does not grow with depth. `remat` recomputes
@@ -17,10 +20,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from models import shapes
 from models.attention import IMPLS, MultiHeadAttention
-from models.layers import LOOKUP, RESIDUAL, LayerNorm, Mlp, constrain, dense, param
+from models.layers import LOOKUP, MLPS, NORMS, RESIDUAL, Mlp, constrain, dense, norm, param
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+BLOCK_OPTIONS = ('norm', 'mlp', 'use_bias', 'qk_norm')  # model.* keys; defaults: GPT-3's block
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +48,12 @@ class ModelConfig:
   remat: str = 'none'
   scan_layers: bool = False
   init_std: float = 0.02
+  # Block options (the defaults are GPT-3's block): 'layernorm' | 'rmsnorm' everywhere a
+  # norm is; 'gelu' | 'swiglu' MLP; biases on every projection and LayerNorm; qk-norm.
+  norm: str = 'layernorm'
+  mlp: str = 'gelu'
+  use_bias: bool = True
+  qk_norm: bool = False
 
   @classmethod
   def from_config(
@@ -79,9 +90,17 @@ class ModelConfig:
       'dtype': tuple(_DTYPES),
       'param_dtype': tuple(_DTYPES),
     }
+    # The block options may be missing from a run saved before they existed: the defaults.
+    block = {k: m.get(k, getattr(cls, k)) for k in BLOCK_OPTIONS}
     for key, allowed in choices.items():
       if m[key] not in allowed:
         raise ValueError(f'model.{key}={m[key]!r}; choose one of {allowed}')
+    for key, allowed in (('norm', NORMS), ('mlp', MLPS)):
+      if block[key] not in allowed:
+        raise ValueError(f'model.{key}={block[key]!r}; choose one of {allowed}')
+    for key in ('use_bias', 'qk_norm'):
+      if not isinstance(block[key], bool):
+        raise ValueError(f'model.{key}={block[key]!r} must be True or False')
     needs = {'cudnn': 'gpu', 'splash': 'tpu'}.get(m.attention_impl)
     platform = platform or jax.default_backend()
     if needs and platform != needs:
@@ -96,7 +115,7 @@ class ModelConfig:
       num_heads=m.num_heads,
       num_kv_heads=kv,
       head_dim=m.head_dim or m.d_model // m.num_heads,
-      d_ff=m.d_ff or 4 * m.d_model,
+      d_ff=m.d_ff or shapes.default_d_ff(m.d_model, block['mlp']),
       max_seq_len=m.max_seq_len,
       pos_emb=m.pos_emb,
       tie_embeddings=m.tie_embeddings,
@@ -106,17 +125,24 @@ class ModelConfig:
       remat=m.remat,
       scan_layers=m.scan_layers,
       init_std=m.init_std,
+      **block,
     )
 
 
+def _norm(cfg: ModelConfig, rngs: nnx.Rngs):
+  """The residual stream's norm (model.norm, model.use_bias)."""
+  pdt = _DTYPES[cfg.param_dtype]
+  return norm(cfg.norm, cfg.d_model, rngs=rngs, param_dtype=pdt, use_bias=cfg.use_bias)
+
+
 class Block(nnx.Module):
-  """Pre-LayerNorm transformer block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
+  """Pre-norm transformer block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     dt, pdt = _DTYPES[cfg.dtype], _DTYPES[cfg.param_dtype]
     # GPT-2/3 scale the residual-output projections by 1/sqrt(2 * layers).
     out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
-    self.ln1 = LayerNorm(cfg.d_model, rngs=rngs, param_dtype=pdt)
+    self.ln1 = _norm(cfg, rngs)
     self.attn = MultiHeadAttention(
       cfg.d_model,
       cfg.num_heads,
@@ -129,8 +155,10 @@ class Block(nnx.Module):
       out_init_std=out_std,
       dtype=dt,
       param_dtype=pdt,
+      use_bias=cfg.use_bias,
+      qk_norm=cfg.norm if cfg.qk_norm else '',
     )
-    self.ln2 = LayerNorm(cfg.d_model, rngs=rngs, param_dtype=pdt)
+    self.ln2 = _norm(cfg, rngs)
     self.mlp = Mlp(
       cfg.d_model,
       cfg.d_ff,
@@ -139,12 +167,20 @@ class Block(nnx.Module):
       out_init_std=out_std,
       dtype=dt,
       param_dtype=pdt,
+      kind=cfg.mlp,
+      use_bias=cfg.use_bias,
     )
 
   def __call__(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array | None) -> jax.Array:
     x_BxLxD = constrain(x_BxLxD, RESIDUAL)
     x_BxLxD = x_BxLxD + self.attn(self.ln1(x_BxLxD), segment_ids_BxL)
     return constrain(x_BxLxD + self.mlp(self.ln2(x_BxLxD)), RESIDUAL)
+
+  def decode(self, x_BxLxD: jax.Array, cache: dict, pos: jax.Array) -> tuple[jax.Array, dict]:
+    """The block on L new tokens at positions pos.., reading and extending its kv cache."""
+    attn_BxLxD, cache = self.attn.decode(self.ln1(x_BxLxD), cache, pos)
+    x_BxLxD = x_BxLxD + attn_BxLxD
+    return x_BxLxD + self.mlp(self.ln2(x_BxLxD)), cache
 
 
 def _remat(fn, mode: str):
@@ -175,7 +211,7 @@ class Transformer(nnx.Module):
       self.blocks = make_stacked(rngs)
     else:
       self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
-    self.ln_f = LayerNorm(cfg.d_model, rngs=rngs, param_dtype=pdt)
+    self.ln_f = _norm(cfg, rngs)
     if not cfg.tie_embeddings:
       self.unembed_DxV = param(rngs, normal, (cfg.d_model, cfg.vocab_size), ('embed', 'vocab'), pdt)
 
@@ -203,12 +239,49 @@ class Transformer(nnx.Module):
         graph, state = nnx.split(block)
         x_BxLxD = block_fn(graph)(state, x_BxLxD, segment_ids_BxL)
 
+    return self.logits(x_BxLxD)
+
+  def logits(self, x_BxLxD: jax.Array) -> jax.Array:
+    """Final norm and unembedding: float32 logits BxLxV."""
+    cfg = self.cfg
     x_BxLxD = self.ln_f(x_BxLxD)
     unembed_DxV = self.embed_VxD[...].T if cfg.tie_embeddings else self.unembed_DxV[...]
-    logits_BxLxV = dense(x_BxLxD, unembed_DxV.astype(dt), out_dtype=jnp.float32)
+    logits_BxLxV = dense(x_BxLxD, unembed_DxV.astype(_DTYPES[cfg.dtype]), out_dtype=jnp.float32)
     return constrain(logits_BxLxV, ('batch', 'act_length', 'act_vocab'))
 
-  def embed(self, tokens_BxL: jax.Array, dtype) -> jax.Array:
+  def init_cache(self, batch: int, length: int) -> dict:
+    """An empty kv cache of `length` slots: {'k', 'v': Ly x B x S x K x Dh} in compute dtype."""
+    cfg = self.cfg
+    shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+    zeros = jnp.zeros(shape, _DTYPES[cfg.dtype])
+    return {'k': zeros, 'v': zeros}
+
+  def decode(self, tokens_BxL: jax.Array, cache: dict, pos: jax.Array) -> tuple[jax.Array, dict]:
+    """Logits of L new tokens at positions pos..pos+L-1 given the cache of the tokens before
+    them, and the cache with theirs added (models/decode.py drives it; the same function as
+    __call__ on the whole sequence, tested)."""
+    cfg = self.cfg
+    x_BxLxD = self.embed(tokens_BxL, _DTYPES[cfg.dtype], pos)
+    if cfg.scan_layers:
+      graph, stacked_state = nnx.split(self.blocks)
+
+      def body(x, layer):
+        state, k, v = layer
+        x, c = nnx.merge(graph, state).decode(x, {'k': k, 'v': v}, pos)
+        return x, (c['k'], c['v'])
+
+      x_BxLxD, (k, v) = jax.lax.scan(body, x_BxLxD, (stacked_state, cache['k'], cache['v']))
+      cache = {'k': k, 'v': v}
+    else:
+      ks, vs = [], []
+      for i, block in enumerate(self.blocks):
+        x_BxLxD, c = block.decode(x_BxLxD, {'k': cache['k'][i], 'v': cache['v'][i]}, pos)
+        ks.append(c['k'])
+        vs.append(c['v'])
+      cache = {'k': jnp.stack(ks), 'v': jnp.stack(vs)}
+    return self.logits(x_BxLxD), cache
+
+  def embed(self, tokens_BxL: jax.Array, dtype, pos: jax.Array | int = 0) -> jax.Array:
     """Token embeddings plus learned positions (rope rotates inside attention instead)."""
     x_BxLxD = jnp.take(self.embed_VxD[...], tokens_BxL, axis=0).astype(dtype)
     # The rows come out split like the table's columns ('embed', over fsdp). Pinning that
@@ -216,7 +289,8 @@ class Transformer(nnx.Module):
     # itself XLA gathers the whole activation on meshes that mix fsdp with data and tensor.
     x_BxLxD = constrain(x_BxLxD, LOOKUP)
     if self.cfg.pos_emb == 'learned':
-      x_BxLxD = x_BxLxD + self.pos_LxD[...][: tokens_BxL.shape[1]].astype(dtype)
+      rows_LxD = jax.lax.dynamic_slice_in_dim(self.pos_LxD[...], pos, tokens_BxL.shape[1])
+      x_BxLxD = x_BxLxD + rows_LxD.astype(dtype)
     return x_BxLxD
 
   def attention_weights(self, tokens_BxL: jax.Array) -> jax.Array:

@@ -230,6 +230,53 @@ MUTANTS = [
     '',
     ['tests/test_data_pipeline.py::test_real_lm1b_split_names_and_the_accelerator_sweeps'],
   ),
+  # issue 23b: the kv cache, the block options and their accounting, the profiler hook.
+  (
+    'KV cache written one slot late',
+    'models/attention.py',
+    '    at = (0, pos, 0, 0)',
+    '    at = (0, pos + 1, 0, 0)',
+    [
+      'tests/test_decode.py::test_greedy_decoding_with_the_cache_equals_the_full_forward_argmax',
+      'tests/test_decode.py::test_cached_logits_equal_the_full_pass_step_by_step',
+    ],
+  ),
+  (
+    'SwiGLU gate and up projections swapped',
+    'models/layers.py',
+    'h_BxLxF = jax.nn.silu(h_BxLxF) * up_BxLxF',
+    'h_BxLxF = h_BxLxF * jax.nn.silu(up_BxLxF)',
+    ['tests/test_blocks.py::test_swiglu_is_silu_gate_times_up_then_down'],
+  ),
+  (
+    'SwiGLU counted as two matrices (parameters and FLOPs)',
+    'models/shapes.py',
+    "matrices = 3 if mlp == 'swiglu' else 2",
+    'matrices = 2',
+    ['tests/test_blocks.py::test_closed_form_counts_equal_the_leaf_sum'],
+  ),
+  (
+    'qk-norm on the queries only',
+    'models/attention.py',
+    'q_BxLxHxDh, k_BxSxKxDh = self.q_norm(q_BxLxHxDh), self.k_norm(k_BxSxKxDh)',
+    'q_BxLxHxDh = self.q_norm(q_BxLxHxDh)',
+    ['tests/test_blocks.py::test_qk_norm_normalizes_each_heads_query_and_key_before_the_dot'],
+  ),
+  (
+    'RMSNorm centers its input (a LayerNorm without bias)',
+    'models/layers.py',
+    'y = x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + self.eps)',
+    'x = x - x.mean(-1, keepdims=True)\n'
+    '    y = x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + self.eps)',
+    ['tests/test_blocks.py::test_rmsnorm_is_x_over_rms_times_scale'],
+  ),
+  (
+    'use_bias=False keeps the LayerNorm biases',
+    'models/layers.py',
+    'return LayerNorm(dim, rngs=rngs, param_dtype=param_dtype, use_bias=use_bias, axis=axis)',
+    'return LayerNorm(dim, rngs=rngs, param_dtype=param_dtype, use_bias=True, axis=axis)',
+    ['tests/test_blocks.py::test_use_bias_false_removes_every_bias'],
+  ),
 ]
 
 

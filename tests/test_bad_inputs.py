@@ -368,6 +368,57 @@ CASES: dict[str, tuple[str, list[str]]] = {
     'launch.compare',
     ['{inputs}/fits', '--out=/proc/scaling_lm_bad_input/s.png', '--bootstrap=0'],
   ),
+  # issue 23b: block options, the profiler hook, sampling, evaluation, loss to loss.
+  'train/norm-unknown': train_case('--config.model.norm=batchnorm'),
+  'train/mlp-unknown': train_case('--config.model.mlp=relu'),
+  'train/use-bias-not-bool': train_case('--config.model.use_bias=maybe'),
+  'train/profile-steps-malformed': train_case('--config.train.profile_steps=abc'),
+  'train/profile-steps-empty-window': train_case('--config.train.profile_steps=2:1'),
+  'train/profile-steps-past-end': train_case('--config.train.profile_steps=1:5'),
+  'sample/workdir-missing': ('launch.sample', ['--workdir={case}/run', '--prompt=a']),
+  'sample/not-a-run': ('launch.sample', ['--workdir={inputs}/empty', '--prompt=a']),
+  'sample/no-prompt': ('launch.sample', ['--workdir={ckpt}']),
+  'sample/prompt-empty': ('launch.sample', ['--workdir={ckpt}', '--prompt=']),
+  'sample/max-tokens-0': ('launch.sample', ['--workdir={ckpt}', '--prompt=a', '--max_tokens=0']),
+  'sample/past-positions': ('launch.sample', ['--workdir={ckpt}', '--prompt=a', '--max_tokens=40']),
+  'sample/temperature-negative': (
+    'launch.sample',
+    ['--workdir={ckpt}', '--prompt=a', '--temperature=-1'],
+  ),
+  'sample/temperature-nan': (
+    'launch.sample',
+    ['--workdir={ckpt}', '--prompt=a', '--temperature=nan'],
+  ),
+  'sample/top-k-negative': ('launch.sample', ['--workdir={ckpt}', '--prompt=a', '--top_k=-2']),
+  'sample/top-k-over-vocab': ('launch.sample', ['--workdir={ckpt}', '--prompt=a', '--top_k=1000']),
+  'sample/positional-argument': ('launch.sample', ['--workdir={ckpt}', '--prompt=a', 'extra']),
+  'eval/workdir-missing': ('launch.eval', ['--workdir={case}/run']),
+  'eval/not-a-run': ('launch.eval', ['--workdir={inputs}/empty']),
+  'eval/batches-0': ('launch.eval', ['--workdir={ckpt}', '--batches=0']),
+  'eval/batch-size-0': ('launch.eval', ['--workdir={ckpt}', '--batch_size=0']),
+  'eval/data-key-typo': ('launch.eval', ['--workdir={ckpt}', '--data.nmae=x']),
+  'eval/data-bad-type': ('launch.eval', ['--workdir={ckpt}', '--data.seq_len=abc']),
+  'eval/other-tokenizer': (
+    'launch.eval',
+    ['--workdir={ckpt}', '--data.tokenizer={inputs}/x.model'],
+  ),
+  'eval/other-seq-len': ('launch.eval', ['--workdir={ckpt}', '--data.seq_len=16']),
+  'eval/label-a-path': ('launch.eval', ['--workdir={ckpt}', '--label=a/b']),
+  'eval/out-folder-missing': ('launch.eval', ['--workdir={ckpt}', '--out={case}/no/e.json']),
+  'eval/split-unknown': ('launch.eval', ['--workdir={ckpt}', '--data.eval_split=tset']),
+  'eval/dataset-not-prepared': (
+    'launch.eval',
+    ['--workdir={ckpt}', '--data.name=lm1b', '--data.data_dir={case}/nothing'],
+  ),
+  'compare/loss-to-loss-one-label': (
+    'launch.compare',
+    ['{inputs}/empty', '--loss_to_loss=a', '--out={case}/l.png'],
+  ),
+  'compare/loss-to-loss-no-evals': (
+    'launch.compare',
+    ['{inputs}/empty', '--loss_to_loss=a,b', '--out={case}/l.png'],
+  ),
+  'profile/run-without-trace': ('benchmarks.profile', ['--run={ckpt}']),
 }
 
 

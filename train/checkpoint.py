@@ -48,8 +48,12 @@ def saved_config(mngr: ocp.CheckpointManager, step: int) -> dict:
 
 def check_compatible(saved: dict, config: dict, workdir: str) -> None:
   """Refuses to resume (and so to overwrite) a checkpoint of a different model."""
+  from models.transformer import BLOCK_OPTIONS, ModelConfig
+
   for section in _MUST_MATCH:
     old, new = saved.get(section, {}), config.get(section, {})
+    if section == 'model':  # a run saved before the block options existed has their defaults
+      old = {**{k: getattr(ModelConfig, k) for k in BLOCK_OPTIONS}, **old}
     diff = {k: (old.get(k), new.get(k)) for k in set(old) | set(new) if old.get(k) != new.get(k)}
     if diff:
       desc = ', '.join(
@@ -152,6 +156,14 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, abstract_data=No
   if steps:
     raise RuntimeError(f'no readable checkpoint among steps {steps} in {mngr.directory}')
   return None
+
+
+def restore_trainer_state(mngr: ocp.CheckpointManager, trainer, abstract_data=None):
+  """The one restore of a train state: training resumes through it and every tool that loads
+  a trained model (train/restore.py) does too. `trainer` (train/step.make_trainer) gives the
+  abstract state and the shardings to restore onto; returns restore_latest's tuple or None."""
+  abstract = abstract_with_shardings(trainer.abstract_state, trainer.state_shardings)
+  return restore_latest(mngr, abstract, abstract_data)
 
 
 def abstract_with_shardings(abstract_tree, shardings):

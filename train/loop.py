@@ -24,7 +24,7 @@ from absl import logging
 from data.pipeline import DataPipeline
 from models import accounting
 from models.transformer import ModelConfig
-from train import checkpoint, files, metrics, preemption, sharding, validate
+from train import checkpoint, files, metrics, preemption, profiling, sharding, validate
 from train.step import make_trainer
 
 EXIT_PREEMPTED, EXIT_DIVERGED, EXIT_SAVE_FAILED = 75, 65, 74
@@ -210,8 +210,7 @@ def run(p: Prepared, stop_at: int | None = None) -> dict | None:
   )
   restored = None
   if p.resume_steps:
-    abstract = checkpoint.abstract_with_shardings(trainer.abstract_state, trainer.state_shardings)
-    restored = checkpoint.restore_latest(mngr, abstract, abstract_data)
+    restored = checkpoint.restore_trainer_state(mngr, trainer, abstract_data)
   if restored is not None:
     start, state, data_state = restored
     it.set_state(_local_rows(data_state))
@@ -239,9 +238,11 @@ def run(p: Prepared, stop_at: int | None = None) -> dict | None:
   end = total if stop_at is None else min(stop_at, total)
   preempted = False
   watch = preemption.Watch()
+  trace = profiling.StepTrace(config.train.get('profile_steps', ''), total, workdir, start)
   try:
     for step in range(start, end):
       batch = _to_global(next(it), data_sh, global_batch)
+      trace.before(step)
       if compile_s is None:
         t0 = time.time()
         step_fn = trainer.train_step.lower(state, batch).compile()
@@ -252,6 +253,7 @@ def run(p: Prepared, stop_at: int | None = None) -> dict | None:
         rec.record(*pending, good)
       pending = (step + 1, step_metrics)
       done = step + 1
+      trace.after(done, (state, step_metrics), step_fn)
       preempted = watch.reached(done) and done < end  # at `end` the run ends anyway
       if done % config.eval.every == 0 or done == total or done in log_evals:
         ev = evaluate(trainer, state['params'], eval_batches, p.pipe.bytes_per_token)
@@ -279,6 +281,7 @@ def run(p: Prepared, stop_at: int | None = None) -> dict | None:
       rec.record(*pending, good, force=True)
     good.wait()
   finally:
+    trace.close()
     watch.close()
     writer.close()
     good.close()

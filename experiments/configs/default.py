@@ -19,7 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
   m.num_heads = 4
   m.num_kv_heads = 0  # 0: same as num_heads (MHA); 1: MQA; between: GQA.
   m.head_dim = 0  # 0: d_model // num_heads.
-  m.d_ff = 0  # 0: 4 * d_model.
+  m.d_ff = 0  # 0: 4 * d_model (swiglu: 8/3 * d_model, rounded up to a multiple of 8).
   m.max_seq_len = 256  # size of the learned position table.
   m.pos_emb = 'learned'  # 'learned' (GPT-3) | 'rope'.
   m.tie_embeddings = True
@@ -31,6 +31,11 @@ def get_config() -> ml_collections.ConfigDict:
   m.remat = 'none'  # 'none' | 'full' | 'dots'.
   m.scan_layers = False
   m.init_std = 0.02
+  # Block options (defaults: GPT-3's block; experiments/configs/modern.py sets all four).
+  m.norm = 'layernorm'  # 'layernorm' | 'rmsnorm' (every norm: blocks, final, qk-norm).
+  m.mlp = 'gelu'  # 'gelu' (2 matrices) | 'swiglu' ((silu(x W1) * x W3) W2, 3 matrices).
+  m.use_bias = True  # False: no bias anywhere (projections, MLP, LayerNorms).
+  m.qk_norm = False  # True: queries and keys normalized per head before the dot product.
 
   # What it reads (data/).
   c.data = d = ml_collections.ConfigDict()
@@ -71,6 +76,10 @@ def get_config() -> ml_collections.ConfigDict:
   # resumed GPU run equals an uninterrupted one bit for bit. Harmless on CPU/TPU. Its speed cost
   # on GPU is not measured here.
   t.deterministic = False
+  # A jax.profiler trace into WORKDIR/tb/plugins/profile/ of the steps after START up to STOP
+  # ('START:STOP', numbered as in metrics.jsonl), or of N steps after the first, compiling,
+  # one ('N' = '1:N+1'). '': no trace. `python -m benchmarks.profile --run=WORKDIR` reads it.
+  t.profile_steps = ''
 
   c.eval = e = ml_collections.ConfigDict()
   e.every = 100
