@@ -31,6 +31,10 @@ def get_config() -> ml_collections.ConfigDict:
   m.remat = 'none'  # 'none' | 'full' | 'dots'.
   m.scan_layers = False
   m.init_std = 0.02
+  # 'sp' (standard: init_std everywhere, one lr) | 'mup' (Yang et al. 2022, models/mup.py):
+  # hyperparameters tuned at width mup_base_width transfer to every width.
+  m.parametrization = 'sp'
+  m.mup_base_width = 128
 
   # What it reads (data/).
   c.data = d = ml_collections.ConfigDict()
@@ -106,7 +110,11 @@ def get_config() -> ml_collections.ConfigDict:
   )
 
   # Free-form labels that sweeps set and analysis reads (e.g. the IsoFLOP budget).
-  c.tags = ml_collections.ConfigDict({'budget_flops': 0.0, 'group': ''})
+  # size, lr, seed: the model's name, its peak lr and seed in per-size lr grids with seeds
+  # (experiments/sweeps/common.py:grid_runs).
+  c.tags = ml_collections.ConfigDict(
+    {'budget_flops': 0.0, 'group': '', 'size': '', 'lr': 0.0, 'seed': 0}
+  )
 
   c.log_every = 10
   c.peak_flops = 0.0  # 0: look up the device (CPU: measured once per run).

@@ -19,6 +19,7 @@ GPT-3 rows use Table 2.1's own lr and batch instead (gpt3_reduced.py).
 
 import dataclasses
 import math
+from collections.abc import Callable, Sequence
 
 from models import shapes
 
@@ -183,3 +184,44 @@ def budget_name(flops: float) -> str:
   exp = math.floor(math.log10(flops))
   mant = flops / 10**exp
   return f'{mant:.3g}e{exp}'
+
+
+SQRT2 = math.sqrt(2.0)
+
+
+def lr_grid(center: float, points: int = 5, ratio: float = SQRT2) -> list[float]:
+  """`points` learning rates a factor `ratio` apart, centred (geometrically) on `center`."""
+  if points < 1 or center <= 0 or ratio <= 1:
+    raise ValueError(
+      f'lr grid needs points >= 1, center > 0, ratio > 1: {points}, {center}, {ratio}'
+    )
+  return [float(f'{center * ratio ** (i - (points - 1) / 2):.4g}') for i in range(points)]
+
+
+def mup_overrides(base_width: int) -> dict:
+  """`model.*` overrides of muP (models/mup.py) with hyperparameters tuned at `base_width`."""
+  return {'model.parametrization': 'mup', 'model.mup_base_width': base_width}
+
+
+def grid_runs(
+  size: str,
+  make: Callable[[float], dict],
+  lrs: Sequence[float],
+  seeds: Sequence[int] = (0,),
+  prefix: str = '',
+) -> list[tuple[str, dict]]:
+  """One run per (peak lr, seed) of one size: `make(lr)` gives the run's overrides.
+
+  Each run sets `seed` (the model's initialisation AND the data order, train/step.py and
+  data/pipeline.py) and the tags the analysis groups by: tags.size = `size`, tags.lr = the
+  peak lr, tags.seed. Runs are named '<prefix><size>-lr<lr>-s<seed>'.
+  """
+  if not lrs or not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+    raise ValueError(f'{size}: a grid needs learning rates and distinct seeds >= 0')
+  runs = []
+  for lr in lrs:
+    for seed in seeds:
+      o = make(lr)
+      o.update({'seed': seed, 'tags.size': size, 'tags.lr': o['train.lr'], 'tags.seed': seed})
+      runs.append((f'{prefix}{size}-lr{o["train.lr"]:.3g}-s{seed}', o))
+  return runs
