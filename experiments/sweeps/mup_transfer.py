@@ -11,6 +11,8 @@ one step away) at every width; under SP it moves.
       --workdir=runs/mup_transfer --parallel=1
 """
 
+import math
+
 from experiments.sweeps import common
 
 BASE_CONFIG = common.BASE_CONFIG
@@ -40,10 +42,15 @@ def overrides(s: common.Shape, lr: float, parametrization: str) -> dict:
 
 
 def get_sweep() -> list[tuple[str, dict]]:
+  # Per width, the grid from its centre outwards, both parametrizations at each rate: a sweep
+  # stopped early still holds the middle of every grid.
+  middle = LRS[len(LRS) // 2]
+  by_distance = sorted(LRS, key=lambda lr: (abs(math.log(lr / middle)), lr))
   runs = []
   for width in WIDTHS:
     s = shape(width)
-    for p in PARAMETRIZATIONS:
-      make = lambda lr, s=s, p=p: overrides(s, lr, p)  # noqa: E731
-      runs += common.grid_runs(s.name, make, LRS, prefix=f'{p}-')
+    for lr in by_distance:
+      for p in PARAMETRIZATIONS:
+        make = lambda lr, s=s, p=p: overrides(s, lr, p)  # noqa: E731
+        runs += common.grid_runs(s.name, make, [lr], prefix=f'{p}-')
   return runs
