@@ -34,7 +34,7 @@ TOKENS = 1_200_000  # per run
 BATCH = 8  # sequences of 128 bytes per step: 1,172 steps per run
 EVALS = 10  # log-spaced evaluations per run, the last at the final step
 WARMUP_STEPS = 100  # 30 left one seed of the 100k model on the bigram plateau (2.52)
-LR_REF, D_REF = 3e-3, 192  # the peak lr of the widest model (lr_sweep.py)
+LR_REF, D_REF = common.LR_REF, common.D_REF  # the peak lr of the widest model (lr_sweep.py)
 
 LADDER = [  # ~0.35 decades apart; heads of 32 dimensions where the width allows (docs/SWEEPS.md)
   common.Shape(3, 192, 6),  # 1.33M non-embedding parameters
@@ -47,8 +47,8 @@ LADDER = [  # ~0.35 decades apart; heads of 32 dimensions where the width allows
 
 
 def lr_for(s: common.Shape) -> float:
-  """Peak lr: LR_REF at width D_REF, growing as 1/sqrt(width) below it."""
-  return LR_REF * (D_REF / s.d_model) ** 0.5
+  """Peak lr: LR_REF at width D_REF, growing as 1/sqrt(width) below it (common.width_lr)."""
+  return common.width_lr(s.d_model)
 
 
 def run_overrides(s: common.Shape, tokens: float, lr: float, **tags) -> dict:
