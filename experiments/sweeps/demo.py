@@ -11,7 +11,11 @@ What was chosen, and why (docs/SWEEPS.md):
   (lr_sweep.py at the demo's settings: best 4e-3 at width 192, >= 1.6e-2 at width 48, so the
   small models could take more, ~1/width; the whole demo at 1/width gains up to 0.18 nats on
   the small models, loses 0.02 on the largest and flattens alpha to 0.20 +- 111%; Kaplan et
-  al.'s rule, 1.2e-3 to 1.8e-3 here, left every model of an earlier demo near the bigram level);
+  al.'s rule, 1.2e-3 to 1.8e-3 here, left every model of an earlier demo near the bigram level).
+  Not muP: the SP-vs-muP transfer sweep (mup_transfer.py, docs/MUP.md) ran at 307k tokens,
+  where every model is still near the bigram level, so it does not fix a muP base rate for
+  these 1.2M-token runs, and the demo in muP has not been measured end to end; mup_ladder.py
+  is that run;
 * warmup WARMUP_STEPS steps (30 left a 100k model on the bigram plateau in one seed), then
   cosine decay to 10% at the run's last step;
 * batch 8 x 128 bytes: these runs are step-limited, not token-limited (a char-level GPT at
