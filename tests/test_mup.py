@@ -231,3 +231,15 @@ def test_mup_scores_are_qk_over_head_dim():
   for block in sp.blocks:
     block.attn.wq_DxHxDh[...] = block.attn.wq_DxHxDh[...] * 0.5
   np.testing.assert_allclose(sp(tokens), mu(tokens), rtol=1e-6, atol=1e-7)
+
+
+def test_checkpoints_written_before_mup_resume_as_sp_only():
+  from train import checkpoint
+
+  now = default.get_config().to_dict()
+  saved = default.get_config().to_dict()
+  del saved['model']['parametrization'], saved['model']['mup_base_width']
+  checkpoint.check_compatible(saved, now, 'w')  # an older SP run resumes
+  now['model']['parametrization'] = 'mup'
+  with pytest.raises(ValueError, match="model.parametrization: saved 'sp' vs now 'mup'"):
+    checkpoint.check_compatible(saved, now, 'w')

@@ -46,10 +46,16 @@ def saved_config(mngr: ocp.CheckpointManager, step: int) -> dict:
   return restored['config']
 
 
+# Keys added to the config after checkpoints were written without them: a saved config that
+# lacks one had this value (muP's switch: every older run is SP).
+_NEWER_KEYS = {'model': {'parametrization': 'sp', 'mup_base_width': 128}}
+
+
 def check_compatible(saved: dict, config: dict, workdir: str) -> None:
   """Refuses to resume (and so to overwrite) a checkpoint of a different model."""
   for section in _MUST_MATCH:
-    old, new = saved.get(section, {}), config.get(section, {})
+    old = {**_NEWER_KEYS.get(section, {}), **saved.get(section, {})}
+    new = config.get(section, {})
     diff = {k: (old.get(k), new.get(k)) for k in set(old) | set(new) if old.get(k) != new.get(k)}
     if diff:
       desc = ', '.join(
