@@ -3,8 +3,9 @@
 The six demo sizes (demo.py) in the maximal update parametrization (models/mup.py), base width
 BASE_WIDTH, every size at the same peak lr BASE_LR (muP scales each hidden matrix's rate by
 BASE_WIDTH / d_model itself), SEEDS seeds each, the demo's tokens, batch, warmup, schedule and
-log-spaced evaluations: 18 runs, tagged tags.size / tags.lr / tags.seed. BASE_LR is the best
-rate of the transfer measurement (mup_transfer.py, docs/MUP.md). Estimated ~25 min at
+log-spaced evaluations: 18 runs, tagged tags.size / tags.lr / tags.seed. BASE_LR comes from
+the transfer measurement (mup_transfer.py, docs/MUP.md), made on 307k-token runs: it may be
+high for these 1.2M-token ones. Estimated ~25 min at
 --parallel=2 on a quiet 2-core machine (three demos); not measured.
 
   python -m launch.sweep --sweep=experiments/sweeps/mup_ladder.py --workdir=runs/mup_ladder \
@@ -15,7 +16,7 @@ from experiments.sweeps import common, demo
 
 BASE_CONFIG = common.BASE_CONFIG
 BASE_WIDTH = 128
-BASE_LR = 5.66e-3  # docs/MUP.md: the transfer sweep's best muP rate
+BASE_LR = 5.66e-3  # docs/MUP.md: the grid point nearest the muP minima (5.4e-3 to 6.9e-3)
 SEEDS = (0, 1, 2)
 
 
