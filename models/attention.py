@@ -325,6 +325,7 @@ class MultiHeadAttention(nnx.Module):
     use_rope: bool = False,
     init_std: float = 0.02,
     out_init_std: float = 0.02,
+    score_scale: float = 1.0,
     dtype=jnp.float32,
     param_dtype=jnp.float32,
     use_bias: bool = True,
@@ -332,7 +333,8 @@ class MultiHeadAttention(nnx.Module):
   ):
     """`use_bias=False`: no Q/K/V/O biases. `qk_norm` ('' off, or 'layernorm'/'rmsnorm'):
     normalize each head's query and key over Dh before the dot (Dehghani et al. 2023,
-    Wortsman et al. 2023), one scale (and bias) of Dh shared by the heads; before RoPE."""
+    Wortsman et al. 2023), one scale (and bias) of Dh shared by the heads; before RoPE.
+    `score_scale` multiplies the scores QK^T / sqrt(Dh) (muP: 1 / sqrt(Dh), for QK^T / Dh)."""
     if num_heads % num_kv_heads:
       raise ValueError(f'num_kv_heads={num_kv_heads} must divide num_heads={num_heads}')
     if use_rope and head_dim % 2:
@@ -341,6 +343,7 @@ class MultiHeadAttention(nnx.Module):
       raise ValueError(f'attention impl={impl!r}; choose one of {IMPLS}')
     self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
     self.impl, self.use_rope, self.dtype = impl, use_rope, dtype
+    self.score_scale = score_scale
     h, k, dh, d = num_heads, num_kv_heads, head_dim, d_model
     normal, zeros = nnx.initializers.normal(init_std), nnx.initializers.zeros
     self.wq_DxHxDh = param(rngs, normal, (d, h, dh), ('embed', 'heads', 'head_dim'), param_dtype)
@@ -407,6 +410,8 @@ class MultiHeadAttention(nnx.Module):
       q_BxLxHxDh, k_BxSxKxDh = self.q_norm(q_BxLxHxDh), self.k_norm(k_BxSxKxDh)
     if self.use_rope:
       q_BxLxHxDh, k_BxSxKxDh = rope(q_BxLxHxDh, positions_L), rope(k_BxSxKxDh, positions_L)
+    if self.score_scale != 1.0:  # every implementation below divides the scores by sqrt(Dh)
+      q_BxLxHxDh = q_BxLxHxDh * jnp.asarray(self.score_scale, q_BxLxHxDh.dtype)
     q_BxLxHxDh = constrain(q_BxLxHxDh, heads)
     k_BxSxKxDh, v_BxSxKxDh = constrain(k_BxSxKxDh, kv_heads), constrain(v_BxSxKxDh, kv_heads)
     return q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models import shapes
+from models import mup, shapes
 from models.attention import IMPLS, MultiHeadAttention
 from models.layers import LOOKUP, MLPS, NORMS, RESIDUAL, Mlp, constrain, dense, norm, param
 
@@ -54,6 +54,15 @@ class ModelConfig:
   mlp: str = 'gelu'
   use_bias: bool = True
   qk_norm: bool = False
+  parametrization: str = 'sp'  # 'sp' | 'mup' (models/mup.py)
+  mup_base_width: int = 128  # muP: the width whose hyperparameters transfer (m = d_model / it)
+
+  @property
+  def width_mult(self) -> float:
+    """muP's width multiplier m (1 under SP: nothing is rescaled)."""
+    if self.parametrization == 'sp':
+      return 1.0
+    return mup.width_mult(self.d_model, self.mup_base_width)
 
   @classmethod
   def from_config(
@@ -101,6 +110,15 @@ class ModelConfig:
     for key in ('use_bias', 'qk_norm'):
       if not isinstance(block[key], bool):
         raise ValueError(f'model.{key}={block[key]!r} must be True or False')
+    # Configs saved before muP existed have neither key: they are SP.
+    parametrization = m.get('parametrization', 'sp')
+    base_width = m.get('mup_base_width', 128)
+    if parametrization not in mup.PARAMETRIZATIONS:
+      raise ValueError(
+        f'model.parametrization={parametrization!r}; choose one of {mup.PARAMETRIZATIONS}'
+      )
+    if parametrization == 'mup' and base_width < 1:
+      raise ValueError(f'model.mup_base_width must be >= 1 under muP, got {base_width}')
     needs = {'cudnn': 'gpu', 'splash': 'tpu'}.get(m.attention_impl)
     platform = platform or jax.default_backend()
     if needs and platform != needs:
@@ -126,6 +144,8 @@ class ModelConfig:
       scan_layers=m.scan_layers,
       init_std=m.init_std,
       **block,
+      parametrization=parametrization,
+      mup_base_width=base_width,
     )
 
 
@@ -142,6 +162,8 @@ class Block(nnx.Module):
     dt, pdt = _DTYPES[cfg.dtype], _DTYPES[cfg.param_dtype]
     # GPT-2/3 scale the residual-output projections by 1/sqrt(2 * layers).
     out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
+    # muP: scores QK^T / Dh (models/mup.py); the kernels divide by sqrt(Dh) themselves.
+    score_scale = 1.0 / math.sqrt(cfg.head_dim) if cfg.parametrization == 'mup' else 1.0
     self.ln1 = _norm(cfg, rngs)
     self.attn = MultiHeadAttention(
       cfg.d_model,
@@ -153,6 +175,7 @@ class Block(nnx.Module):
       use_rope=cfg.pos_emb == 'rope',
       init_std=cfg.init_std,
       out_init_std=out_std,
+      score_scale=score_scale,
       dtype=dt,
       param_dtype=pdt,
       use_bias=cfg.use_bias,
@@ -214,6 +237,8 @@ class Transformer(nnx.Module):
     self.ln_f = _norm(cfg, rngs)
     if not cfg.tie_embeddings:
       self.unembed_DxV = param(rngs, normal, (cfg.d_model, cfg.vocab_size), ('embed', 'vocab'), pdt)
+    if cfg.parametrization == 'mup':  # hidden matrices' init std / sqrt(m) (models/mup.py)
+      mup.scale_hidden_init(self, cfg.width_mult)
 
   def __call__(self, tokens_BxL: jax.Array, segment_ids_BxL: jax.Array | None = None) -> jax.Array:
     cfg = self.cfg
@@ -245,6 +270,8 @@ class Transformer(nnx.Module):
     """Final norm and unembedding: float32 logits BxLxV."""
     cfg = self.cfg
     x_BxLxD = self.ln_f(x_BxLxD)
+    if cfg.parametrization == 'mup':  # the output multiplier 1/m (models/mup.py)
+      x_BxLxD = x_BxLxD * jnp.asarray(1.0 / cfg.width_mult, x_BxLxD.dtype)
     unembed_DxV = self.embed_VxD[...].T if cfg.tie_embeddings else self.unembed_DxV[...]
     logits_BxLxV = dense(x_BxLxD, unembed_DxV.astype(_DTYPES[cfg.dtype]), out_dtype=jnp.float32)
     return constrain(logits_BxLxV, ('batch', 'act_length', 'act_vocab'))

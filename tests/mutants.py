@@ -277,6 +277,38 @@ MUTANTS = [
     'return LayerNorm(dim, rngs=rngs, param_dtype=param_dtype, use_bias=True, axis=axis)',
     ['tests/test_blocks.py::test_use_bias_false_removes_every_bias'],
   ),
+  # issue 20: muP (models/mup.py) and its coordinate check
+  (
+    'muP output multiplier dropped (logits not divided by the width multiplier)',
+    'models/transformer.py',
+    'x_BxLxD = x_BxLxD * jnp.asarray(1.0 / cfg.width_mult, x_BxLxD.dtype)',
+    'x_BxLxD = x_BxLxD * jnp.asarray(1.0, x_BxLxD.dtype)',
+    ['tests/test_mup.py::test_coordinate_check_flat_under_mup_and_growing_under_sp'],
+  ),
+  (
+    'muP hidden-matrix Adam lr not divided by the width multiplier',
+    'models/mup.py',
+    "return 1.0 / m if is_hidden(var.get_metadata().get('logical_axes')) else 1.0",
+    'return 1.0',
+    [
+      'tests/test_mup.py::test_first_adam_step_moves_hidden_matrices_by_lr_over_m',
+      'tests/test_mup.py::test_coordinate_check_flat_under_mup_and_growing_under_sp',
+    ],
+  ),
+  (
+    'muP hidden init left at SP (std not divided by sqrt(m))',
+    'models/transformer.py',
+    'mup.scale_hidden_init(self, cfg.width_mult)',
+    'mup.scale_hidden_init(self, 1.0)',
+    ['tests/test_mup.py::test_hidden_init_is_sp_over_sqrt_m_and_the_rest_is_sp'],
+  ),
+  (
+    'muP attention scores QK^T / sqrt(Dh) (the SP scale)',
+    'models/transformer.py',
+    "score_scale = 1.0 / math.sqrt(cfg.head_dim) if cfg.parametrization == 'mup' else 1.0",
+    'score_scale = 1.0',
+    ['tests/test_mup.py::test_mup_scores_are_qk_over_head_dim'],
+  ),
 ]
 
 

@@ -419,6 +419,20 @@ CASES: dict[str, tuple[str, list[str]]] = {
     ['{inputs}/empty', '--loss_to_loss=a,b', '--out={case}/l.png'],
   ),
   'profile/run-without-trace': ('benchmarks.profile', ['--run={ckpt}']),
+  # muP (issue 20).
+  'train/parametrization-unknown': train_case('--config.model.parametrization=ntk'),
+  'train/mup-base-width-0': train_case(
+    '--config.model.parametrization=mup', '--config.model.mup_base_width=0'
+  ),
+  'coord_check/one-width': ('experiments.coord_check', ['--widths=64', '--out={case}/c.png']),
+  'coord_check/width-not-int': ('experiments.coord_check', ['--widths=32,x', '--out={case}/c.png']),
+  'coord_check/heads-not-dividing': (
+    'experiments.coord_check',
+    ['--widths=32,48', '--heads=5', '--out={case}/c.png'],
+  ),
+  'coord_check/lr-0': ('experiments.coord_check', ['--lr=0', '--out={case}/c.png']),
+  'coord_check/steps-0': ('experiments.coord_check', ['--steps=0', '--out={case}/c.png']),
+  'coord_check/out-not-png': ('experiments.coord_check', ['--out={case}/c.txt']),
 }
 
 

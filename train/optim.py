@@ -15,6 +15,12 @@ residual stream (axis 'embed') and has at least one other named axis. Biases and
 table is indexed by an unnamed position axis (None, 'embed'). A parameter's own `weight_decay`
 metadata, if present, decides. Stacked (scanned) layers add a leading axis to the array but not
 to its logical axes, so the rule holds for them too.
+
+Under muP (`model.parametrization='mup'`, models/mup.py) every optimizer's update is multiplied
+by a per-parameter tree of learning-rate multipliers (1/m for hidden matrices, 1 elsewhere),
+read from the same logical axes; the decoupled weight decay, inside the update, scales with it.
+AdamW, Lion and Adafactor (absolute steps) all take Adam's rule. An optimizer added to
+OPTIMIZERS whose update size is not Adam-like must be listed in NO_MUP.
 """
 
 from collections.abc import Callable
@@ -75,6 +81,8 @@ def _adafactor(t, lr, mask):
 
 # name -> (t, schedule, decay mask) -> the optimizer (without clipping).
 OPTIMIZERS: dict[str, Callable] = {'adamw': _adamw, 'adafactor': _adafactor, 'lion': _lion}
+# Optimizers whose per-coordinate update is not O(lr) (muP's Adam rule does not apply): none.
+NO_MUP: dict[str, str] = {}
 
 
 def decays(logical_axes, metadata: dict) -> bool:
@@ -96,16 +104,29 @@ def decay_mask(abstract_model: nnx.Module) -> dict:
   return nnx.State(mask).to_pure_dict() if not isinstance(mask, dict) else mask
 
 
-def make_optimizer(t, mask) -> optax.GradientTransformation:
-  """Clipping, then the optimizer named by `t.optimizer` with the schedule and decay mask."""
-  check(t)
+def make_optimizer(t, mask, lr_mult: dict | None = None) -> optax.GradientTransformation:
+  """Clipping, then the optimizer named by `t.optimizer` with the schedule and decay mask.
+
+  `lr_mult` (muP: models/mup.lr_multipliers) multiplies each parameter's update; None (SP)
+  leaves the chain exactly as it is without muP.
+  """
+  check(t, mup=lr_mult is not None)
   clip = optax.clip_by_global_norm(t.grad_clip) if t.grad_clip > 0 else optax.identity()
-  return optax.chain(clip, OPTIMIZERS[t.get('optimizer', 'adamw')](t, lr_schedule(t), mask))
+  opt = OPTIMIZERS[t.get('optimizer', 'adamw')](t, lr_schedule(t), mask)
+  if lr_mult is None:
+    return optax.chain(clip, opt)
+  per_param = optax.stateless(lambda updates, _: jax.tree.map(lambda u, k: u * k, updates, lr_mult))
+  return optax.chain(clip, opt, per_param)
 
 
-def check(t) -> None:
+def check(t, mup: bool = False) -> None:
   """One-line errors for unknown names, for the loop to call before anything is written."""
-  if t.get('optimizer', 'adamw') not in OPTIMIZERS:
+  name = t.get('optimizer', 'adamw')
+  if name not in OPTIMIZERS:
     raise ValueError(f'train.optimizer={t.optimizer!r}; choose one of {sorted(OPTIMIZERS)}')
+  if mup and name in NO_MUP:
+    raise ValueError(
+      f'train.optimizer={name!r} does not support model.parametrization=mup: {NO_MUP[name]}'
+    )
   if t.schedule not in SCHEDULES:
     raise ValueError(f'train.schedule={t.schedule!r}; choose one of {sorted(SCHEDULES)}')

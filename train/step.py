@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from models import mup
 from models.transformer import ModelConfig, Transformer
 from train import sharding
 from train.optim import decay_mask, lr_schedule, make_optimizer
@@ -51,7 +52,10 @@ def make_trainer(config, model_cfg: ModelConfig, mesh: jax.sharding.Mesh) -> Tra
   # Model and optimizer shapes in one eval_shape: nothing is allocated.
   abstract_model = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(seed)))
   graphdef = nnx.graphdef(abstract_model)
-  tx = make_optimizer(t, decay_mask(abstract_model))
+  lr_mult = None
+  if model_cfg.parametrization == 'mup':
+    lr_mult = mup.lr_multipliers(abstract_model, model_cfg.width_mult)
+  tx = make_optimizer(t, decay_mask(abstract_model), lr_mult)
   abstract_state = jax.eval_shape(create_state)
   param_sh = sharding.param_shardings(abstract_model, config.sharding_rules, mesh)
   repl = sharding.replicated(mesh)

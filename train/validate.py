@@ -79,7 +79,7 @@ def check_config(config, on_this_machine: bool = True) -> None:
   _finite(config, 'train.z_loss', 0.0, strict=False)
   _finite(config, 'model.init_std', 0.0, strict=True)
   _finite(config, 'peak_flops', 0.0, strict=False)
-  optim.check(config.train)  # unknown optimizer or schedule names
+  optim.check(config.train, mup=config.model.get('parametrization', 'sp') == 'mup')
   profiling.window(config.train.get('profile_steps', ''), config.train.steps)
   model = ModelConfig.from_config(config.model, vocab_size=config.model.vocab_size or 256)
   if model.pos_emb == 'learned' and config.data.seq_len > model.max_seq_len:

@@ -36,6 +36,10 @@ def get_config() -> ml_collections.ConfigDict:
   m.mlp = 'gelu'  # 'gelu' (2 matrices) | 'swiglu' ((silu(x W1) * x W3) W2, 3 matrices).
   m.use_bias = True  # False: no bias anywhere (projections, MLP, LayerNorms).
   m.qk_norm = False  # True: queries and keys normalized per head before the dot product.
+  # 'sp' (standard: init_std everywhere, one lr) | 'mup' (Yang et al. 2022, models/mup.py):
+  # hyperparameters tuned at width mup_base_width transfer to every width.
+  m.parametrization = 'sp'
+  m.mup_base_width = 128
 
   # What it reads (data/).
   c.data = d = ml_collections.ConfigDict()
@@ -116,7 +120,11 @@ def get_config() -> ml_collections.ConfigDict:
   )
 
   # Free-form labels that sweeps set and analysis reads (e.g. the IsoFLOP budget).
-  c.tags = ml_collections.ConfigDict({'budget_flops': 0.0, 'group': ''})
+  # size, lr, seed: the model's name, its peak lr and seed in per-size lr grids with seeds
+  # (experiments/sweeps/common.py:grid_runs).
+  c.tags = ml_collections.ConfigDict(
+    {'budget_flops': 0.0, 'group': '', 'size': '', 'lr': 0.0, 'seed': 0}
+  )
 
   c.log_every = 10
   c.peak_flops = 0.0  # 0: look up the device (CPU: measured once per run).

@@ -63,11 +63,10 @@ def get_sweep() -> list[tuple[str, dict]]:
   for budget in BUDGETS[ACCEL]:
     tag = common.budget_name(budget)
     for s in sizes_for(budget):
-      n = s.nonembed()
       o = ladder.run(
         s,
         budget / flops_per_token(s),
-        common.kaplan_lr(n),
+        common.width_lr(s.d_model),
         ladder.BATCH[ACCEL],
         'accel_isoflop',
         group=f'C{tag}',

@@ -2,7 +2,10 @@
 
 Six GPT-3-shaped sizes (heads of 64, width/depth 64 to 80), each trained on Chinchilla's 20
 tokens per parameter (Hoffmann et al. 2022), bytes of lm1b, context 1024, bfloat16 compute,
-Kaplan et al.'s lr(N) (common.kaplan_lr), 12 log-spaced evaluations per run. Pick the size
+the lr rule of the CPU ladders (common.width_lr, 3e-3 * sqrt(192 / width): measured on the
+demo's Shakespeare runs, extrapolated here to wider models, a longer context and another
+corpus; for a rule that transfers by construction, tune a base width and run it in muP,
+docs/MUP.md), 12 log-spaced evaluations per run. Pick the size
 of the machine with ACCEL (read when the file loads):
 
 * ACCEL=gpu (default): 1.3M to 49M non-embedding parameters, batch 64 x 1024; ~4e17 FLOPs
@@ -70,11 +73,10 @@ def get_sweep() -> list[tuple[str, dict]]:
   runs = []
   for layers, width in reversed(SHAPES[ACCEL]):
     s = shape(layers, width)
-    n = s.nonembed()
     o = run(
       s,
-      TOKENS_PER_PARAM * n,
-      common.kaplan_lr(n),
+      TOKENS_PER_PARAM * s.nonembed(),
+      common.width_lr(width),
       BATCH[ACCEL],
       'accel_ladder',
       group=f'{ACCEL}-ladder',

@@ -3,10 +3,12 @@
 Counts are models/shapes.py's closed forms of this codebase's model, so a sweep file loads
 without importing JAX.
 
-The LR and batch rule of the CPU ladders (docs/SWEEPS.md):
-* learning rate: Kaplan et al. 2020, eq. D.1, lr(N) = 0.003239 - 0.0001395 ln N, N the
-  non-embedding parameters, their fit to the best learning rates of their models. It gives
-  1.6e-3 at 1e5 and 1.2e-3 at 3e6, falling slowly with size as wider models need.
+The LR and batch rule of the ladders (docs/SWEEPS.md, docs/MUP.md):
+* learning rate: `width_lr`, lr(d) = 3e-3 * sqrt(192 / d_model), the rule the demo measured
+  (lr_sweep.py: best 4e-3 at width 192 on 600k tokens, the narrow end able to take more).
+  Kaplan et al.'s eq. D.1 (`kaplan_lr`, 1.2e-3 to 1.8e-3 at these sizes) was measured 2-4x
+  too small here and is kept only for reference. Per-size tuning (`lr_grid`, `grid_runs`,
+  tuned_ladder.py) and muP transfer (`mup_overrides`, mup_ladder.py) are the alternatives.
 * batch: the same 16 x 128 tokens for every size (scaling_cpu.py). Every run is far below
   the critical batch size (Kaplan et al. Sec. 5.1: millions of tokens at these losses),
   where the loss after D tokens hardly depends on how they are batched; one batch for all
@@ -19,6 +21,7 @@ GPT-3 rows use Table 2.1's own lr and batch instead (gpt3_reduced.py).
 
 import dataclasses
 import math
+from collections.abc import Callable, Sequence
 
 from models import shapes
 
@@ -96,6 +99,15 @@ def flops_per_token(s: Shape, seq_len: int = SEQ_LEN, vocab_size: int = BYTE_VOC
   return shapes.flops_per_token(n, vocab_size=vocab_size, seq_len=seq_len, **_dims(s))
 
 
+# The measured rule: peak lr LR_REF at width D_REF (lr_sweep.py), growing as 1/sqrt(width) below.
+LR_REF, D_REF = 3e-3, 192
+
+
+def width_lr(d_model: int) -> float:
+  """lr(d) = LR_REF * sqrt(D_REF / d_model) (docs/SWEEPS.md, the learning-rate sweep)."""
+  return LR_REF * (D_REF / d_model) ** 0.5
+
+
 def kaplan_lr(n_nonembed: float) -> float:
   """Kaplan et al. 2020 eq. D.1: lr(N) = 0.003239 - 0.0001395 ln N."""
   lr = 0.003239 - 0.0001395 * math.log(n_nonembed)
@@ -169,9 +181,9 @@ def train_overrides(
 
 
 def ladder_run(s: Shape, tokens: float, sweep: str, group: str = '', **tags) -> dict:
-  """Overrides of one ladder run: `s` trained on `tokens` tokens at Kaplan's lr for its N."""
+  """Overrides of one ladder run: `s` trained on `tokens` tokens at `width_lr` of its width."""
   steps = steps_for(tokens)
-  out = {**s.overrides(), **train_overrides(steps, kaplan_lr(s.nonembed()))}
+  out = {**s.overrides(), **train_overrides(steps, width_lr(s.d_model))}
   seen = steps * GLOBAL_BATCH * SEQ_LEN
   out.update({'tags.sweep': sweep, 'tags.group': group, 'tags.tokens': seen})
   out.update({f'tags.{k}': v for k, v in tags.items()})
@@ -183,3 +195,44 @@ def budget_name(flops: float) -> str:
   exp = math.floor(math.log10(flops))
   mant = flops / 10**exp
   return f'{mant:.3g}e{exp}'
+
+
+SQRT2 = math.sqrt(2.0)
+
+
+def lr_grid(center: float, points: int = 5, ratio: float = SQRT2) -> list[float]:
+  """`points` learning rates a factor `ratio` apart, centred (geometrically) on `center`."""
+  if points < 1 or center <= 0 or ratio <= 1:
+    raise ValueError(
+      f'lr grid needs points >= 1, center > 0, ratio > 1: {points}, {center}, {ratio}'
+    )
+  return [float(f'{center * ratio ** (i - (points - 1) / 2):.4g}') for i in range(points)]
+
+
+def mup_overrides(base_width: int) -> dict:
+  """`model.*` overrides of muP (models/mup.py) with hyperparameters tuned at `base_width`."""
+  return {'model.parametrization': 'mup', 'model.mup_base_width': base_width}
+
+
+def grid_runs(
+  size: str,
+  make: Callable[[float], dict],
+  lrs: Sequence[float],
+  seeds: Sequence[int] = (0,),
+  prefix: str = '',
+) -> list[tuple[str, dict]]:
+  """One run per (peak lr, seed) of one size: `make(lr)` gives the run's overrides.
+
+  Each run sets `seed` (the model's initialisation AND the data order, train/step.py and
+  data/pipeline.py) and the tags the analysis groups by: tags.size = `size`, tags.lr = the
+  peak lr, tags.seed. Runs are named '<prefix><size>-lr<lr>-s<seed>'.
+  """
+  if not lrs or not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+    raise ValueError(f'{size}: a grid needs learning rates and distinct seeds >= 0')
+  runs = []
+  for lr in lrs:
+    for seed in seeds:
+      o = make(lr)
+      o.update({'seed': seed, 'tags.size': size, 'tags.lr': o['train.lr'], 'tags.seed': seed})
+      runs.append((f'{prefix}{size}-lr{o["train.lr"]:.3g}-s{seed}', o))
+  return runs

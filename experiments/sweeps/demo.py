@@ -11,7 +11,11 @@ What was chosen, and why (docs/SWEEPS.md):
   (lr_sweep.py at the demo's settings: best 4e-3 at width 192, >= 1.6e-2 at width 48, so the
   small models could take more, ~1/width; the whole demo at 1/width gains up to 0.18 nats on
   the small models, loses 0.02 on the largest and flattens alpha to 0.20 +- 111%; Kaplan et
-  al.'s rule, 1.2e-3 to 1.8e-3 here, left every model of an earlier demo near the bigram level);
+  al.'s rule, 1.2e-3 to 1.8e-3 here, left every model of an earlier demo near the bigram level).
+  Not muP: the SP-vs-muP transfer sweep (mup_transfer.py, docs/MUP.md) ran at 307k tokens,
+  where every model is still near the bigram level, so it does not fix a muP base rate for
+  these 1.2M-token runs, and the demo in muP has not been measured end to end; mup_ladder.py
+  is that run;
 * warmup WARMUP_STEPS steps (30 left a 100k model on the bigram plateau in one seed), then
   cosine decay to 10% at the run's last step;
 * batch 8 x 128 bytes: these runs are step-limited, not token-limited (a char-level GPT at
@@ -34,7 +38,7 @@ TOKENS = 1_200_000  # per run
 BATCH = 8  # sequences of 128 bytes per step: 1,172 steps per run
 EVALS = 10  # log-spaced evaluations per run, the last at the final step
 WARMUP_STEPS = 100  # 30 left one seed of the 100k model on the bigram plateau (2.52)
-LR_REF, D_REF = 3e-3, 192  # the peak lr of the widest model (lr_sweep.py)
+LR_REF, D_REF = common.LR_REF, common.D_REF  # the peak lr of the widest model (lr_sweep.py)
 
 LADDER = [  # ~0.35 decades apart; heads of 32 dimensions where the width allows (docs/SWEEPS.md)
   common.Shape(3, 192, 6),  # 1.33M non-embedding parameters
@@ -47,8 +51,8 @@ LADDER = [  # ~0.35 decades apart; heads of 32 dimensions where the width allows
 
 
 def lr_for(s: common.Shape) -> float:
-  """Peak lr: LR_REF at width D_REF, growing as 1/sqrt(width) below it."""
-  return LR_REF * (D_REF / s.d_model) ** 0.5
+  """Peak lr: LR_REF at width D_REF, growing as 1/sqrt(width) below it (common.width_lr)."""
+  return common.width_lr(s.d_model)
 
 
 def run_overrides(s: common.Shape, tokens: float, lr: float, **tags) -> dict:

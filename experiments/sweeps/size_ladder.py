@@ -1,7 +1,7 @@
 """L(N) over a longer GPT-3-shaped ladder than the demo, each model on the same TOKENS tokens.
 
 Eight sizes, 5.7e4 to 1.0e7 non-embedding parameters (2.25 decades), width/depth 24 to 80 and
-heads of 16 to 32 dimensions, Kaplan et al.'s lr(N) (common.py). At 2M tokens per run the
+heads of 16 to 32 dimensions, the measured lr rule (common.width_lr). At 2M tokens per run the
 largest model is still improving when the smaller ones have flattened, so this ladder shows
 where L(N) at fixed D bends away from a pure power law (Kaplan et al. eq. 1.5). About 2 hours
 on a 2-core CPU with --parallel=2; minutes on one accelerator.
