@@ -286,14 +286,59 @@ def test_local_workdir_access(tmp_path):
     distributed.check_workdir_access('s3://bucket/run')
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason='root can write anywhere')
+READ_ONLY_CHILD = """
+import sys
+from train import distributed
+for workdir in sys.argv[1:]:
+  try:
+    distributed.check_workdir_access(workdir)
+  except ValueError as e:
+    print('ERROR', e)
+  else:
+    print('OK', workdir)
+"""
+
+
 def test_read_only_workdir_is_rejected(tmp_path):
-  """A workdir nobody can create (under a regular file: even root cannot) is a one-line error."""
-  (tmp_path / 'file').write_text('x')
-  with pytest.raises(ValueError, match='not a directory|not writable') as e:
-    distributed.check_workdir_access(str(tmp_path / 'file' / 'run'))
-  assert '\n' not in str(e.value)
-  assert (tmp_path / 'file').read_text() == 'x' and sorted(os.listdir(tmp_path)) == ['file']
+  """A workdir on a read-only mount is a one-line error, for root too (CI runs as root).
+
+  chmod does not stop root, so the folder is bind-mounted read-only in a private mount
+  namespace (`unshare --user --map-root-user --mount`: no privilege needed, nothing changes
+  outside the child); the check runs there, on the workdir itself and on a new one inside it.
+  """
+  ro = tmp_path / 'ro'
+  ro.mkdir()
+  (ro / 'keep').write_text('x')
+  script = (
+    f'mount --bind {ro} {ro} && mount -o remount,bind,ro {ro} && '
+    f'exec "$0" -c "$1" {ro} {ro}/run {tmp_path}/free'
+  )
+  proc = subprocess.run(
+    [
+      'unshare',
+      '--user',
+      '--map-root-user',
+      '--mount',
+      'sh',
+      '-c',
+      script,
+      sys.executable,
+      READ_ONLY_CHILD,
+    ],
+    cwd=REPO,
+    env=child_env(),
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  lines = proc.stdout.splitlines()
+  assert len(lines) == 3, proc.stdout
+  for line, workdir in zip(lines[:2], (ro, ro / 'run'), strict=True):
+    assert line.startswith(f"ERROR --workdir='{workdir}': {ro} is not writable from here"), line
+    assert 'Read-only file system' in line
+  assert lines[2] == f'OK {tmp_path}/free'  # the same check in the same namespace, writable
+  assert sorted(os.listdir(ro)) == ['keep'] and (ro / 'keep').read_text() == 'x'
 
 
 def test_workdir_is_checked_by_writing_to_it(tmp_path):
