@@ -331,3 +331,28 @@ def test_tokens_per_s_and_mfu_follow_a_clock_the_test_controls(tmp_path, monkeyp
     assert got[step]['step_time_s'] == pytest.approx(dt, rel=1e-9)
     assert got[step]['tokens_per_s'] == pytest.approx(256 / dt, rel=1e-9)
     assert got[step]['mfu'] == pytest.approx(256 / dt * 1e6 / 1e10, rel=1e-9)
+
+
+# Per-chip dense bf16 peaks as published (Cloud TPU system architecture pages, NVIDIA data
+# sheets), under the device_kind JAX reports for each.
+PUBLISHED_PEAKS = {
+  'TPU v4': 275e12,
+  'TPU v5 lite': 197e12,  # v5e
+  'TPU v5': 459e12,  # v5p
+  'TPU v6 lite': 918e12,  # v6e
+  'NVIDIA A100-SXM4-80GB': 312e12,
+  'NVIDIA H100 80GB HBM3': 989e12,
+}
+
+
+@pytest.mark.parametrize('kind', sorted(PUBLISHED_PEAKS))
+def test_peak_flops_is_the_published_chip_peak_times_the_devices(kind, monkeypatch):
+  """MFU's denominator: the whole job's peak, from the device JAX reports (8 devices here)."""
+  from train import metrics
+
+  fake = [types.SimpleNamespace(platform='tpu' if 'TPU' in kind else 'gpu', device_kind=kind)]
+  monkeypatch.setattr(metrics.jax, 'devices', lambda: fake * 8)
+  assert metrics.jax.device_count() == 8
+  peak, source = metrics.peak_flops()
+  assert peak == PUBLISHED_PEAKS[kind] * 8 and source == f'{kind} table'
+  assert metrics.peak_flops(3e12) == (3e12, 'config')  # a configured peak wins
