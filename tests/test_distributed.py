@@ -152,29 +152,34 @@ def test_unreachable_coordinator_is_a_clear_error_within_the_timeout():
     f'could not reach coordinator 127.0.0.1:{port} within 2s '
     '(is process 0 running? is the port open?)'
   )
-  assert 1.5 < elapsed < 6
+  # The timeout is the property: at least its 2 s, and nowhere near a hang (the default is
+  # 300 s); the upper bound leaves a starved 2-core machine 58 s of slack.
+  assert 1.5 < elapsed < 60
 
 
 def test_process_zero_alone_exits_with_one_line_at_the_deadline():
   # Without the watchdog, jaxlib kills this process with SIGABRT and a C++ stack trace.
+  # The child stamps the system-wide monotonic clock just before initialize(), so the time
+  # measured is the 3 s deadline and the exit, not how long a loaded machine takes to import.
   code = (
-    f"from train import distributed; distributed.initialize('127.0.0.1:{free_port()}', 2, 0, 3)"
+    'import time; from train import distributed; '
+    "print('START', time.monotonic(), flush=True); "
+    f"distributed.initialize('127.0.0.1:{free_port()}', 2, 0, 3)"
   )
-  start = time.monotonic()
   proc = subprocess.run(
     [sys.executable, '-c', code],
     cwd=REPO,
     env=child_env(),
     capture_output=True,
     text=True,
-    timeout=60,
+    timeout=120,
   )
-  elapsed = time.monotonic() - start
+  elapsed = time.monotonic() - float(proc.stdout.split('START')[1].split()[0])
   assert proc.returncode == distributed.WATCHDOG_EXIT_CODE, proc.stderr[-2000:]
   assert 'process 0: not all 2 processes joined coordinator 127.0.0.1:' in proc.stderr
   assert 'within 3s' in proc.stderr
   assert 'Check failure' not in proc.stderr  # our line, not jaxlib's abort
-  assert elapsed < 30
+  assert 3 <= elapsed < 60  # the deadline, with a starved machine's slack
 
 
 def test_taken_coordinator_port_is_a_clear_error():
