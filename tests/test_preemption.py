@@ -99,7 +99,10 @@ def test_one_process_signal_saves_and_rerun_resumes_bitwise(tmp_path, straight, 
   check_same_as_straight(workdir, straight[1], stopped_at)
 
 
-def test_two_processes_save_the_same_step_when_one_gets_sigterm(tmp_path, straight):
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
+def test_two_processes_save_the_same_step_when_one_gets_a_signal(tmp_path, straight, sig):
+  """SIGTERM goes to JAX's preemption service; SIGINT (Ctrl-C, some schedulers) is forwarded to
+  it, so the other process saves the same step too."""
   workdir = str(tmp_path / 'run')
-  stopped_at = interrupt_and_rerun(workdir, 2, signal.SIGTERM, target=1)  # not the writer
+  stopped_at = interrupt_and_rerun(workdir, 2, sig, target=1)  # not the writer
   check_same_as_straight(workdir, straight[2], stopped_at)
