@@ -9,12 +9,19 @@ mutant), or if the selected tests fail without any mutant.
   python -m tests.mutants                 # all, with an unmutated baseline run first
   python -m tests.mutants rope warmup     # only mutants whose name contains one of these
   python -m tests.mutants --markdown docs/MUTANTS.md
+  python -m tests.mutants --ci            # what .ci/run does after the suite (below)
+
+--ci runs every mutant against its own tests, each within --timeout seconds (default 600 with
+--ci), without the baseline run: CI calls it right after the whole suite passed on the same
+tree, which is that baseline. A mutant whose tests fail to finish in time counts as survived
+(a slow machine must not pass for a caught bug). Times per mutant: docs/MUTANTS.md.
 """
 
 import argparse
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -185,6 +192,172 @@ MUTANTS = [
     'good.save(step, state,',
     ['tests/test_train.py::test_resume_is_bitwise_exact_and_survives_a_corrupted_checkpoint'],
   ),
+  (
+    "every epoch reads the documents in the first epoch's order",
+    'data/pipeline.py',
+    'self._perms[epoch] = np.random.default_rng([self.seed, epoch])',
+    'self._perms[epoch] = np.random.default_rng([self.seed, 0])',
+    [
+      'tests/test_data_pipeline.py::'
+      'test_streams_across_three_epochs_keep_documents_separators_and_order'
+    ],
+  ),
+  (
+    'a new epoch starts one token into its first document',
+    'data/pipeline.py',
+    '        epoch, index, offset = epoch + 1, 0, 0\n',
+    '        epoch, index, offset = epoch + 1, 0, 1\n',
+    [
+      'tests/test_data_pipeline.py::'
+      'test_streams_across_three_epochs_keep_documents_separators_and_order'
+    ],
+  ),
+  (
+    'eval streams counted per process (eval batches change with the process count)',
+    'data/pipeline.py',
+    'self._eval_units[batch_size], batch_size, first, rows, self.seq_len, EVAL_SEED',
+    'self._eval_units[batch_size], rows, first, rows, self.seq_len, EVAL_SEED',
+    ['tests/test_data_pipeline.py::test_eval_batches_do_not_depend_on_the_process_count'],
+  ),
+  (
+    'batch split over the data axis only (fsdp replicas read the same rows)',
+    'train/sharding.py',
+    'return NamedSharding(mesh, PartitionSpec(batch_axes(rules) or None))',
+    'return NamedSharding(mesh, PartitionSpec(batch_axes(rules)[:1] or None))',
+    ['tests/test_properties.py::test_spec_for_uses_a_mesh_axis_once_and_skips_size_one_axes'],
+  ),
+  (
+    'restore tries the oldest checkpoint first',
+    'train/checkpoint.py',
+    'steps = sorted(mngr.all_steps(), reverse=True)',
+    'steps = sorted(mngr.all_steps())',
+    ['tests/test_train.py::test_resume_is_bitwise_exact_and_survives_a_corrupted_checkpoint'],
+  ),
+  (
+    'Adafactor decays every parameter (mask dropped)',
+    'train/optim.py',
+    'weight_decay_mask=mask,',
+    'weight_decay_mask=None,',
+    ['tests/test_optim.py::test_every_optimizer_decays_the_masked_leaves_by_lr_times_weight_decay'],
+  ),
+  (
+    'Adafactor decay not scaled by the learning rate',
+    'train/optim.py',
+    'weight_decay_rate=lambda step: t.weight_decay * lr(step),',
+    'weight_decay_rate=lambda step: t.weight_decay,',
+    ['tests/test_optim.py::test_every_optimizer_decays_the_masked_leaves_by_lr_times_weight_decay'],
+  ),
+  (
+    'Lion decays every parameter (mask dropped)',
+    'train/optim.py',
+    'b2=t.b2, weight_decay=t.weight_decay, mask=mask)',
+    'b2=t.b2, weight_decay=t.weight_decay, mask=None)',
+    ['tests/test_optim.py::test_every_optimizer_decays_the_masked_leaves_by_lr_times_weight_decay'],
+  ),
+  (
+    'skipping ignores a non-finite gradient norm',
+    'train/step.py',
+    'finite = jnp.isfinite(nll) & jnp.isfinite(grad_norm)',
+    'finite = jnp.isfinite(nll)',
+    ['tests/test_divergence.py::test_a_finite_loss_with_a_nonfinite_gradient_norm_is_skipped'],
+  ),
+  (
+    'the divergence rule reads only the loss',
+    'train/loop.py',
+    'finite = all(math.isfinite(v) for v in self.last.values())',
+    "finite = math.isfinite(self.last['loss'])",
+    ['tests/test_divergence.py::test_a_finite_loss_with_a_nonfinite_gradient_norm_stops_the_run'],
+  ),
+  (
+    'tokens/s per record, not per step',
+    'train/loop.py',
+    'dt = (now - prev_t) / max(step - prev_step, 1)',
+    'dt = now - prev_t',
+    ['tests/test_train.py::test_tokens_per_s_and_mfu_follow_a_clock_the_test_controls'],
+  ),
+  (
+    "MFU against one chip's peak, not the job's",
+    'train/metrics.py',
+    "return flops * jax.device_count(), f'{kind} table'",
+    "return flops, f'{kind} table'",
+    ['tests/test_train.py::test_peak_flops_is_the_published_chip_peak_times_the_devices'],
+  ),
+  (
+    'a v5e (TPU v5 lite) takes the v5p peak',
+    'train/metrics.py',
+    "  'TPU v5 lite': 197e12,  # v5e\n  'TPU v5e': 197e12,\n  'TPU v5p': 459e12,\n"
+    "  'TPU v5': 459e12,\n",
+    "  'TPU v5': 459e12,\n  'TPU v5 lite': 197e12,  # v5e\n  'TPU v5e': 197e12,\n"
+    "  'TPU v5p': 459e12,\n",
+    ['tests/test_train.py::test_peak_flops_is_the_published_chip_peak_times_the_devices'],
+  ),
+  (
+    'attention FLOPs counted at width d_model, not heads x head_dim',
+    'models/shapes.py',
+    '  d_attn = num_heads * head_dim\n',
+    '  d_attn = d_model\n',
+    ['tests/test_properties.py::test_flops_per_token_matches_xla_cost_analysis'],
+  ),
+  (
+    "the L(C) fit keeps the envelope's plateaus",
+    'experiments/scaling.py',
+    'keep = np.concatenate([[True], np.diff(loss) < 0])',
+    'keep = np.ones(len(loss), bool)',
+    ['tests/test_intervals.py::test_compute_frontier_fit_recovers_the_law'],
+  ),
+  (
+    'jackknife variance without its (m - 1) inflation',
+    'experiments/scaling.py',
+    'se = float(np.sqrt((m - 1) / m * np.sum((v - v.mean()) ** 2)))',
+    'se = float(np.sqrt(np.sum((v - v.mean()) ** 2) / m))',
+    [
+      'tests/test_intervals.py::test_jackknife_interval_of_a_mean_covers_at_its_rate_with_the_t_width'
+    ],
+  ),
+  (
+    'jackknife interval with the normal quantile instead of Student t',
+    'experiments/scaling.py',
+    't = float(stats.t.ppf(0.5 + level / 2, m - 1))',
+    't = float(stats.norm.ppf(0.5 + level / 2))',
+    [
+      'tests/test_intervals.py::test_jackknife_interval_of_a_mean_covers_at_its_rate_with_the_t_width'
+    ],
+  ),
+  (
+    'a v5e slice created with the v5p image',
+    'launch/tpu.py',
+    "'v5e': 'v2-alpha-tpuv5-lite',",
+    "'v5e': 'v2-alpha-tpuv5',",
+    ['tests/test_launchers.py::test_every_tpu_generation_gets_its_published_software_image'],
+  ),
+  (
+    'the workdir probe skipped for a folder that exists',
+    'train/distributed.py',
+    "  probe = files.join(where, f'.write_probe.",
+    "  if os.path.isdir(where):\n    return\n  probe = files.join(where, f'.write_probe.",
+    ['tests/test_distributed.py::test_read_only_workdir_is_rejected'],
+  ),
+  (
+    "the torch reference's final LayerNorm eps changed, fixture not regenerated",
+    'benchmarks/torch_reference.py',
+    'self.ln_f = nn.LayerNorm(d_model, eps=1e-5)',
+    'self.ln_f = nn.LayerNorm(d_model, eps=1e-6)',
+    ['tests/test_torch_reference.py::test_fixture_was_made_by_the_reference_as_it_is_now'],
+  ),
+  (
+    'gs:// appends rewrite the object on every line',
+    'train/files.py',
+    'if time.monotonic() - self._last_write >= self.min_interval_s:',
+    'if True:',
+    ['tests/test_gcs.py::test_remote_appends_are_buffered_to_one_write_per_second'],
+  ),
+  (
+    'SIGINT on a multi-process run not forwarded to the preemption service',
+    'train/preemption.py',
+    '      os.kill(os.getpid(), signal.SIGTERM)  # into JAX',
+    '      pass  # into JAX',
+    ['tests/test_preemption.py::test_two_processes_save_the_same_step_when_one_gets_a_signal[2]'],
+  ),
   # issue 23a: datasets, tokenizers, sweeps that never reuse a changed run
   (
     'stale-run check compares only the keys the sweep overrides',
@@ -319,12 +492,28 @@ def copy_tree(dst: str) -> None:
     os.symlink(os.path.realpath(venv), os.path.join(dst, '.venv'))
 
 
-def run_tests(root: str, selection: list[str]) -> tuple[int, list[str], str]:
+def run_tests(root: str, selection: list[str], timeout: float = 3600) -> tuple[int, list[str], str]:
+  """pytest's exit status (None: out of time), the failed node ids, and the output."""
   flags = ['-q', '-x', '-rf', '-p', 'no:xdist', '-p', 'no:cacheprovider']
   cmd = [sys.executable, '-m', 'pytest', *flags, *selection]
   env = dict(os.environ, PYTHONDONTWRITEBYTECODE='1')
-  proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=env, timeout=3600)
-  out = proc.stdout + proc.stderr
+  # Its own process group, so that training processes a test started die with it on a timeout.
+  proc = subprocess.Popen(
+    cmd,
+    cwd=root,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    start_new_session=True,
+  )
+  try:
+    out, _ = proc.communicate(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    os.killpg(proc.pid, signal.SIGKILL)
+    out, _ = proc.communicate()
+    return None, [], out
+
   failed = re.findall(r'^FAILED (\S+)', out, flags=re.M)
   return proc.returncode, failed, out
 
@@ -334,7 +523,11 @@ def main() -> int:
   ap.add_argument('names', nargs='*', help='only mutants whose name contains one of these')
   ap.add_argument('--no-baseline', action='store_true', help='skip the unmutated run')
   ap.add_argument('--markdown', help='also write the table to this file')
+  ap.add_argument('--ci', action='store_true', help='no baseline, --timeout 600 (the docstring)')
+  ap.add_argument('--timeout', type=float, help='seconds per mutant; out of time = survived')
   args = ap.parse_args()
+  timeout = args.timeout or (600.0 if args.ci else 3600.0)
+  baseline = not (args.no_baseline or args.ci)
   chosen = [m for m in MUTANTS if not args.names or any(n in m[0] for n in args.names)]
   # Every anchor must be present exactly once before anything runs.
   for name, path, old, _, _ in chosen:
@@ -348,7 +541,7 @@ def main() -> int:
   with tempfile.TemporaryDirectory(prefix='mutants-') as tmp:
     root = os.path.join(tmp, 'repo')
     copy_tree(root)
-    if not args.no_baseline:
+    if baseline:
       rc, failed, out = run_tests(root, sorted({s for m in chosen for s in m[4]}))
       if rc != 0:
         print(out[-3000:], file=sys.stderr)
@@ -362,12 +555,15 @@ def main() -> int:
         f.write(original.replace(old, new, 1))
       t0 = time.time()
       try:
-        rc, failed, out = run_tests(root, selection)
+        rc, failed, out = run_tests(root, selection, timeout)
       finally:
         with open(target, 'w') as f:
           f.write(original)
       if rc == 1 and failed:
         verdict = ', '.join(f.split('/')[-1] for f in failed)
+      elif rc is None:
+        verdict = f'SURVIVED (out of time: {timeout:.0f} s)'
+        survivors.append(name)
       else:
         verdict = f'SURVIVED (pytest exit {rc})'
         survivors.append(name)
@@ -387,9 +583,11 @@ def main() -> int:
 
 MARKDOWN_HEAD = """# Planted bugs (mutants) and the tests that catch them
 
-Written by `python -m tests.mutants --markdown docs/MUTANTS.md`. Each mutant is applied alone to
-a scratch copy of the checkout; only the listed tests run (`-x`: the first failure is shown).
-A mutant whose anchor text is gone makes the script fail loudly: re-anchor it in tests/mutants.py.
+Written by `python -m tests.mutants --ci --markdown docs/MUTANTS.md`. Each mutant is applied
+alone to a scratch copy of the checkout; only the listed tests run (`-x`: the first failure is
+shown). CI (`.ci/run`) runs the same command after the suite: a mutant that survives, or whose
+tests do not finish within 600 s, fails CI. A mutant whose anchor text is gone makes the script
+fail loudly: re-anchor it in tests/mutants.py.
 
 """
 

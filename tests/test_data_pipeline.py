@@ -73,6 +73,72 @@ def test_packing_loses_nothing_and_restore_resumes_mid_document():
   np.testing.assert_array_equal(got[:n], expected[:n])
 
 
+def test_eval_batches_do_not_depend_on_the_process_count():
+  """What the 4-process test checks end to end, in a second: each process's eval rows, stacked,
+  are the 1-process eval batches (with a training batch of another size beside them). 20
+  batches of 512 tokens: every row reads past its first packing unit (about 6,500 bytes)."""
+  one = pipe(batch=32, seq=512).eval_batches(20, 16)
+  for count in (2, 4):
+    parts = [pipe(32, 512, index=i, count=count).eval_batches(20, 16) for i in range(count)]
+    for b, batch in enumerate(one):
+      for key in batch:
+        stacked = np.concatenate([p[b][key] for p in parts])
+        np.testing.assert_array_equal(stacked, batch[key], err_msg=f'{count} processes, {key}')
+
+
+def test_streams_across_three_epochs_keep_documents_separators_and_order(tmp_path):
+  """A corpus of 16 short documents read for more than 3 epochs by 2 rows, checked against
+  the documents themselves: every separator ends a whole document, every document is read
+  once per epoch by exactly one row, each epoch in its own order (the permutation the module
+  docstring specifies), and a restore inside the second epoch continues exactly."""
+  folder = tmp_path / 'texts'
+  folder.mkdir()
+  rng = np.random.default_rng(1)
+  for i in range(16):
+    filler = bytes(
+      rng.integers(ord('a'), ord('z') + 1, int(rng.integers(40, 160))).astype(np.uint8)
+    )
+    (folder / f'doc{i:02d}.txt').write_bytes(f'<doc{i:02d}>'.encode() + filler)
+  cfg = data_cfg(name='text_folder', text_glob=str(folder / '*.txt'), data_dir=str(tmp_path / 'd'))
+  p = DataPipeline(cfg, 2, 16, 5)
+  train = sources.open_split(cfg, 'train')
+  texts = [bytes(train[i]['text']) for i in range(len(train))]
+  n = len(texts)
+  assert n >= 8 and len(p._train) == n  # whole documents are the packing units
+  it = p.train_iterator()
+  batches = [next(it) for _ in range(int(3.5 * sum(map(len, texts)) / 2 / 16))]
+  assert it.get_state()[:, 0].min() >= 3  # every row is in its fourth epoch
+  eos = ByteTokenizer.eos_id
+  read = []  # per row: the documents it read, in order
+  for row in range(2):
+    stream = row_stream(batches, row)
+    pieces = np.split(stream, np.nonzero(stream == eos)[0] + 1)[:-1]  # the last is unfinished
+    assert all(piece[-1] == eos and eos not in piece[:-1] for piece in pieces)
+    docs = [bytes(piece[:-1].astype(np.uint8)) for piece in pieces]
+    assert all(d in texts for d in docs)  # whole documents, nothing cut or joined
+    read.append([texts.index(d) for d in docs])
+  orders = []
+  for epoch in range(3):
+    perm = np.random.default_rng([5, epoch]).permutation(n)
+    shares = [list(perm[row::2]) for row in range(2)]
+    for row, share in enumerate(shares):
+      got = read[row][epoch * len(share) : (epoch + 1) * len(share)]
+      assert got == share, (epoch, row)
+    assert sorted(shares[0] + shares[1]) == list(range(n))  # each document once per epoch
+    orders.append(perm.tolist())
+  assert orders[0] != orders[1] != orders[2]
+  # Restore inside the second epoch: the rest of the stream is the same.
+  k = len(batches) // 2
+  it2 = p.train_iterator()
+  for _ in range(k):
+    next(it2)
+  assert (it2.get_state()[:, 0] >= 1).any()
+  it3 = p.train_iterator()
+  it3.set_state(it2.get_state())
+  for b in batches[k:]:
+    np.testing.assert_array_equal(next(it3)['targets'], b['targets'])
+
+
 def test_segment_ids_follow_document_separators():
   """Segment ids start at 1 and step up right after each separator, in batches that hold some."""
   # 32 rows: 128 packing units (pieces of plays), so some rows reach a play's end early.

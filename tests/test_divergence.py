@@ -2,6 +2,7 @@
 
 import json
 import os
+import types
 
 import jax
 import numpy as np
@@ -86,3 +87,44 @@ def test_a_skipped_update_leaves_parameters_and_optimizer_state_untouched():
   assert int(after['step']) == 2
   assert_trees_equal(jax.device_get(after['params']), jax.device_get(direct['params']))
   assert_trees_equal(jax.device_get(after['opt']), jax.device_get(direct['opt']))
+
+
+def overflowing(trainer):
+  """Initial state whose final LayerNorm scale is 1e25: the loss is finite (~1e24) but the
+  gradients' squares overflow float32, so the gradient norm is inf."""
+  params = jax.device_get(trainer.init()['params'])
+  params['ln_f']['scale_D'] = np.full_like(params['ln_f']['scale_D'], 1e25)
+  state = trainer.init()
+  return dict(state, params=jax.device_put(params, trainer.state_shardings['params']))
+
+
+def test_a_finite_loss_with_a_nonfinite_gradient_norm_is_skipped():
+  config = tiny_config(**{'train.skip_nonfinite': True})
+  model_cfg = ModelConfig.from_config(config.model, vocab_size=256)
+  trainer = make_trainer(config, model_cfg, sharding.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2}))
+  x = np.random.default_rng(0).integers(0, 256, (8, 33)).astype(np.int32)
+  batch = {'inputs': x[:, :-1], 'targets': x[:, 1:], 'segment_ids': np.ones((8, 32), np.int32)}
+  before = jax.device_get(overflowing(trainer))
+  after, m = trainer.train_step(overflowing(trainer), jax.device_put(batch, trainer.batch_sharding))
+  assert np.isfinite(float(m['loss'])) and not np.isfinite(float(m['grad_norm']))
+  assert_trees_equal(jax.device_get(after['params']), before['params'])
+  assert_trees_equal(jax.device_get(after['opt']), before['opt'])  # its step count too
+  assert int(after['step']) == 1
+
+
+def test_a_finite_loss_with_a_nonfinite_gradient_norm_stops_the_run(tmp_path):
+  """Without skipping, the divergence rule reads every metric, not only the loss."""
+  writer = loop.metrics.MetricsWriter(str(tmp_path), total_steps=10)
+  rec = loop._Recorder(writer, tiny_config(**{'train.nan_patience': 2}), 1e6, 0.0, 32)
+  good = types.SimpleNamespace(path=lambda: 'CKPT')
+  rec.record(1, {'loss': 2.0, 'grad_norm': 1.0}, good)
+  rec.record(2, {'loss': 2.0, 'grad_norm': float('inf')}, good)  # patience 2: runs on
+  with pytest.raises(loop.Diverged) as e:
+    rec.record(3, {'loss': 1.9, 'grad_norm': float('inf')}, good)
+  writer.close()
+  assert str(e.value) == (
+    'diverged: non-finite grad_norm at step 3 (2 consecutive step(s), train.nan_patience=2); '
+    'last good checkpoint: CKPT'
+  )
+  got = [(r['step'], r['loss'], r['grad_norm']) for r in strict_records(tmp_path)]
+  assert got == [(1, 2.0, 1.0), (2, 2.0, None), (3, 1.9, None)]  # the last step is written too

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 import urllib.error
 import urllib.request
 
@@ -169,23 +170,24 @@ def test_remote_appends_are_buffered_to_one_write_per_second(gcs, monkeypatch):
 
   writes = []
   real_write = files.write_text
+  clock = {'now': 0.0}  # the buffer's clock, set by the test: no wall-clock window
 
   def counting_write(path, text):
-    writes.append(time.monotonic())
+    writes.append((clock['now'], text.count('\n')))
     real_write(path, text)
 
   monkeypatch.setattr(files, 'write_text', counting_write)
+  monkeypatch.setattr(files, 'time', types.SimpleNamespace(monotonic=lambda: clock['now']))
   f = files.AppendFile(f'gs://{BUCKET}/buffered/log.txt')
-  t0 = time.monotonic()
-  n = 0
-  while time.monotonic() - t0 < 2.5:
+  for n in range(25):  # a line every 0.1 s for 2.4 s
+    clock['now'] = n / 10
     f.write_line(f'line {n}')
-    n += 1
   f.close()
-  assert n > 20 and 2 <= len(writes) <= 4
-  assert all(np.diff(writes[:-1]) >= 1.0)  # and the close flushes what is left
+  # The first line at once, then one write per second of the clock, holding every line so far;
+  # the close writes the rest.
+  assert writes == [(0.0, 1), (1.0, 11), (2.0, 21), (2.4, 25)]
   with open(gcs.local('buffered/log.txt')) as fh:
-    assert fh.read() == ''.join(f'line {i}\n' for i in range(n))
+    assert fh.read() == ''.join(f'line {i}\n' for i in range(25))
 
 
 SWEEP = """

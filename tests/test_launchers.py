@@ -82,6 +82,34 @@ def test_tpu_device_count(accelerator_type, devices):
   assert tpu.tpu_device_count(accelerator_type) == devices
 
 
+# Cloud TPU's "TPU software versions" table for JAX: Trillium (v6e) v2-alpha-tpuv6e, v5p
+# v2-alpha-tpuv5, v5e v2-alpha-tpuv5-lite, v4 and older tpu-ubuntu2204-base.
+PUBLISHED_IMAGES = [
+  ('v2-8', 'tpu-ubuntu2204-base'),
+  ('v3-32', 'tpu-ubuntu2204-base'),
+  ('v4-16', 'tpu-ubuntu2204-base'),
+  ('v5p-8', 'v2-alpha-tpuv5'),
+  ('v5litepod-16', 'v2-alpha-tpuv5-lite'),
+  ('v5e-4', 'v2-alpha-tpuv5-lite'),
+  ('v6e-8', 'v2-alpha-tpuv6e'),
+]
+
+
+@pytest.mark.parametrize('accelerator_type, image', PUBLISHED_IMAGES)
+def test_every_tpu_generation_gets_its_published_software_image(accelerator_type, image):
+  """Both ways of creating a slice ask for the generation's image; --runtime_version wins."""
+  # Every generation the launcher knows is in the published table above.
+  assert {t.split('-')[0] for t, _ in PUBLISHED_IMAGES} == set(tpu.DEFAULT_RUNTIME)
+  direct = flat(tpu.plan(job(accelerator_type=accelerator_type), 'create'))[0]
+  assert f'--version={image}' in direct and f'--accelerator-type={accelerator_type}' in direct
+  queued = flat(tpu.plan(job(accelerator_type=accelerator_type, provisioning='queued'), 'create'))
+  assert f'--runtime-version={image}' in queued[0]
+  mine = flat(
+    tpu.plan(job(accelerator_type=accelerator_type, runtime_version='my-image'), 'create')
+  )
+  assert '--version=my-image' in mine[0]
+
+
 @pytest.mark.parametrize('bad', ['v4-6', 'v5p-12', 'v9-8', 'tpu', 'v4', 'v6e-0', ''])
 def test_unknown_accelerator_type_is_rejected(bad):
   with pytest.raises(ValueError, match='accelerator_type'):

@@ -1,6 +1,6 @@
 """The planted-bug list stays runnable: every mutant's anchor is in its file exactly once, and
-every test it names exists. (Running the mutants takes far longer than CI allows:
-`python -m tests.mutants`, docs/MUTANTS.md.)"""
+every test it names exists. (Whether each is caught is checked after the suite, by .ci/run's
+`python -m tests.mutants --ci`; docs/MUTANTS.md.)"""
 
 import os
 import re
@@ -24,6 +24,6 @@ def test_anchor_is_unique_and_named_tests_exist(mutant):
     assert re.search(rf'^def {re.escape(function)}\(', source, re.M), f'{name}: no {node}'
 
 
-def test_there_are_at_least_fifteen():
-  assert len(mutants.MUTANTS) >= 15
+def test_there_are_at_least_thirty_five():
+  assert len(mutants.MUTANTS) >= 35
   assert len({m[0] for m in mutants.MUTANTS}) == len(mutants.MUTANTS)

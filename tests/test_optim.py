@@ -142,3 +142,24 @@ def test_lion_first_step_is_a_sign_step_and_adafactor_descends():
     u, s = tx.update(jax.grad(loss)(p), s, p)
     p = optax.apply_updates(p, u)
   assert float(loss(p)) < 0.5 * first
+
+
+@pytest.mark.parametrize('name', sorted(optim.OPTIMIZERS))
+def test_every_optimizer_decays_the_masked_leaves_by_lr_times_weight_decay(name):
+  """Two leaves with the same values and gradients, one masked out: the updates differ by
+  exactly the decoupled decay -lr(step) * weight_decay * p, at every step of the warmup."""
+  t = train_cfg(optimizer=name, schedule='constant', warmup_steps=4, weight_decay=0.3)
+  t.grad_clip = 0.0
+  tx = optim.make_optimizer(t, {'w': True, 'b': False})
+  rng = np.random.default_rng(0)
+  p0 = jnp.asarray(rng.normal(size=(3, 5)), jnp.float32)
+  params = {'w': p0, 'b': p0}
+  state = tx.init(params)
+  for step in range(4):
+    g = jnp.asarray(rng.normal(size=(3, 5)), jnp.float32)
+    updates, state = tx.update({'w': g, 'b': g}, state, params)
+    lr = 1e-3 * step / 4  # the warmup's closed form
+    diff = np.asarray(updates['w'] - updates['b'], np.float64)
+    np.testing.assert_allclose(diff, -lr * 0.3 * np.asarray(p0), rtol=1e-4, atol=1e-9)
+    if step:
+      assert np.abs(np.asarray(updates['b'])).max() > 0  # and the gradient step itself moves

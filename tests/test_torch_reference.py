@@ -4,12 +4,25 @@ CI has no torch: the JAX model is compared with a committed fixture of the refer
 (tests/fixtures/torch_reference.npz: weights, tokens, logits). Where torch is installed, the
 fixture is checked against the reference itself and the other tests run. Regenerate it with
   python -m tests.test_torch_reference
+which also writes tests/fixtures/torch_reference.sha256: a hash of the code that defines the
+reference's computation (the model classes, `build`, and `make_fixture` below, docstrings and
+comments left out) and of the fixture file. CI checks both, so a change to the reference's
+computation without a regenerated fixture fails there instead of going unchecked.
+
+Why a hash and not torch in CI: PyPI's torch for Linux pulls several GB of CUDA wheels, and
+the CPU-only wheel index is not reachable from every machine this runs on; the fixture keeps
+the JAX-side test exact without torch, and the hash keeps the fixture honest.
 """
 
+import ast
+import hashlib
+import inspect
+import json
 import math
 import os
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -24,6 +37,7 @@ needs_torch = pytest.mark.skipif(torch is None, reason='torch is not installed')
 FIXTURE = os.path.join(
   os.path.dirname(os.path.abspath(__file__)), 'fixtures', 'torch_reference.npz'
 )
+FIXTURE_HASH = FIXTURE.replace('.npz', '.sha256')
 # (d_model, num_layers, num_heads, head_dim, d_ff, vocab_size, max_seq_len) of the fixture:
 # H * Dh != D and an MLP width that is not 4D.
 FIXTURE_SHAPE = (32, 2, 2, 12, 40, 50, 12)
@@ -42,15 +56,10 @@ def formula(d, n, h, dh, f, v, t) -> int:
   return n * (attn + norms + mlp) + 2 * d + v * d + t * d
 
 
-@needs_torch
-@pytest.mark.parametrize('shape', _SHAPES)
-def test_param_count_matches_formula_and_jax_model(shape):
+def jax_param_count(d, n, h, dh, f, v, t) -> int:
   from models.accounting import param_counts
   from models.transformer import ModelConfig
 
-  d, n, h, dh, f, v, t = shape
-  model = tr.build(*shape)
-  assert tr.param_count(model) == formula(*shape)
   cfg = ModelConfig(
     vocab_size=v,
     d_model=d,
@@ -61,7 +70,20 @@ def test_param_count_matches_formula_and_jax_model(shape):
     d_ff=f,
     max_seq_len=t,
   )
-  assert tr.param_count(model) == param_counts(cfg)['total']
+  return param_counts(cfg)['total']
+
+
+@pytest.mark.parametrize('shape', _SHAPES)
+def test_formula_is_the_jax_models_param_count(shape):
+  """Runs without torch: the closed form that the reference is checked against below."""
+  assert jax_param_count(*shape) == formula(*shape)
+
+
+@needs_torch
+@pytest.mark.parametrize('shape', _SHAPES)
+def test_param_count_matches_formula_and_jax_model(shape):
+  model = tr.build(*shape)
+  assert tr.param_count(model) == formula(*shape) == jax_param_count(*shape)
 
 
 @needs_torch
@@ -190,7 +212,6 @@ def test_benchmark_eager():
   assert math.isfinite(r['final_loss'])
 
 
-@needs_torch
 @pytest.mark.parametrize(
   'kwargs, match',
   [
@@ -202,6 +223,7 @@ def test_benchmark_eager():
   ],
 )
 def test_benchmark_rejects_bad_input(kwargs, match):
+  """Runs without torch: every check comes before torch is imported."""
   args = dict(
     shape=dict(d_model=32, num_layers=1, num_heads=4, max_seq_len=16),
     batch=1,
@@ -235,7 +257,60 @@ def test_benchmark_compiled_matches_eager():
   assert comp['final_loss'] == pytest.approx(eager['final_loss'], rel=1e-4)
 
 
+def _code_hash(fn) -> str:
+  """sha256 of a function's code as Python parses it: docstrings, comments, layout left out."""
+  tree = ast.parse(textwrap.dedent(inspect.getsource(inspect.unwrap(fn))))
+  tree.body[0].name = '_'  # the code, not what it is called
+  for node in ast.walk(tree):
+    body = getattr(node, 'body', None)
+    if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
+      if isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+        node.body = body[1:] or [ast.Pass()]
+  return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
+
+
+def reference_hashes() -> dict:
+  """What the committed fixture was made from, and the fixture itself."""
+  code = {
+    'benchmarks.torch_reference._model_class': _code_hash(tr._model_class),
+    'benchmarks.torch_reference.build': _code_hash(tr.build),
+    'tests.test_torch_reference.make_fixture': _code_hash(make_fixture),
+    'FIXTURE_SHAPE': hashlib.sha256(repr(FIXTURE_SHAPE).encode()).hexdigest(),
+  }
+  with open(FIXTURE, 'rb') as f:
+    return {'code': code, 'fixture': hashlib.sha256(f.read()).hexdigest()}
+
+
+def test_fixture_was_made_by_the_reference_as_it_is_now():
+  """Runs without torch: the code that defines the reference's computation, and the fixture
+  file, are the ones recorded when the fixture was last regenerated (module docstring)."""
+  with open(FIXTURE_HASH) as f:
+    stored = json.load(f)
+  now = reference_hashes()
+  changed = [k for k in now['code'] if stored['code'].get(k) != now['code'][k]]
+  regen = 'regenerate it with torch installed: python -m tests.test_torch_reference'
+  assert not changed, f'{changed} changed since the fixture was made; {regen}'
+  assert stored['fixture'] == now['fixture'], f'{FIXTURE} is not the recorded one; {regen}'
+
+
+def test_code_hash_sees_code_and_ignores_docstrings_and_comments():
+  def a(x):
+    """Doc."""
+    return x + 1  # comment
+
+  def b(x):
+    return x + 1
+
+  def c(x):
+    return x - 1
+
+  assert _code_hash(a) == _code_hash(b) != _code_hash(c)
+
+
 if __name__ == '__main__':
   os.makedirs(os.path.dirname(FIXTURE), exist_ok=True)
   np.savez_compressed(FIXTURE, **make_fixture())
-  print(FIXTURE, os.path.getsize(FIXTURE), 'bytes')
+  with open(FIXTURE_HASH, 'w') as f:
+    json.dump(reference_hashes(), f, indent=2)
+    f.write('\n')
+  print(FIXTURE, os.path.getsize(FIXTURE), 'bytes;', FIXTURE_HASH)

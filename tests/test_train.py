@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -305,3 +306,53 @@ def test_attention_maps_of_a_trained_run(tmp_path):
     timeout=900,
   )
   assert proc.returncode == 2 and 'not a training run' in proc.stderr
+
+
+def test_tokens_per_s_and_mfu_follow_a_clock_the_test_controls(tmp_path, monkeypatch):
+  """The rate comes from the clock between records, per step since the previous record: with
+  the clock set by the test, tokens/s and MFU have exact values (B 8 x T 32 = 256 tokens/step)."""
+  clock = {'now': 0.0}
+  monkeypatch.setattr(loop, 'time', types.SimpleNamespace(time=lambda: clock['now']))
+  config = tiny_config(**{'log_every': 2, 'train.nan_patience': 1})
+  writer = loop.metrics.MetricsWriter(str(tmp_path), total_steps=10)
+  rec = loop._Recorder(writer, config, flops_tok=1e6, peak=1e10, seq_len=32)
+  good = types.SimpleNamespace(path=lambda: 'none')
+  # (step, clock at its fetch): steps 1, 2, 4 and 5 are recorded (the first of an invocation,
+  # every 2nd, and a forced one); step 3's time counts into step 4's rate.
+  for step, now in ((1, 100.0), (2, 100.5), (3, 101.0), (4, 102.0), (5, 102.1)):
+    clock['now'] = now
+    rec.record(step, {'loss': np.float32(2.0), 'grad_norm': np.float32(1.0)}, good, step == 5)
+  writer.close()
+  got = {r['step']: r for r in records(tmp_path)}
+  assert sorted(got) == [1, 2, 4, 5]
+  assert got[1]['tokens_per_s'] is None and got[1]['mfu'] is None
+  want = {2: 0.5, 4: (102.0 - 100.5) / 2, 5: 0.1}  # seconds per step
+  for step, dt in want.items():
+    assert got[step]['step_time_s'] == pytest.approx(dt, rel=1e-9)
+    assert got[step]['tokens_per_s'] == pytest.approx(256 / dt, rel=1e-9)
+    assert got[step]['mfu'] == pytest.approx(256 / dt * 1e6 / 1e10, rel=1e-9)
+
+
+# Per-chip dense bf16 peaks as published (Cloud TPU system architecture pages, NVIDIA data
+# sheets), under the device_kind JAX reports for each.
+PUBLISHED_PEAKS = {
+  'TPU v4': 275e12,
+  'TPU v5 lite': 197e12,  # v5e
+  'TPU v5': 459e12,  # v5p
+  'TPU v6 lite': 918e12,  # v6e
+  'NVIDIA A100-SXM4-80GB': 312e12,
+  'NVIDIA H100 80GB HBM3': 989e12,
+}
+
+
+@pytest.mark.parametrize('kind', sorted(PUBLISHED_PEAKS))
+def test_peak_flops_is_the_published_chip_peak_times_the_devices(kind, monkeypatch):
+  """MFU's denominator: the whole job's peak, from the device JAX reports (8 devices here)."""
+  from train import metrics
+
+  fake = [types.SimpleNamespace(platform='tpu' if 'TPU' in kind else 'gpu', device_kind=kind)]
+  monkeypatch.setattr(metrics.jax, 'devices', lambda: fake * 8)
+  assert metrics.jax.device_count() == 8
+  peak, source = metrics.peak_flops()
+  assert peak == PUBLISHED_PEAKS[kind] * 8 and source == f'{kind} table'
+  assert metrics.peak_flops(3e12) == (3e12, 'config')  # a configured peak wins
