@@ -51,19 +51,22 @@ def _read_curves(path: str) -> dict:
       r = json.loads(line)
       key = 'loss' if r['kind'] == 'train' else 'eval_loss'
       if r.get(key) is not None:
-        records[r['kind']][r['step']] = (r['tokens'], r['flops'], r[key])  # later wins
+        sem = r.get('eval_loss_sem')
+        row = (r['tokens'], r['flops'], r[key], np.nan if sem is None else sem)
+        records[r['kind']][r['step']] = row  # later wins
     except (ValueError, KeyError, TypeError) as e:
       why = f'missing key {e}' if isinstance(e, KeyError) else type(e).__name__
       raise ValueError(f'{path}: line {i} is not a metrics record ({why})') from None
   curves = {}
   for kind, by_step in records.items():
     steps = sorted(by_step)
-    cols = np.array([by_step[s] for s in steps], dtype=float).reshape(-1, 3)
+    cols = np.array([by_step[s] for s in steps], dtype=float).reshape(-1, 4)
     curves[kind] = {
       'step': np.array(steps),
       'tokens': cols[:, 0],
       'flops': cols[:, 1],
       'loss': cols[:, 2],
+      'sem': cols[:, 3],  # nan where the record has none (train records)
     }
   return curves
 
@@ -375,18 +378,41 @@ def band(fits: list, x, level: float = 0.95, min_fits: int = 10):
   return np.percentile(curves, q, axis=0), np.percentile(curves, 100 - q, axis=0)
 
 
-def extrapolation_check(x, y, holdout: int = 1) -> dict:
-  """Fit L(x) without the `holdout` largest x; predicted vs measured loss of the largest."""
+def extrapolation_check(
+  x, y, holdout: int = 1, sem=None, seed_var=None, seed_dof=0, n_boot: int = 1000, level=0.95
+) -> dict:
+  """Fit L(x) without the `holdout` largest x, predict the largest: a test that can fail.
+
+  The prediction interval is the bootstrap's (fit_power_law_ci on the smaller points): each
+  refit's prediction at the largest x times a new draw of that refit's noise, percentiles at
+  `level`. The verdict is 'pass' when the measured loss lies inside it, 'fail' when not, and
+  'none' (with the reason) when the smaller points leave no interval. The error is also given
+  as a fraction of the reducible loss L - E (E of the smaller fit): a miss of 1% of L can be
+  a quarter of what the law is about.
+  """
   order = np.argsort(x)
   x, y = np.asarray(x, float)[order], np.asarray(y, float)[order]
-  fit = fit_power_law(x[:-holdout], y[:-holdout])
-  predicted, measured = float(fit.predict(x[-1])), float(y[-1])
-  return {
+  keep = slice(None, len(x) - holdout)
+  sub = lambda v: None if v is None else np.asarray(v, float)[order][keep]  # noqa: E731
+  law = fit_power_law_ci(x[keep], y[keep], sub(sem), n_boot, 0, level, sub(seed_var), seed_dof)
+  predicted, measured = float(law.law.predict(x[-1])), float(y[-1])
+  out = {
     'x': float(x[-1]),
     'predicted': predicted,
     'measured': measured,
     'error_percent': 100 * (predicted - measured) / measured,
+    'error_fraction_of_reducible': (predicted - measured) / (measured - law.law.E),
+    'level': level,
   }
+  if not law.fits:
+    return {**out, 'verdict': 'none', 'why': law.note}
+  rng = np.random.default_rng(1)
+  at = np.array([f.predict(x[-1]) for f in law.fits])
+  draws = at * np.exp(law.sigma_draws[:, -1] * rng.normal(size=len(at)))
+  q = (1 - level) / 2
+  lo, hi = np.quantile(draws, [q, 1 - q])
+  inside = bool(lo <= measured <= hi)
+  return {**out, 'interval': (float(lo), float(hi)), 'verdict': 'pass' if inside else 'fail'}
 
 
 # -- A sweep's analysis: every fit, the one bootstrap, the table and the JSON record -------------
@@ -512,12 +538,21 @@ REFERENCE_EXPONENTS = {'Kaplan et al. 2020': 0.73, 'Hoffmann et al. 2022': 0.50}
 
 @dataclasses.dataclass
 class LawWithCI:
-  """A PowerLaw and 95% intervals {param: (lo, hi)}; `noise` is the per-point sd of log L used."""
+  """A PowerLaw and 95% intervals {param: (lo, hi)} from `fits`, its bootstrap refits.
+
+  `noise`: the per-point sd of log L of the fitted residuals (the scale each resample's sd is
+  drawn around); `dof`: the fit's degrees of freedom; `chi2_dof`: chi^2/dof of the fit against
+  the seed variance (None without seeds); `note`: why there is no interval, if there is none.
+  """
 
   law: PowerLaw
   ci: dict
   noise: np.ndarray
   fits: list  # the bootstrap refits (PowerLaw), for bands
+  dof: int = 0
+  chi2_dof: float | None = None
+  note: str = ''
+  sigma_draws: np.ndarray | None = None  # the sd of log L each refit was drawn with
 
   def relative_halfwidth(self, key: str) -> float:
     """Half the interval's width over the estimate (0.3: the estimate is +-30%)."""
@@ -525,52 +560,165 @@ class LawWithCI:
     return (hi - lo) / 2 / abs(self.law.params()[key])
 
 
+POWER_LAW_PARAMS = 3  # E, A, alpha: an interval needs >= POWER_LAW_PARAMS + 2 points
+
+
 def fit_power_law_ci(
-  x, y, sem=None, n: int = 1000, seed: int = 0, level: float = 0.95
+  x, y, sem=None, n: int = 1000, seed: int = 0, level: float = 0.95, seed_var=None, seed_dof=0
 ) -> LawWithCI:
   """L = E + A x^-alpha with a parametric-bootstrap interval on E, A and alpha.
 
   The fit is fit_power_law's (least squares on log L, 0 <= E < min L). Each resample draws
-  log L_i from the fitted curve with sd sigma_i = max(s, sem_i / L_i): s the residual
-  standard error (n - 3 degrees of freedom), sem_i the measured standard error of point i,
-  so an interval is never narrower than what the evaluation noise alone allows. With six
-  points, this is steadier than resampling the points themselves (a case bootstrap of six
-  sizes often draws three or fewer distinct ones).
+  the noise of log L from what the data say about it, not from a fixed sd:
+  * sigma^2 = RSS / chi^2_(n-3): the residuals' scaled-inverse-chi^2 posterior (Jeffreys
+    prior), so that 3 degrees of freedom are not read as a known noise level;
+  * with seeds (`seed_var`: each point's variance of log L of its seed mean, pooled on
+    `seed_dof` degrees of freedom), sigma_i^2 is the larger of that and the seed variance,
+    itself drawn from its own scaled-inverse-chi^2;
+  * the evaluation SEM (`sem`, in nats) is a shift common to every point (all models are
+    scored on the same held-out batches): one normal draw per resample moves all points
+    together, which moves E and A, not alpha.
+  Then log L* = log(fit) + sigma * z + shift, refitted (all resamples at once, by a batched
+  Levenberg-Marquardt from the fit). Percentile intervals. Coverage of the alpha interval on
+  synthetic 6-point ladders is tested (tests/test_scaling.py).
+
+  With fewer than 5 points (3 parameters + 2) there is no interval: `ci` is empty and `note`
+  says why.
   """
   x, y = np.asarray(x, float), np.asarray(y, float)
   law = fit_power_law(x, y)
   resid = np.log(y) - np.log(law.predict(x))
-  s = float(np.sqrt(np.sum(resid**2) / max(len(x) - 3, 1)))
-  rel_sem = np.zeros_like(y) if sem is None else np.asarray(sem, float) / y
-  sigma = np.maximum(s, rel_sem)
+  dof = len(x) - POWER_LAW_PARAMS
+  rss = float(np.sum(resid**2))
+  noise = np.full_like(y, np.sqrt(rss / dof) if dof > 0 else 0.0)
+  chi2 = None
+  if seed_var is not None and seed_dof > 0 and dof > 0:
+    seed_var = np.asarray(seed_var, float)
+    chi2 = float(np.sum(resid**2 / seed_var) / dof)
+  if len(x) < POWER_LAW_PARAMS + 2:
+    note = (
+      f'no interval: {len(x)} points for {POWER_LAW_PARAMS} parameters leave {dof} degrees '
+      f'of freedom (an interval needs >= {POWER_LAW_PARAMS + 2} points)'
+    )
+    return LawWithCI(law, {}, noise, [], dof, chi2, note)
+  if n <= 0:
+    return LawWithCI(law, {}, noise, [], dof, chi2, 'no bootstrap asked for')
   rng = np.random.default_rng(seed)
-  center, fits = law.predict(x), []
-  for _ in range(n):
-    y_star = center * np.exp(rng.normal(0.0, sigma))
-    try:
-      fits.append(_refit(law, x, y_star))
-    except (ValueError, RuntimeError):
-      continue
-  return LawWithCI(law, intervals(fits, level), sigma, fits)
-
-
-def _refit(start: PowerLaw, x, y) -> PowerLaw:
-  """fit_power_law's least squares on log L, started from `start` alone (resamples are near it).
-
-  Same parameters and bounds as fit_power_law: (log A, alpha, E / min L), 0 <= E < min L.
-  """
-  lx, ly, ymin = np.log(x), np.log(y), y.min()
-  frac0 = min(start.E / ymin, 0.99)
-
-  def resid(p):
-    return np.log(p[2] * ymin + np.exp(p[0] - p[1] * lx)) - ly
-
-  p0 = [np.log(start.A), start.alpha, frac0]
-  res = optimize.least_squares(resid, p0, bounds=([-np.inf, 0.0, 0.0], [np.inf, 5.0, 0.999]))
-  log_a, alpha, frac = res.x
-  return PowerLaw(
-    E=float(frac * ymin), A=float(np.exp(log_a)), alpha=float(alpha), r2=0.0, n=len(x)
+  rel_sem = None if sem is None else np.asarray(sem, float) / y
+  log_star, sd = _draw_log_losses(
+    rng, np.log(law.predict(x))[None], np.array([rss]), dof, n, rel_sem, seed_var, seed_dof
   )
+  fits = _refit_batch(law, x, log_star[0])
+  return LawWithCI(law, intervals(fits, level), noise, fits, dof, chi2, '', sd[0])
+
+
+def _draw_log_losses(rng, center, rss, dof, n, rel_sem=None, seed_var=None, seed_dof=0):
+  """Resampled log losses (M, n, points) around M fitted ladders `center` (M, points).
+
+  Per resample, sigma^2 = RSS / chi^2_dof (and, with seeds, the larger of that and the seed
+  variance drawn the same way); the relative SEM enters as one shift common to all points.
+  Returns the draws and the sd (M, n, points) each was drawn with.
+  """
+  m, points = center.shape
+  var = rss[:, None, None] / rng.chisquare(dof, (m, n, 1))
+  if seed_var is not None and seed_dof > 0:
+    seed_draw = seed_dof / rng.chisquare(seed_dof, (m, n, 1))
+    var = np.maximum(var, np.asarray(seed_var, float) * seed_draw)
+  sd = np.broadcast_to(np.sqrt(var), (m, n, points))
+  log_star = center[:, None, :] + sd * rng.normal(size=(m, n, points))
+  if rel_sem is not None:
+    log_star = log_star + rng.normal(0.0, float(np.mean(rel_sem)), (m, n, 1))
+  return log_star, sd
+
+
+def power_law_alpha_intervals(x, y, n: int = 200, seed: int = 0, level: float = 0.95, sem=None):
+  """alpha and its bootstrap interval for many ladders at once: y (M, points) -> (M,), (M, 2).
+
+  The same fit (multi-start, as fit_power_law's) and the same resampling as fit_power_law_ci,
+  batched over ladders, for Monte Carlo checks of the interval's coverage.
+  """
+  x, y = np.asarray(x, float), np.asarray(y, float)
+  lx, ly = np.log(x), np.log(y)
+  m, points = y.shape
+  ymin = y.min(axis=1)
+  best, cost = None, None
+  for alpha0, frac0 in itertools.product((0.05, 0.2, 0.5, 1.0), (0.0, 0.5, 0.9)):
+    log_a0 = np.mean(np.log(np.maximum(y - frac0 * ymin[:, None], 1e-12)) + alpha0 * lx, axis=1)
+    p0 = np.stack([log_a0, np.full(m, alpha0), np.full(m, frac0)], axis=1)
+    p, c = _fit_batch(lx, ly, p0, iters=100)
+    better = np.ones(m, bool) if best is None else c < cost
+    best = p if best is None else np.where(better[:, None], p, best)
+    cost = c if cost is None else np.where(better, c, cost)
+  center = np.log(best[:, 2:3] * ymin[:, None] + np.exp(best[:, :1] - best[:, 1:2] * lx))
+  rel_sem = None if sem is None else np.asarray(sem, float) / y.mean(axis=0)
+  rng = np.random.default_rng(seed)
+  log_star, _ = _draw_log_losses(rng, center, cost, points - POWER_LAW_PARAMS, n, rel_sem)
+  log_star = log_star.reshape(m * n, points)
+  p_star, _ = _fit_batch(lx, log_star, np.repeat(best, n, axis=0))
+  q = (1 - level) / 2
+  ci = np.quantile(p_star[:, 1].reshape(m, n), [q, 1 - q], axis=1).T
+  return best[:, 1], ci
+
+
+def _fit_batch(lx, ly, p, iters: int = 100):
+  """Least squares of log L = log(frac * min L + exp(log_a - alpha lx)) for many data sets.
+
+  ly: (B, n) log losses; p: (B, 3) starting (log_a, alpha, frac), bounded as fit_power_law's
+  (0 <= alpha <= 5, 0 <= frac <= 0.999). Levenberg-Marquardt, projected onto the bounds, one
+  damping factor per data set; a data set stops when a step gains < 1e-10 of its cost or its
+  damping exceeds 1e8. Returns the parameters (B, 3) and the residual sums of squares.
+  """
+  lo, hi = np.array([-np.inf, 0.0, 0.0]), np.array([np.inf, 5.0, 0.999])
+  ymin_all = np.exp(ly.min(axis=1))[:, None]
+
+  def residuals(p, ly, ymin):
+    u = np.exp(p[:, :1] - p[:, 1:2] * lx)
+    m = p[:, 2:3] * ymin + u
+    return np.log(m) - ly, u, m
+
+  p = np.array(p, float)
+  cost = np.sum(residuals(p, ly, ymin_all)[0] ** 2, axis=1)
+  lam = np.full(len(p), 1e-3)
+  active = np.arange(len(p))
+  for _ in range(iters):
+    if not len(active):
+      break
+    pa, ya, ymin = p[active], ly[active], ymin_all[active]
+    r, u, m = residuals(pa, ya, ymin)
+    jac = np.stack([u / m, -lx * u / m, np.broadcast_to(ymin, m.shape) / m], axis=-1)
+    jtj = np.einsum('bni,bnj->bij', jac, jac)
+    g = np.einsum('bni,bn->bi', jac, r)
+    diag = np.maximum(np.diagonal(jtj, axis1=1, axis2=2), 1e-12)
+    a = jtj + lam[active, None, None] * (np.eye(3) * diag[:, :, None])
+    p_new = np.clip(pa - np.linalg.solve(a, g[..., None])[..., 0], lo, hi)
+    c_new = np.sum(residuals(p_new, ya, ymin)[0] ** 2, axis=1)
+    ok = c_new < cost[active]
+    gain = np.where(ok, cost[active] - c_new, np.inf)
+    p[active[ok]], cost[active[ok]] = p_new[ok], c_new[ok]
+    lam[active] = np.where(ok, lam[active] / 3, lam[active] * 5)
+    done = (gain <= 1e-10 * cost[active] + 1e-30) | (lam[active] > 1e8)
+    active = active[~done]
+  return p, cost
+
+
+def _refit_batch(start: PowerLaw, x, log_y) -> list:
+  """fit_power_law's least squares on each row of log_y, started from `start` (resamples are
+  near it); the same parameters and bounds."""
+  x = np.asarray(x, float)
+  ymin = np.exp(log_y.min(axis=1))
+  p0 = np.stack(
+    [
+      np.full(len(log_y), np.log(start.A)),
+      np.full(len(log_y), start.alpha),
+      np.minimum(start.E / ymin, 0.99),
+    ],
+    axis=1,
+  )
+  p, _ = _fit_batch(np.log(x), log_y, p0)
+  return [
+    PowerLaw(E=float(f * m), A=float(np.exp(la)), alpha=float(a), r2=0.0, n=len(x))
+    for (la, a, f), m in zip(p, ymin, strict=True)
+  ]
 
 
 def loss_at(curve: dict, c: float) -> float | None:
@@ -747,9 +895,10 @@ def write_csvs(results: list[dict], stem: str) -> list[str]:
       )
     if 'extrapolation' in r:
       e = r['extrapolation']
-      fits += fit_rows(
-        label, 'extrapolation to the largest N', e, {}, note='fit without the largest model'
-      )
+      nums = {k: v for k, v in e.items() if isinstance(v, float) and k != 'level'}
+      ci = {'predicted': e['interval']} if 'interval' in e else {}
+      note = f'fit without the largest model; verdict {e["verdict"]} {e.get("why", "")}'.strip()
+      fits += fit_rows(label, 'extrapolation to the largest N', nums, ci, note=note)
     if 'frontier' in r:
       f = r['frontier']
       fits += fit_rows(label, 'L(C)=E+A*C^-alpha frontier', f.params(), {}, f.r2, f.n)

@@ -185,6 +185,14 @@ MUTANTS = [
     'good.save(step, state,',
     ['tests/test_train.py::test_resume_is_bitwise_exact_and_survives_a_corrupted_checkpoint'],
   ),
+  # issue 21: intervals, frontier, branching runs
+  (
+    'bootstrap noise sd fixed at the residual SE (3 dof read as known)',
+    'experiments/scaling.py',
+    'var = rss[:, None, None] / rng.chisquare(dof, (m, n, 1))',
+    'var = rss[:, None, None] / dof * np.ones((m, n, 1))',
+    ['tests/test_scaling.py::test_alpha_interval_covers_the_truth_at_its_stated_rate'],
+  ),
 ]
 
 

@@ -48,6 +48,56 @@ def test_power_law_recovery_bootstrap_and_extrapolation():
   assert scaling.extrapolation_check(x, broken)['error_percent'] < -3
 
 
+def test_alpha_interval_covers_the_truth_at_its_stated_rate():
+  """240 seeded 6-point ladders drawn from the demo's law, noise 1x and 2.5x the eval SEM:
+  the 95% alpha interval covers the true alpha in 93-98% of them at both levels (the SEM
+  alone, or a noise level read as known from 3 degrees of freedom, covers less)."""
+  n = np.geomspace(2.5e4, 1.3e6, 6)
+  clean = 1.748 + 49.0 * n**-0.427
+  sem = 0.010
+  for k in (1.0, 2.5):
+    rng = np.random.default_rng(21)
+    y = clean * np.exp(rng.normal(0, k * sem / clean, (240, 6)))
+    _, ci = scaling.power_law_alpha_intervals(n, y, n=200, seed=0, sem=np.full(6, sem))
+    coverage = np.mean((ci[:, 0] <= 0.427) & (0.427 <= ci[:, 1]))
+    assert 0.93 <= coverage <= 0.98, (k, coverage)
+  # the batched path is fit_power_law_ci's: same fit, same interval on one ladder
+  one = scaling.fit_power_law_ci(n, y[0], sem=np.full(6, sem), n=400, seed=3)
+  alpha, ci = scaling.power_law_alpha_intervals(n, y[:1], n=400, seed=3, sem=np.full(6, sem))
+  assert alpha[0] == pytest.approx(one.law.alpha, abs=1e-4)
+  np.testing.assert_allclose(ci[0], one.ci['alpha'], atol=0.02)
+
+
+def test_no_interval_without_degrees_of_freedom():
+  n = np.geomspace(1e5, 1e7, 4)
+  y = 1.5 + 30 * n**-0.3
+  for k in (3, 4):
+    fit = scaling.fit_power_law_ci(n[:k], y[:k], sem=np.full(k, 0.01), n=100)
+    assert fit.ci == {} and fit.fits == []
+    assert f'{k} points for 3 parameters leave {k - 3} degrees of freedom' in fit.note
+  n5 = np.geomspace(1e5, 1e7, 5)
+  ext = scaling.extrapolation_check(n5, 1.5 + 30 * n5**-0.3)  # 4 points left to fit
+  assert 'interval' not in ext and ext['verdict'] == 'none' and 'degrees of freedom' in ext['why']
+
+
+def test_extrapolation_check_has_a_prediction_interval_and_a_verdict():
+  n = np.geomspace(2.5e4, 1.3e6, 7)
+  true = 1.748 + 49.0 * n**-0.427
+  y = true * np.exp(np.random.default_rng(4).normal(0, 0.005, n.size))
+  ok = scaling.extrapolation_check(n, y, sem=np.full(7, 0.01))
+  lo, hi = ok['interval']
+  assert ok['verdict'] == 'pass' and lo < y[-1] < hi and lo < true[-1] < hi
+  broken = y.copy()
+  broken[-1] = y[-2] + 0.01  # the largest model barely beats the next: the law broke
+  bad = scaling.extrapolation_check(n, broken, sem=np.full(7, 0.01))
+  assert bad['verdict'] == 'fail' and not bad['interval'][0] <= broken[-1] <= bad['interval'][1]
+  # the miss as a fraction of the reducible loss, against the smaller fit's E
+  e = scaling.fit_power_law(n[:-1], broken[:-1]).E
+  frac = (bad['predicted'] - broken[-1]) / (broken[-1] - e)
+  assert bad['error_fraction_of_reducible'] == pytest.approx(frac)
+  assert abs(frac) > abs(bad['error_percent']) / 100
+
+
 def synthetic_run(root, name, n, tokens, loss, budget=0.0, steps=10):
   run = os.path.join(root, 'runs', name)
   os.makedirs(run)
