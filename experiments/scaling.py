@@ -190,12 +190,27 @@ class Chinchilla:
     n, d = np.asarray(n, float), np.asarray(d, float)
     return self.E + self.A / n**self.alpha + self.B / d**self.beta
 
-  def optimal_allocation(self, compute):
-    """N_opt, D_opt minimizing L under C = 6 N D (Hoffmann et al., eq. 4)."""
-    a, b = self.beta / (self.alpha + self.beta), self.alpha / (self.alpha + self.beta)
-    g = (self.alpha * self.A / (self.beta * self.B)) ** (1 / (self.alpha + self.beta))
-    c = np.asarray(compute, float) / 6
-    return g * c**a, c**b / g
+  def optimal_allocation(self, compute, flops_per_token=None):
+    """N_opt, D_opt minimizing L at compute C.
+
+    With `flops_per_token` (a function of N: the runs' own count, e.g. PaLM's, which is
+    1.15-1.97x 6N at small sizes) C = flops_per_token(N) D, solved numerically; without it
+    C = 6 N D and the closed form of Hoffmann et al. (eq. 4).
+    """
+    if flops_per_token is None:
+      a, b = self.beta / (self.alpha + self.beta), self.alpha / (self.alpha + self.beta)
+      g = (self.alpha * self.A / (self.beta * self.B)) ** (1 / (self.alpha + self.beta))
+      c = np.asarray(compute, float) / 6
+      return g * c**a, c**b / g
+    compute = np.atleast_1d(np.asarray(compute, float))
+    n0, _ = self.optimal_allocation(compute)
+    n_opt = []
+    for c, n in zip(compute, n0, strict=True):
+      loss = lambda ln, c=c: self.predict(np.exp(ln), c / flops_per_token(np.exp(ln)))  # noqa: E731
+      res = optimize.minimize_scalar(loss, bounds=(np.log(n) - 8, np.log(n) + 8), method='bounded')
+      n_opt.append(np.exp(res.x))
+    n_opt = np.array(n_opt)
+    return n_opt, compute / flops_per_token(n_opt)
 
   def params(self) -> dict:
     return {'E': self.E, 'A': self.A, 'B': self.B, 'alpha': self.alpha, 'beta': self.beta}
@@ -210,12 +225,15 @@ def _huber_grad(r, delta):
   return np.clip(r, -delta, delta)
 
 
-def fit_chinchilla(n, d, loss, delta: float = 1e-3, refine: int = 30) -> Chinchilla:
+def fit_chinchilla(
+  n, d, loss, delta: float = 1e-3, refine: int = 30, start: Chinchilla | None = None
+) -> Chinchilla:
   """Hoffmann et al.'s fit: Huber on log L, L-BFGS from a grid of initializations.
 
   Their grid has 4,500 points (alpha, beta in {0, .5, ..., 2}, e in {-1, -.5, ..., 1},
   a, b in {0, 5, ..., 25}); the objective is evaluated at all of them and L-BFGS (with the
-  analytic gradient) runs from the `refine` best, keeping the lowest minimum.
+  analytic gradient) runs from the `refine` best, keeping the lowest minimum. With `start`
+  (a bootstrap refit) L-BFGS runs from it alone.
   """
   ln, ld, ll = np.log(np.asarray(n, float)), np.log(np.asarray(d, float)), np.log(loss)
 
@@ -248,9 +266,14 @@ def fit_chinchilla(n, d, loss, delta: float = 1e-3, refine: int = 30) -> Chinchi
       )
     )
   )
-  values = np.array([objective(p)[0] for p in grid])
+  if start is not None:
+    s = start
+    starts = [np.array([np.log(s.A), np.log(s.B), np.log(s.E), s.alpha, s.beta])]
+  else:
+    values = np.array([objective(p)[0] for p in grid])
+    starts = grid[np.argsort(values)[:refine]]
   best = None
-  for p0 in grid[np.argsort(values)[:refine]]:
+  for p0 in starts:
     res = optimize.minimize(
       objective,
       p0,
@@ -266,6 +289,36 @@ def fit_chinchilla(n, d, loss, delta: float = 1e-3, refine: int = 30) -> Chinchi
   )
 
 
+def chinchilla_ci(n, d, loss, clusters=None, n_boot: int = 200, seed: int = 0, level=0.95):
+  """fit_chinchilla with a run-resampling bootstrap: (fit, {param: (lo, hi)}, refits).
+
+  Each resample draws runs with replacement, or whole clusters of runs (`clusters`: a label
+  per run, e.g. the stable run a set of cooldown branches share, whose losses are not
+  independent), and refits from the fit. The intervals include a = beta / (alpha + beta),
+  the exponent of N_opt ~ C^a.
+  """
+  n, d, loss = (np.asarray(v, float) for v in (n, d, loss))
+  fit = fit_chinchilla(n, d, loss)
+  labels = np.arange(len(n)) if clusters is None else np.asarray(clusters)
+  groups = [np.flatnonzero(labels == u) for u in np.unique(labels)]
+  rng = np.random.default_rng(seed)
+  fits = []
+  for _ in range(n_boot):
+    idx = np.concatenate([groups[i] for i in rng.integers(len(groups), size=len(groups))])
+    if len(np.unique(n[idx])) < 2 or len(np.unique(d[idx])) < 2:
+      continue
+    fits.append(fit_chinchilla(n[idx], d[idx], loss[idx], start=fit))
+  samples = {k: [f.params()[k] for f in fits] for k in fit.params()}
+  samples['a'] = [f.beta / (f.alpha + f.beta) for f in fits]
+  q = (1 - level) / 2 * 100
+  ci = {
+    k: (float(np.percentile(v, q)), float(np.percentile(v, 100 - q)))
+    for k, v in samples.items()
+    if v
+  }
+  return fit, ci, fits
+
+
 @dataclasses.dataclass
 class IsoFlop:
   budgets: np.ndarray  # C of each group
@@ -274,18 +327,30 @@ class IsoFlop:
   parabolas: list  # np.poly1d of loss in log10 N, per budget
   exponent: float  # N_opt ~ C^exponent
   coefficient: float
+  n_opt_ci: list | None = None  # 95% (lo, hi) per budget, from isoflop_ci
+  exponent_ci: tuple | None = None
+  ci_note: str = ''  # how the intervals were made, and how many resamples lost an optimum
 
   def record(self) -> dict:
-    """What the JSON keeps: the budgets, their N_opt and the exponent."""
+    """What the JSON keeps: the budgets, their N_opt and the exponent (with intervals)."""
     return {
       'budgets': self.budgets.tolist(),
       'n_opt': self.n_opt.tolist(),
       'exponent': self.exponent,
+      'n_opt_ci95': self.n_opt_ci,
+      'exponent_ci95': self.exponent_ci,
+      'ci_note': self.ci_note,
     }
 
 
-def fit_isoflop(runs: list[Run], budget_key: str = 'budget_flops') -> IsoFlop:
-  """Per compute budget, loss vs log N is a parabola; its minima give N_opt(C) ~ C^a."""
+def fit_isoflop(
+  runs: list[Run], budget_key: str = 'budget_flops', n_boot: int = 200, seed: int = 0
+) -> IsoFlop:
+  """Per compute budget, loss vs log N is a parabola; its minima give N_opt(C) ~ C^a.
+
+  A budget whose minimum is not inside its measured sizes gives no N_opt (an extrapolated
+  vertex is not a measurement). Bootstrap intervals: isoflop_ci.
+  """
   groups: dict[float, list[Run]] = {}
   for r in runs:
     c = float(r.tags.get(budget_key) or 0)
@@ -298,7 +363,62 @@ def fit_isoflop(runs: list[Run], budget_key: str = 'budget_flops') -> IsoFlop:
   for c in sorted(groups):
     g = groups[c]
     profiles[c] = (np.log10([r.n_nonembed for r in g]), [r.final_eval_loss for r in g])
-  return _isoflop_from_profiles(profiles, inside=False, what='budgets')
+  fit = _isoflop_from_profiles(profiles, inside=True, what='budgets')
+  return (
+    isoflop_ci(
+      fit,
+      profiles,
+      [np.mean([r.final_eval_loss_sem for r in groups[c]]) for c in profiles],
+      n_boot,
+      seed,
+    )
+    if n_boot
+    else fit
+  )
+
+
+def isoflop_ci(fit, profiles: dict, sems, n_boot: int = 200, seed: int = 0, level=0.95):
+  """Bootstrap intervals on every N_opt and on the exponent of an IsoFLOP fit.
+
+  Parametric: each budget's losses are redrawn around its parabola with sigma^2 = the pooled
+  parabola residuals' RSS / chi^2_dof (dof = sum of points - 3 over budgets; the SEM when no
+  degree of freedom is left), then refitted. A resample in which some budget's minimum leaves
+  its measured sizes has no N_opt for it: such resamples are counted in `ci_note`, and the
+  intervals come from the rest (an interval is given only if >= 80% kept their optima).
+  """
+  keep = {c: (np.asarray(ln, float), np.asarray(v, float)) for c, (ln, v) in profiles.items()}
+  keep = {c: keep[c] for c in fit.budgets}
+  sem_of = dict(zip(profiles, sems, strict=True))
+  rss = sum(
+    float(np.sum((np.poly1d(np.polyfit(ln, v, 2))(ln) - v) ** 2)) for ln, v in keep.values()
+  )
+  dof = sum(len(v) - 3 for _, v in keep.values())
+  rng = np.random.default_rng(seed)
+  n_opts, exps, lost = [], [], 0
+  for _ in range(n_boot):
+    sigma2 = rss / rng.chisquare(dof) if dof > 0 else None
+    star = {}
+    for c, (ln, v) in keep.items():
+      sd = np.sqrt(sigma2) if sigma2 is not None else sem_of[c]
+      star[c] = (ln, np.poly1d(np.polyfit(ln, v, 2))(ln) + rng.normal(0, sd, len(v)))
+    try:
+      b = _isoflop_from_profiles(star, inside=True, what='budgets')
+    except ValueError:
+      lost += 1
+      continue
+    if len(b.budgets) < len(keep):
+      lost += 1
+      continue
+    n_opts.append(b.n_opt)
+    exps.append(b.exponent)
+  note = f'parametric bootstrap, {n_boot} resamples, {lost} lost an optimum inside the sizes'
+  if len(exps) < 0.8 * n_boot:
+    return dataclasses.replace(fit, ci_note=note + ': no interval')
+  q = (1 - level) / 2 * 100
+  n_opts = np.array(n_opts)
+  n_ci = [(float(np.percentile(col, q)), float(np.percentile(col, 100 - q))) for col in n_opts.T]
+  e_ci = (float(np.percentile(exps, q)), float(np.percentile(exps, 100 - q)))
+  return dataclasses.replace(fit, n_opt_ci=n_ci, exponent_ci=e_ci, ci_note=note)
 
 
 def _isoflop_from_profiles(profiles: dict, inside: bool, what: str) -> IsoFlop:
@@ -333,28 +453,60 @@ def _isoflop_from_profiles(profiles: dict, inside: bool, what: str) -> IsoFlop:
   )
 
 
-def compute_frontier(runs: list[Run], kind: str = 'eval', points: int = 20):
-  """(C, L) of the lower envelope of every run's loss-vs-FLOPs curve, at log-spaced C."""
-  xs, ys = [], []
+def _warmup_steps(run) -> int:
+  return int((getattr(run, 'config', None) or {}).get('train', {}).get('warmup_steps', 0) or 0)
+
+
+def compute_frontier(runs: list[Run], kind: str = 'eval'):
+  """(C, L, SEM) of the lower envelope of every run's loss-vs-FLOPs points.
+
+  Each point of the envelope is a measured (C, L): the C at which that loss was reached, not
+  a grid value after it. Evaluations taken during a run's warmup (step <= train.warmup_steps)
+  are left out: a run in warmup is not yet on the schedule it is meant to show.
+  """
+  cs, ls, ss = [], [], []
   for r in runs:
     c = r.curve.get(kind, {})
-    if len(c.get('flops', [])):
-      keep = c['flops'] > 0
-      xs.append(c['flops'][keep])
-      ys.append(c['loss'][keep])
-  if not xs:
-    raise ValueError(f'no {kind} curves to build a compute frontier from')
-  x, y = np.concatenate(xs), np.concatenate(ys)
-  grid = np.geomspace(x.min(), x.max(), points)  # exact ends: the first C holds a point
-  # Best loss reached with at most C FLOPs, by any run.
-  frontier = np.array([y[x <= c].min() for c in grid])
-  return grid, frontier
+    if not len(c.get('flops', [])):
+      continue
+    keep = (c['flops'] > 0) & (np.asarray(c['step']) > _warmup_steps(r))
+    cs.append(c['flops'][keep])
+    ls.append(c['loss'][keep])
+    ss.append(np.asarray(c.get('sem', np.full(len(keep), np.nan)))[keep])
+  if not cs or not sum(len(c) for c in cs):
+    raise ValueError(f'no {kind} curves after warmup to build a compute frontier from')
+  c, loss, sem = np.concatenate(cs), np.concatenate(ls), np.concatenate(ss)
+  order = np.lexsort((loss, c))
+  c, loss, sem = c[order], loss[order], sem[order]
+  best = np.minimum.accumulate(loss)
+  on = np.concatenate([[True], loss[1:] < best[:-1]])  # a new best loss at this C
+  return c[on], loss[on], sem[on]
+
+
+FRONTIER_TOLERANCE_SEM = 2.0  # a frontier law must pass within this many SEM of every point
 
 
 def fit_compute_frontier(runs: list[Run], kind: str = 'eval') -> PowerLaw:
-  c, loss = compute_frontier(runs, kind)
-  keep = np.concatenate([[True], np.diff(loss) < 0])  # the points where the envelope improves
-  return fit_power_law(c[keep], loss[keep])
+  """L(C) = E + A C^-alpha through the envelope, or ValueError when it does not match it.
+
+  It matches when every envelope point lies within FRONTIER_TOLERANCE_SEM of its own eval SEM
+  (1% of L where the records have no SEM); a plateau that a power law cannot follow gets no
+  fit, and the error says where and by how much it misses.
+  """
+  c, loss, sem = compute_frontier(runs, kind)
+  if len(c) < POWER_LAW_PARAMS + 2:
+    raise ValueError(f'the compute frontier has {len(c)} points; a fit needs >= 5')
+  fit = fit_power_law(c, loss)
+  tol = FRONTIER_TOLERANCE_SEM * np.where(np.isfinite(sem) & (sem > 0), sem, 0.005 * loss)
+  miss = np.abs(fit.predict(c) - loss) / tol
+  worst = int(np.argmax(miss))
+  if miss[worst] > 1:
+    raise ValueError(
+      f'no power law matches the compute frontier: the best one misses C={c[worst]:.3g} by '
+      f'{abs(fit.predict(c[worst]) - loss[worst]):.3f} nats '
+      f'({FRONTIER_TOLERANCE_SEM * miss[worst]:.1f} SEM)'
+    )
+  return fit
 
 
 def intervals(fits: list, level: float = 0.95) -> dict:
@@ -450,8 +602,10 @@ def analyze_sweep(sweep_dir: str, x_kind: str = 'nonembed', n_boot: int = 200, o
     out['iso_curves_ci'] = jackknife_ci(runs, lambda rs: isoflop_from_curves(rs).exponent)
   except ValueError as e:  # said, not hidden: at this scale there may be no optimum inside
     out['iso_curves_note'] = str(e)
-  with contextlib.suppress(ValueError):
+  try:
     out['frontier'] = fit_compute_frontier(runs)
+  except ValueError as e:
+    out['frontier_note'] = str(e)
   tokens = np.array([r.tokens for r in runs], float)
   if len(np.unique(tokens)) >= 2 and len(sizes) >= 2 and len(runs) >= 6:
     out['chinchilla'] = fit_chinchilla(n, tokens, loss)

@@ -193,6 +193,20 @@ MUTANTS = [
     'var = rss[:, None, None] / dof * np.ones((m, n, 1))',
     ['tests/test_scaling.py::test_alpha_interval_covers_the_truth_at_its_stated_rate'],
   ),
+  (
+    'compute frontier keeps the warmup evaluations',
+    'experiments/scaling.py',
+    "keep = (c['flops'] > 0) & (np.asarray(c['step']) > _warmup_steps(r))",
+    "keep = c['flops'] > 0",
+    ['tests/test_scaling.py::test_compute_frontier_starts_at_the_first_point_and_skips_warmup'],
+  ),
+  (
+    'IsoFLOP takes a parabola vertex outside the measured sizes',
+    'experiments/scaling.py',
+    "fit = _isoflop_from_profiles(profiles, inside=True, what='budgets')",
+    "fit = _isoflop_from_profiles(profiles, inside=False, what='budgets')",
+    ['tests/test_scaling.py::test_isoflop_uses_only_minima_inside_the_sizes_and_has_intervals'],
+  ),
 ]
 
 
