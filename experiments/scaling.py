@@ -570,33 +570,170 @@ def extrapolation_check(
 # -- A sweep's analysis: every fit, the one bootstrap, the table and the JSON record -------------
 
 
-def analyze_sweep(sweep_dir: str, x_kind: str = 'nonembed', n_boot: int = 200, on_bad=_raise):
-  """Every fit the runs of a sweep directory allow (launch.compare draws and prints them).
+MIN_SPAN_DECADES = 0.5  # an L(N) over a narrower span of N is refused
 
-  L(N) over each size's best final eval loss (>= 3 sizes) with `n_boot` bootstrap refits (their
-  parameter intervals and the pointwise band both come from these same refits), the
-  extrapolation check (>= 4 sizes), the compute frontier, Chinchilla's L(N, D) (>= 6 runs over
-  >= 2 sizes and token counts) and IsoFLOP optima (tags.budget_flops).
+
+def _run_lr(r: Run) -> float | None:
+  lr = r.tags.get('lr', (r.config.get('train') or {}).get('lr'))
+  return None if lr is None else float(lr)
+
+
+def size_points(runs: list[Run], x_kind: str = 'nonembed') -> dict:
+  """The L(N) points of a group of runs: one per size, with its noise and how it was chosen.
+
+  * A size is tags.size (else its parameter count); where a size has runs at several token
+    counts, the largest count is used.
+  * Seeds (tags.seed) of the same size and lr are averaged: the mean, not the minimum. Their
+    variance, pooled over every (size, lr) cell with >= 2 seeds, is the seed variance: per
+    point, of the log of its mean (var / seeds / L^2), on sum(seeds - 1) degrees of freedom.
+  * A size with >= 3 learning rates takes its optimum from a parabola of the seed-mean loss in
+    log lr, and the loss at that optimum; an optimum outside the grid (or a parabola without a
+    minimum, or only 2 rates) leaves the size out, and `notes` says so.
+  Returns arrays n, loss, sem, seed_var (None without seeds), seed_dof, seeds, lr_opt, and notes.
   """
+  by_size: dict = {}
+  for r in runs:
+    key = r.tags.get('size') or (r.n_nonembed if x_kind == 'nonembed' else r.n_params)
+    by_size.setdefault(key, []).append(r)
+  cells, notes = {}, []
+  for key, rs in by_size.items():
+    top = max(r.tokens for r in rs)
+    rs = [r for r in rs if r.tokens >= 0.99 * top]
+    by_lr: dict = {}
+    for r in rs:
+      by_lr.setdefault(_run_lr(r), []).append(r)
+    cells[key] = by_lr
+  sq, dof = 0.0, 0
+  for by_lr in cells.values():
+    for rs in by_lr.values():
+      v = np.array([r.final_eval_loss for r in rs])
+      sq, dof = sq + float(np.sum((v - v.mean()) ** 2)), dof + len(v) - 1
+  pooled = sq / dof if dof else None
+  pts = []
+  for key, by_lr in cells.items():
+    rs0 = next(iter(by_lr.values()))
+    n = rs0[0].n_nonembed if x_kind == 'nonembed' else rs0[0].n_params
+    means = {lr: np.mean([r.final_eval_loss for r in rs]) for lr, rs in by_lr.items()}
+    sem = float(np.mean([r.final_eval_loss_sem for rs in by_lr.values() for r in rs]))
+    seeds = float(np.mean([len(rs) for rs in by_lr.values()]))
+    if len(by_lr) == 1:
+      (lr,) = by_lr
+      pts.append((n, means[lr], sem, seeds, lr))
+      continue
+    name = key if isinstance(key, str) else f'N={n:.3g}'
+    lrs = sorted(lr for lr in by_lr if lr is not None)
+    if len(lrs) < 3:
+      notes.append(f'size {name}: {len(lrs)} learning rates, a parabola needs 3: left out')
+      continue
+    x = np.log(lrs)
+    a, b, c = np.polyfit(x, [means[lr] for lr in lrs], 2)
+    vertex = -b / (2 * a) if a > 0 else None
+    if vertex is None or not x[0] < vertex < x[-1]:
+      best = lrs[int(np.argmin([means[lr] for lr in lrs]))]
+      notes.append(
+        f'size {name}: optimum lr not inside the grid [{lrs[0]:.3g}, {lrs[-1]:.3g}] '
+        f'(best grid point {best:.3g}): left out'
+      )
+      continue
+    pts.append((n, float(np.polyval([a, b, c], vertex)), sem, seeds, float(np.exp(vertex))))
+  pts.sort()
+  n, loss, sem, seeds, lr_opt = (
+    (np.array(v, dtype=float) for v in zip(*pts, strict=True)) if pts else (np.zeros(0),) * 5
+  )
+  seed_var = None if pooled is None else pooled / seeds / loss**2
+  return {
+    'n': n,
+    'loss': loss,
+    'sem': sem,
+    'seeds': seeds,
+    'lr_opt': lr_opt,
+    'seed_var': seed_var,
+    'seed_dof': dof,
+    'seed_sd': None if pooled is None else np.sqrt(pooled),
+    'notes': notes,
+  }
+
+
+def load_sweeps(dirs: list[str], on_bad=_raise) -> tuple[list[Run], list[str]]:
+  """load_sweep over several directories, merged; each run's name gets its directory's."""
+  runs, unfinished = [], []
+  for d in dirs:
+    label = os.path.basename(os.path.normpath(d))
+    rs, un = load_sweep(d, on_bad)
+    if not rs:
+      raise ValueError(f'{d} has no finished runs (runs/*/summary.json)')
+    runs += [dataclasses.replace(r, name=f'{label}/{r.name}') for r in rs]
+    unfinished += [f'{label}/{u}' for u in un]
+  return runs, unfinished
+
+
+def analyze(dirs: list[str], x_kind='nonembed', n_boot=200, on_bad=_raise, merge=False) -> list:
+  """analyze_runs for each directory (or all merged into one), and in each for each tags.group.
+
+  A directory whose runs carry one group (or none) is one analysis labelled by the directory;
+  with several groups each is its own analysis, labelled 'dir/group'.
+  """
+  if merge:
+    runs, unfinished = load_sweeps(dirs, on_bad)
+    sets = [('+'.join(os.path.basename(os.path.normpath(d)) for d in dirs), runs, unfinished)]
+  else:
+    sets = []
+    for d in dirs:
+      runs, unfinished = load_sweep(d, on_bad)
+      if not runs:
+        raise ValueError(f'{d} has no finished runs (runs/*/summary.json)')
+      sets.append((os.path.basename(os.path.normpath(d)), runs, unfinished))
+  results = []
+  for label, runs, unfinished in sets:
+    groups: dict = {}
+    for r in runs:
+      groups.setdefault(str(r.tags.get('group') or ''), []).append(r)
+    for g, rs in sorted(groups.items()):
+      name = label if len(groups) == 1 else f'{label}/{g or "(no group)"}'
+      results.append(analyze_runs(name, rs, unfinished if g == min(groups) else [], x_kind, n_boot))
+  return results
+
+
+def analyze_sweep(sweep_dir: str, x_kind: str = 'nonembed', n_boot: int = 200, on_bad=_raise):
+  """analyze_runs over every run of one sweep directory, whatever its groups."""
   runs, unfinished = load_sweep(sweep_dir, on_bad)
   if not runs:
     raise ValueError(f'{sweep_dir} has no finished runs (runs/*/summary.json)')
+  label = os.path.basename(os.path.normpath(sweep_dir))
+  return analyze_runs(label, runs, unfinished, x_kind, n_boot)
+
+
+def analyze_runs(label: str, runs: list, unfinished: list, x_kind='nonembed', n_boot=200) -> dict:
+  """Every fit a set of runs allows (launch.compare draws and prints them).
+
+  L(N) over size_points (>= 3 sizes spanning >= MIN_SPAN_DECADES; else `law_note` says why)
+  with `n_boot` bootstrap refits (their parameter intervals and the pointwise band both come
+  from these same refits), the extrapolation check (>= 4 sizes), the compute frontier,
+  Chinchilla's L(N, D) (>= 6 runs over >= 2 sizes and token counts; clusters: tags.family)
+  and IsoFLOP optima (tags.budget_flops), each with its intervals.
+  """
   n = np.array([r.n_nonembed if x_kind == 'nonembed' else r.n_params for r in runs], float)
   loss = np.array([r.final_eval_loss for r in runs])
-  label = os.path.basename(os.path.normpath(sweep_dir))
   out = {'label': label, 'runs': runs, 'unfinished': unfinished, 'n': n, 'loss': loss}
-  sizes = np.unique(n)
-  if len(sizes) >= 3:
-    # Several runs per size (token budgets, IsoFLOP): the size law uses each size's best.
-    best = np.array([loss[n == s].min() for s in sizes])
-    sems = np.array([r.final_eval_loss_sem for r in runs])
-    sem = np.array([sems[n == s][np.argmin(loss[n == s])] for s in sizes])
+  pts = size_points(runs, x_kind)
+  out['points'] = pts
+  sizes, best = pts['n'], pts['loss']
+  span = float(np.log10(sizes.max() / sizes.min())) if len(sizes) else 0.0
+  if len(sizes) < 3:
+    out['law_note'] = f'{len(sizes)} sizes: L(N) needs >= 3'
+  elif span < MIN_SPAN_DECADES:
+    out['law_note'] = (
+      f'N spans {span:.2f} decades ({sizes.min():.3g} to {sizes.max():.3g}); L(N) needs '
+      f'>= {MIN_SPAN_DECADES}: no exponent is fitted'
+    )
+  else:
+    noise = {'sem': pts['sem'], 'seed_var': pts['seed_var'], 'seed_dof': pts['seed_dof']}
     # One bootstrap: its refits give the parameters' intervals and the plotted band.
-    out['law'] = fit_power_law_ci(sizes, best, sem, n=n_boot)
+    out['law'] = fit_power_law_ci(sizes, best, n=n_boot, **noise)
     out['fit'], out['ci'], out['boot_fits'] = out['law'].law, out['law'].ci, out['law'].fits
     out['fit_points'] = (sizes, best)
     if len(sizes) >= 4:
-      out['extrapolation'] = extrapolation_check(sizes, best)
+      out['extrapolation'] = extrapolation_check(sizes, best, n_boot=max(n_boot, 200), **noise)
   try:
     out['iso_curves'] = isoflop_from_curves(runs)
     out['iso_curves_ci'] = jackknife_ci(runs, lambda rs: isoflop_from_curves(rs).exponent)
@@ -607,10 +744,12 @@ def analyze_sweep(sweep_dir: str, x_kind: str = 'nonembed', n_boot: int = 200, o
   except ValueError as e:
     out['frontier_note'] = str(e)
   tokens = np.array([r.tokens for r in runs], float)
-  if len(np.unique(tokens)) >= 2 and len(sizes) >= 2 and len(runs) >= 6:
-    out['chinchilla'] = fit_chinchilla(n, tokens, loss)
+  if len(np.unique(tokens)) >= 2 and len(np.unique(n)) >= 2 and len(runs) >= 6:
+    clusters = [r.tags.get('family') or r.name for r in runs]
+    fit, ci, _ = chinchilla_ci(n, tokens, loss, clusters, n_boot=min(n_boot, 200))
+    out['chinchilla'], out['chinchilla_ci'] = fit, ci
   with contextlib.suppress(ValueError):
-    out['isoflop'] = fit_isoflop(runs)
+    out['isoflop'] = fit_isoflop(runs, n_boot=n_boot)
   return out
 
 
@@ -638,12 +777,15 @@ def fits_table(results: list[dict]) -> str:
       f'{_num(front and front.alpha, ".3f"):>10}'
     )
     if 'chinchilla' in r:
-      c = r['chinchilla']
+      c, ci = r['chinchilla'], r.get('chinchilla_ci', {})
       lines.append(
-        f'  Chinchilla: E={c.E:.3f} A={c.A:.4g} B={c.B:.4g} alpha={c.alpha:.3f} beta={c.beta:.3f}'
+        '  Chinchilla L(N, D): '
+        + ', '.join(f'{k}={v:.4g}{format_ci(ci.get(k))}' for k, v in c.params().items())
+        + f', a=beta/(alpha+beta)={c.beta / (c.alpha + c.beta):.3f}{format_ci(ci.get("a"))}'
       )
     if 'isoflop' in r:
-      lines.append(f'  IsoFLOP: N_opt ~ C^{r["isoflop"].exponent:.3f}')
+      i = r['isoflop']
+      lines.append(f'  IsoFLOP: N_opt ~ C^{i.exponent:.3f}{format_ci(i.exponent_ci)} ({i.ci_note})')
     lines.extend(science_lines(r))
     if r['unfinished']:
       lines.append(f'  unfinished (not fitted): {", ".join(r["unfinished"])}')
@@ -659,12 +801,25 @@ def fits_json(results: list[dict]) -> dict:
       'runs': [{k: getattr(run, k) for k in keys} for run in r['runs']],
       'unfinished': r['unfinished'],
     }
+    pts = r.get('points')
+    if pts is not None:
+      d['size_points'] = {
+        k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in pts.items()
+      }
+    if 'law_note' in r:
+      d['power_law_refused'] = r['law_note']
     if 'fit' in r:
       d['power_law'] = {
         **r['fit'].params(),
         'r2': r['fit'].r2,
         'ci95': r['ci'],
-        'ci95_method': f'parametric bootstrap, {len(r["boot_fits"])} refits',
+        'ci95_method': (
+          f'parametric bootstrap, {len(r["boot_fits"])} refits, sigma per resample from the '
+          "residuals' scaled-inverse-chi2 (seed variance when present), SEM as a common shift"
+        ),
+        'note': r['law'].note,
+        'dof': r['law'].dof,
+        'chi2_dof_seed': r['law'].chi2_dof,
       }
     if 'iso_curves' in r:
       d['nopt_from_curves'] = {
@@ -676,8 +831,16 @@ def fits_json(results: list[dict]) -> dict:
       d['extrapolation'] = r['extrapolation']
     if 'frontier' in r:
       d['compute_frontier'] = {**r['frontier'].params(), 'r2': r['frontier'].r2}
+    if 'frontier_note' in r:
+      d['compute_frontier_refused'] = r['frontier_note']
     if 'chinchilla' in r:
-      d['chinchilla'] = r['chinchilla'].params()
+      c = r['chinchilla']
+      d['chinchilla'] = {
+        **c.params(),
+        'a': c.beta / (c.alpha + c.beta),
+        'ci95': r.get('chinchilla_ci'),
+        'ci95_method': 'bootstrap over runs (over tags.family where runs share one)',
+      }
     if 'isoflop' in r:
       d['isoflop'] = r['isoflop'].record()
     out[r['label']] = d
@@ -1008,6 +1171,10 @@ def format_ci(ci) -> str:
 def science_lines(r: dict) -> list[str]:
   """The fitted numbers with their 95% intervals, and N_opt ~ C^a beside the references."""
   lines = []
+  pts = r.get('points') or {}
+  lines += [f'  {note}' for note in pts.get('notes', [])]
+  if 'law_note' in r:
+    lines.append(f'  L(N): refused: {r["law_note"]}')
   if 'law' in r:
     law, ci = r['law'].law, r['law'].ci
     width = f' (+-{100 * r["law"].relative_halfwidth("alpha"):.0f}%)' if 'alpha' in ci else ''
@@ -1016,6 +1183,24 @@ def science_lines(r: dict) -> list[str]:
       f'A = {law.A:.3g}{format_ci(ci.get("A"))}, '
       f'alpha = {law.alpha:.3f}{format_ci(ci.get("alpha"))}{width}, R2 = {law.r2:.3f}'
     )
+    if r['law'].note:
+      lines.append(f'  L(N): {r["law"].note}')
+    if r['law'].chi2_dof is not None:
+      lines.append(
+        f'  chi2/dof of L(N) against the seed variance: {r["law"].chi2_dof:.2f} '
+        f'({r["law"].dof} dof; seed sd {pts["seed_sd"]:.4f} nats on {pts["seed_dof"]} dof)'
+      )
+  if 'extrapolation' in r:
+    e = r['extrapolation']
+    interval = f', 95% prediction interval {format_ci(e["interval"])}' if 'interval' in e else ''
+    lines.append(
+      f'  extrapolation to N={e["x"]:.3g}: predicted {e["predicted"]:.3f}{interval}, measured '
+      f'{e["measured"]:.3f}, error {e["error_percent"]:+.2f}% of L, '
+      f'{100 * e["error_fraction_of_reducible"]:+.0f}% of L - E: {e["verdict"].upper()}'
+      + (f' ({e["why"]})' if 'why' in e else '')
+    )
+  if 'frontier_note' in r:
+    lines.append(f'  frontier L(C): none ({r["frontier_note"]})')
   refs = ', '.join(f'{k} {v:.2f}' for k, v in REFERENCE_EXPONENTS.items())
   if 'iso_curves' in r:
     lines.append(

@@ -207,6 +207,13 @@ MUTANTS = [
     "fit = _isoflop_from_profiles(profiles, inside=False, what='budgets')",
     ['tests/test_scaling.py::test_isoflop_uses_only_minima_inside_the_sizes_and_has_intervals'],
   ),
+  (
+    'L(N) takes the best seed instead of the mean over seeds',
+    'experiments/scaling.py',
+    'means = {lr: np.mean([r.final_eval_loss for r in rs]) for lr, rs in by_lr.items()}',
+    'means = {lr: np.min([r.final_eval_loss for r in rs]) for lr, rs in by_lr.items()}',
+    ['tests/test_compare.py::test_mean_over_seeds_not_the_minimum'],
+  ),
 ]
 
 
