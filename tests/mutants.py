@@ -214,6 +214,21 @@ MUTANTS = [
     'means = {lr: np.min([r.final_eval_loss for r in rs]) for lr, rs in by_lr.items()}',
     ['tests/test_compare.py::test_mean_over_seeds_not_the_minimum'],
   ),
+  (
+    'cooldown branch starts with a fresh optimizer (moments and count not restored)',
+    'train/loop.py',
+    "    it.set_state(_local_rows(data_state))\n    logging.info('branched from",
+    "    state = {**state, 'opt': trainer.init()['opt']}\n"
+    "    it.set_state(_local_rows(data_state))\n    logging.info('branched from",
+    ['tests/test_branch.py::test_cooldown_branch_equals_the_same_schedule_from_scratch'],
+  ),
+  (
+    'cooldown branch restarts the data iterator',
+    'train/loop.py',
+    "    it.set_state(_local_rows(data_state))\n    logging.info('branched from",
+    "    logging.info('branched from",
+    ['tests/test_branch.py::test_cooldown_branch_equals_the_same_schedule_from_scratch'],
+  ),
 ]
 
 

@@ -70,6 +70,11 @@ def get_config() -> ml_collections.ConfigDict:
   # resumed GPU run equals an uninterrupted one bit for bit. Harmless on CPU/TPU. Its speed cost
   # on GPU is not measured here.
   t.deterministic = False
+  # Branch from another run's checkpoint (e.g. a WSD cooldown from a constant-lr run): the
+  # run starts at checkpoint step init_step of the run directory init_from (parameters,
+  # optimizer state and data-iterator state), then follows its own schedule. '' : from scratch.
+  t.init_from = ''
+  t.init_step = 0
 
   c.eval = e = ml_collections.ConfigDict()
   e.every = 100
