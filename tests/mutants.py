@@ -229,6 +229,13 @@ MUTANTS = [
     "    logging.info('branched from",
     ['tests/test_branch.py::test_cooldown_branch_equals_the_same_schedule_from_scratch'],
   ),
+  (
+    'sweep starts a branch before its parent has finished',
+    'launch/pool.py',
+    "    if parent in running or any(r.name == parent for r in queue):\n      return 'wait'",
+    "    if parent in running or any(r.name == parent for r in queue):\n      return ''",
+    ['tests/test_branch.py::test_sweep_runs_the_branch_after_its_parent'],
+  ),
 ]
 
 
