@@ -270,7 +270,9 @@ def fit_chinchilla(
     s = start
     starts = [np.array([np.log(s.A), np.log(s.B), np.log(s.E), s.alpha, s.beta])]
   else:
-    values = np.array([objective(p)[0] for p in grid])
+    a, b, e, alpha, beta = (grid[:, i : i + 1] for i in range(5))  # the objective, all at once
+    terms = np.stack([a - alpha * ln, b - beta * ld, np.broadcast_to(e, (len(grid), len(ln)))])
+    values = np.sum(_huber(special.logsumexp(terms, axis=0) - ll, delta), axis=1)
     starts = grid[np.argsort(values)[:refine]]
   best = None
   for p0 in starts:
@@ -289,7 +291,9 @@ def fit_chinchilla(
   )
 
 
-def chinchilla_ci(n, d, loss, clusters=None, n_boot: int = 200, seed: int = 0, level=0.95):
+def chinchilla_ci(
+  n, d, loss, clusters=None, n_boot: int = 200, seed: int = 0, level=0.95, start=None
+):
   """fit_chinchilla with a run-resampling bootstrap: (fit, {param: (lo, hi)}, refits).
 
   Each resample draws runs with replacement, or whole clusters of runs (`clusters`: a label
@@ -298,7 +302,7 @@ def chinchilla_ci(n, d, loss, clusters=None, n_boot: int = 200, seed: int = 0, l
   the exponent of N_opt ~ C^a.
   """
   n, d, loss = (np.asarray(v, float) for v in (n, d, loss))
-  fit = fit_chinchilla(n, d, loss)
+  fit = fit_chinchilla(n, d, loss, start=start)
   labels = np.arange(len(n)) if clusters is None else np.asarray(clusters)
   groups = [np.flatnonzero(labels == u) for u in np.unique(labels)]
   rng = np.random.default_rng(seed)
@@ -654,6 +658,95 @@ def size_points(runs: list[Run], x_kind: str = 'nonembed') -> dict:
   }
 
 
+def cooldown_checks(cooldown: list[Run], cosine: list[Run], n_boot: int = 200, level=0.95):
+  """The checks of a joint L(N, D) from WSD cooldowns (experiments/sweeps/cooldown.py).
+
+  * match: each cosine run against the cooldown of the same N and D: the difference and its
+    standard error sqrt(SEM_cos^2 + SEM_cool^2); 'pass' within 2 of them.
+  * holdout: Chinchilla's law fitted without the largest (N, D) corner (largest N at its
+    largest D) predicts it; the 95% prediction interval is the run-bootstrap refits'
+    predictions times a draw of the fit's residual scatter; 'pass' if the corner lies inside.
+  * a = beta / (alpha + beta) with its interval, from the fit over every cooldown.
+  """
+  n = np.array([r.n_nonembed for r in cooldown], float)
+  d = np.array([r.tokens for r in cooldown], float)
+  loss = np.array([r.final_eval_loss for r in cooldown])
+  out = {'match': []}
+  for c in cosine:
+    same = [r for r in cooldown if r.n_nonembed == c.n_nonembed and r.tokens == c.tokens]
+    if not same:
+      out['match'].append({'run': c.name, 'verdict': 'none', 'why': 'no cooldown at its N, D'})
+      continue
+    r = same[0]
+    diff = r.final_eval_loss - c.final_eval_loss
+    se = float(np.hypot(r.final_eval_loss_sem, c.final_eval_loss_sem))
+    out['match'].append(
+      {
+        'run': c.name,
+        'cooldown': r.name,
+        'n': c.n_nonembed,
+        'tokens': c.tokens,
+        'cosine_loss': c.final_eval_loss,
+        'cooldown_loss': r.final_eval_loss,
+        'difference': diff,
+        'se': se,
+        'verdict': 'pass' if abs(diff) <= 2 * se else 'fail',
+      }
+    )
+  fit, ci, fits = chinchilla_ci(n, d, loss, n_boot=n_boot)
+  out['fit'], out['ci'] = fit, ci
+  corner = int(np.argmax(np.where(n == n.max(), d, -np.inf)))
+  rest = np.arange(len(n)) != corner
+  sub, _, sub_fits = chinchilla_ci(n[rest], d[rest], loss[rest], n_boot=n_boot, seed=1, start=fit)
+  resid = np.log(loss[rest]) - np.log(sub.predict(n[rest], d[rest]))
+  scatter = float(np.sqrt(np.sum(resid**2) / max(rest.sum() - 5, 1)))
+  rng = np.random.default_rng(2)
+  pred = np.array([f.predict(n[corner], d[corner]) for f in sub_fits])
+  pred = pred * np.exp(scatter * rng.standard_normal(len(pred)))
+  q = (1 - level) / 2
+  lo, hi = (float(v) for v in np.quantile(pred, [q, 1 - q]))
+  out['holdout'] = {
+    'n': float(n[corner]),
+    'tokens': float(d[corner]),
+    'predicted': float(sub.predict(n[corner], d[corner])),
+    'measured': float(loss[corner]),
+    'interval': (lo, hi),
+    'verdict': 'pass' if lo <= loss[corner] <= hi else 'fail',
+  }
+  return out
+
+
+def cooldown_lines(c: dict, iso_a=None) -> list[str]:
+  """The printed form of cooldown_checks, with a beside the IsoFLOP value and the references."""
+  lines = []
+  for m in c['match']:
+    if m['verdict'] == 'none':
+      lines.append(f'  cosine {m["run"]}: {m["why"]}')
+      continue
+    lines.append(
+      f'  cosine vs cooldown at N={m["n"]:.3g}, D={m["tokens"]:.3g}: {m["cosine_loss"]:.4f} vs '
+      f'{m["cooldown_loss"]:.4f} (difference {m["difference"]:+.4f}, 2 SE = {2 * m["se"]:.4f}): '
+      f'{m["verdict"].upper()}'
+    )
+  f, ci, h = c['fit'], c['ci'], c['holdout']
+  lines.append(
+    '  L(N, D) over the cooldowns: '
+    + ', '.join(f'{k}={v:.4g}{format_ci(ci.get(k))}' for k, v in f.params().items())
+  )
+  lines.append(
+    f'  held-out corner N={h["n"]:.3g}, D={h["tokens"]:.3g}: predicted {h["predicted"]:.4f}, '
+    f'95% prediction interval{format_ci(h["interval"])}, measured {h["measured"]:.4f}: '
+    f'{h["verdict"].upper()}'
+  )
+  refs = ', '.join(f'{k} {v:.2f}' for k, v in REFERENCE_EXPONENTS.items())
+  iso = 'IsoFLOP: not measured' if iso_a is None else f'IsoFLOP {iso_a:.2f}'
+  lines.append(
+    f'  N_opt ~ C^a: a = beta/(alpha+beta) = {f.beta / (f.alpha + f.beta):.3f}'
+    f'{format_ci(ci.get("a"))} ({iso}; {refs})'
+  )
+  return lines
+
+
 def load_sweeps(dirs: list[str], on_bad=_raise) -> tuple[list[Run], list[str]]:
   """load_sweep over several directories, merged; each run's name gets its directory's."""
   runs, unfinished = [], []
@@ -691,6 +784,8 @@ def analyze(dirs: list[str], x_kind='nonembed', n_boot=200, on_bad=_raise, merge
     for g, rs in sorted(groups.items()):
       name = label if len(groups) == 1 else f'{label}/{g or "(no group)"}'
       results.append(analyze_runs(name, rs, unfinished if g == min(groups) else [], x_kind, n_boot))
+      if g == 'cooldown' and 'cosine' in groups and len(rs) >= 6:
+        results[-1]['cooldown'] = cooldown_checks(rs, groups['cosine'], max(n_boot, 20))
   return results
 
 
@@ -787,6 +882,8 @@ def fits_table(results: list[dict]) -> str:
       i = r['isoflop']
       lines.append(f'  IsoFLOP: N_opt ~ C^{i.exponent:.3f}{format_ci(i.exponent_ci)} ({i.ci_note})')
     lines.extend(science_lines(r))
+    if 'cooldown' in r:
+      lines.extend(cooldown_lines(r['cooldown'], r['isoflop'].exponent if 'isoflop' in r else None))
     if r['unfinished']:
       lines.append(f'  unfinished (not fitted): {", ".join(r["unfinished"])}')
   return '\n'.join(lines)
@@ -843,6 +940,15 @@ def fits_json(results: list[dict]) -> dict:
       }
     if 'isoflop' in r:
       d['isoflop'] = r['isoflop'].record()
+    if 'cooldown' in r:
+      c = r['cooldown']
+      d['cooldown'] = {
+        'match': c['match'],
+        'holdout': c['holdout'],
+        'fit': {**c['fit'].params(), 'a': c['fit'].beta / (c['fit'].alpha + c['fit'].beta)},
+        'ci95': c['ci'],
+        'references': REFERENCE_EXPONENTS,
+      }
     out[r['label']] = d
   return out
 

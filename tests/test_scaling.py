@@ -275,3 +275,32 @@ def test_compare_cli_plots_tables_and_json(tmp_path):
 def test_fits_refuse_too_few_points():
   with pytest.raises(ValueError, match='at least 3 points'):
     scaling.fit_power_law([1e5, 1e6], [3.0, 2.5])
+
+
+def _run(name, n, d, loss, sem=0.01):
+  return scaling.Run(name, int(n), int(n), 6.0 * n, int(d), float(loss), sem, {}, {}, None, {})
+
+
+def test_cooldown_checks_have_verdicts_that_can_fail():
+  law = scaling.Chinchilla(E=1.2, A=60.0, B=300.0, alpha=0.35, beta=0.30)
+  rng = np.random.default_rng(5)
+  cool = [
+    _run(f'n{n:.0f}-d{d:.0f}', n, d, law.predict(n, d) * np.exp(rng.normal(0, 0.003)))
+    for n in np.geomspace(2.5e4, 2.2e5, 4)
+    for d in np.geomspace(1.3e5, 1e6, 4)
+  ]
+  cosine = [
+    _run('cos-a', cool[3].n_nonembed, cool[3].tokens, cool[3].final_eval_loss + 0.005),
+    _run('cos-b', cool[9].n_nonembed, cool[9].tokens, cool[9].final_eval_loss + 0.05),
+  ]
+  c = scaling.cooldown_checks(cool, cosine, n_boot=40)
+  assert [m['verdict'] for m in c['match']] == ['pass', 'fail']  # 2 SE = 0.028
+  assert c['holdout']['verdict'] == 'pass'
+  assert c['holdout']['n'] == max(r.n_nonembed for r in cool)
+  lo, hi = c['ci']['a']
+  assert lo < 0.30 / 0.65 < hi
+  # the largest corner far off the law: the fit without it says so
+  cool[-1] = _run('off', cool[-1].n_nonembed, cool[-1].tokens, cool[-1].final_eval_loss + 0.15)
+  assert scaling.cooldown_checks(cool, cosine, n_boot=40)['holdout']['verdict'] == 'fail'
+  text = '\n'.join(scaling.cooldown_lines(c, iso_a=None))
+  assert 'Kaplan et al. 2020 0.73' in text and 'Hoffmann et al. 2022 0.50' in text
