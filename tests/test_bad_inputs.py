@@ -283,6 +283,10 @@ CASES: dict[str, tuple[str, list[str]]] = {
   'compare/dir-missing': ('launch.compare', ['{case}/nosweep', '--out={case}/out/s.png']),
   'compare/dir-empty': ('launch.compare', ['{inputs}/empty', '--out={case}/out/s.png']),
   'compare/a-file-not-a-sweep': ('launch.compare', ['{inputs}/afile.txt', '--out={case}/s.png']),
+  'compare/merge-with-an-empty-dir': (
+    'launch.compare',
+    ['--merge', '{inputs}/empty', '{case}/nosweep', '--out={case}/out/s.png'],
+  ),
   # Attention maps.
   'attention/workdir-missing': ('launch.attention', ['--workdir={case}/run']),
   'attention/not-a-run': ('launch.attention', ['--workdir={inputs}/empty']),
