@@ -6,11 +6,16 @@
   A = e^a, B = e^b, E = e^e, minimized by L-BFGS from their grid of initializations.
 * `fit_isoflop`: per compute budget, a parabola of loss in log N; its minimum N_opt(C) ~ C^a.
 * `compute_frontier`: the lower envelope of all runs' loss-vs-FLOPs curves, fitted as L(C).
-* `fit_power_law_ci`: the power law with a parametric-bootstrap interval on every parameter; its
-  refits also give the pointwise `band` that the plots draw.
-* `extrapolation_check`: fit without the largest model(s), predict them, report the error.
-* `analyze_sweep`, `fits_table`, `fits_json`: all of the above over one sweep directory, as
-  launch.compare prints and records it.
+* `fit_power_law_ci`: the power law with a calibrated parametric-bootstrap interval on every
+  parameter (noise level drawn per resample; its coverage is tested); its refits also give the
+  pointwise `band` that the plots draw. `chinchilla_ci`, `isoflop_ci`: the same for L(N, D)
+  and IsoFLOP optima.
+* `extrapolation_check`: fit without the largest model(s), predict them with a 95% prediction
+  interval, a verdict and the miss as a fraction of L - E.
+* `size_points`: one L(N) point per size (seed means, lr optimum from a parabola in log lr).
+* `cooldown_checks`: the checks of a joint L(N, D) from WSD cooldowns.
+* `analyze` (per directory or merged, per tags.group), `fits_table`, `fits_json`: all of the
+  above, as launch.compare prints and records it.
 """
 
 import contextlib
