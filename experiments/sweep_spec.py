@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import importlib.util
 import os
+import posixpath
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -34,10 +35,14 @@ class Run:
   name: str
   config: str
   overrides: dict
+  parent: str = ''  # the run of this sweep it branches from (train.init_from names it)
 
   def argv(self, run_dir: str, train_cmd: Sequence[str]) -> list[str]:
     """The trainer's command line for this run in `run_dir` (train_cmd: launch.shell's)."""
-    flags_ = [f'--config.{k}={format_value(v)}' for k, v in self.overrides.items()]
+    overrides = dict(self.overrides)
+    if self.parent:  # a sibling run directory
+      overrides['train.init_from'] = posixpath.join(posixpath.dirname(run_dir), self.parent)
+    flags_ = [f'--config.{k}={format_value(v)}' for k, v in overrides.items()]
     return [*train_cmd, f'--config={self.config}', f'--workdir={run_dir}', *flags_]
 
 
@@ -189,7 +194,7 @@ def expand(sweep_file: str, overrides: Mapping[str, Any] | None = None) -> Sweep
   if not entries:
     raise ValueError(f'{sweep_file}: get_sweep() returned no runs')
   config = load_config(base)
-  runs, seen = [], set()
+  runs, seen, resolved_of = [], set(), {}
   for entry in entries:
     name, run_overrides = _entry(entry, sweep_file)
     if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name in ('.', '..'):
@@ -203,7 +208,56 @@ def expand(sweep_file: str, overrides: Mapping[str, Any] | None = None) -> Sweep
     resolved, typed = apply_overrides(config, merged, f'run {name!r}')
     _check_run_config(resolved, name)
     runs.append(Run(name, base, typed))
-  return Sweep(path, base, config, runs)
+    resolved_of[name] = resolved
+  return Sweep(path, base, config, _branches_after_parents(runs, resolved_of, sweep_file))
+
+
+def _branches_after_parents(runs: list[Run], resolved: dict, sweep_file: str) -> list[Run]:
+  """A run whose train.init_from names another run of the sweep branches from it: checked
+  (same model and batch; the parent saves and keeps a checkpoint at train.init_step) and
+  ordered after it. Other runs keep their order."""
+  by_name = {r.name: r for r in runs}
+  out = []
+  for r in runs:
+    parent = r.overrides.get('train.init_from', '') or ''
+    if parent not in by_name:
+      out.append(r)
+      continue
+    _check_branch(r.name, resolved[r.name], parent, resolved[parent], sweep_file)
+    out.append(dataclasses.replace(r, parent=parent))
+  ordered, placed = [], set()
+  while len(ordered) < len(out):
+    ready = [r for r in out if r.name not in placed and (not r.parent or r.parent in placed)]
+    if not ready:
+      cycle = sorted(r.name for r in out if r.name not in placed)
+      raise ValueError(f'{sweep_file}: runs branch from each other in a cycle: {cycle}')
+    for r in ready:  # one pass in sweep order, then the branches whose parents are now placed
+      ordered.append(r)
+      placed.add(r.name)
+  return ordered
+
+
+def _check_branch(name: str, cfg, parent: str, parent_cfg, sweep_file: str) -> None:
+  where = f'{sweep_file}: run {name!r} branches from {parent!r}'
+  old, new = parent_cfg.model.to_dict(), cfg.model.to_dict()
+  diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+  if diff:
+    desc = ', '.join(f'model.{k}: {old.get(k)!r} there vs {new.get(k)!r} here' for k in diff)
+    raise ValueError(f'{where}, a model of another shape ({desc})')
+  if parent_cfg.train.global_batch != cfg.train.global_batch:
+    raise ValueError(f'{where}, which has another train.global_batch')
+  step, every, total = cfg.train.init_step, parent_cfg.checkpoint.every, parent_cfg.train.steps
+  if not (step % every == 0 or step == total) or step > total:
+    raise ValueError(
+      f'{where} at step {step}, where it saves no checkpoint (every {every} of {total} steps)'
+    )
+  later = len({k for k in range(every, total + 1, every) if k > step} | {total} - {step})
+  keep = parent_cfg.checkpoint.max_to_keep
+  if later >= keep:
+    raise ValueError(
+      f'{where} at step {step}, but it keeps only its last {keep} checkpoints ({later} come '
+      f'after that step): set its checkpoint.max_to_keep >= {later + 1}'
+    )
 
 
 def _check_run_config(run_config, name: str) -> None:

@@ -1,8 +1,10 @@
 """Compare the scaling curves of sweeps: python -m launch.compare DIR [DIR ...] --out=FILE.png
 
-For each sweep directory: fit L(N) = E + A N^-alpha over final eval losses (with bootstrap
-95% bands), check the fit by extrapolating to the largest model, fit the compute frontier
-L(C), and (where the runs allow) Chinchilla's L(N, D) and IsoFLOP optima. Writes
+For each sweep directory (or, with --merge, all of them as one), and in it for each tags.group:
+fit L(N) = E + A N^-alpha over each size's seed-mean loss (with bootstrap 95% bands; refused
+over less than half a decade of N), check the fit by extrapolating to the largest model (a
+95% prediction interval and a verdict), fit the compute frontier L(C) where a law matches
+it, and (where the runs allow) Chinchilla's L(N, D) and IsoFLOP optima. Writes
   FILE.png          all sweeps on one log-log plot, points, fitted lines, bands;
   FILE_curves.png   every run's eval loss against training FLOPs, one panel per sweep;
   FILE_isoflop.png  IsoFLOP parabolas (sweeps with tags.budget_flops);
@@ -30,11 +32,22 @@ _L2L = flags.DEFINE_list(
   "X,Y: instead of the fits, plot each run's loss on eval label Y against label X (the "
   'RUN/eval_<label>.json files of launch.eval) with a fitted log-log line.',
 )
+_MERGE = flags.DEFINE_bool('merge', False, 'Analyze the runs of all directories as one set.')
 
 
 def _log_axes(ax, xlabel: str, ylabel: str, title: str = '', legend_size: int = 7) -> None:
+  """Log axes whose ticks read as numbers (2.2, 1e+06), not as 2 x 10^0."""
+  from matplotlib import ticker
+
   ax.set_xscale('log')
   ax.set_yscale('log')
+  plain = ticker.FuncFormatter(lambda v, _: f'{v:.3g}')
+  for axis in (ax.xaxis, ax.yaxis):
+    lo, hi = axis.get_view_interval()
+    axis.set_major_formatter(plain)
+    # a span under a decade has few major ticks: label the minor ones too
+    short = lo > 0 and hi / lo < 10
+    axis.set_minor_formatter(plain if short else ticker.NullFormatter())
   ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
   ax.legend(fontsize=legend_size)
   ax.grid(True, which='both', alpha=0.3)
@@ -73,7 +86,14 @@ def plot_law(results: list[dict], out: str, x_kind: str) -> str:
   fig, ax = plt.subplots(figsize=(7, 5))
   for i, res in enumerate(results):
     color = f'C{i}'
-    ax.scatter(res['n'], res['loss'], color=color, s=18, alpha=0.7)
+    ax.scatter(res['n'], res['loss'], color=color, s=8, alpha=0.3)  # every run
+    pts = res['points']
+    if len(pts['n']):  # the fitted points: +- SEM, and the seed sd where there are seeds
+      ax.errorbar(pts['n'], pts['loss'], yerr=pts['sem'], fmt='o', ms=4, color=color, capsize=3)
+      if pts['seed_sd'] is not None:
+        ax.errorbar(
+          pts['n'], pts['loss'], yerr=pts['seed_sd'], fmt='none', color=color, lw=4, alpha=0.35
+        )
     if 'fit' in res:
       fit = res['fit']
       xs = np.logspace(np.log10(res['n'].min()) - 0.2, np.log10(res['n'].max()) + 0.5, 100)
@@ -83,7 +103,7 @@ def plot_law(results: list[dict], out: str, x_kind: str) -> str:
       label = f'{res["label"]}: L = {fit.E:.3g} + {fit.A:.3g} N^-{fit.alpha:.3f} (R² {fit.r2:.3f})'
       ax.plot(xs, fit.predict(xs), color=color, label=label)
     else:
-      ax.plot([], [], color=color, label=res['label'])
+      ax.plot([], [], color=color, label=f'{res["label"]}: no fit ({res.get("law_note", "")})')
   which = 'non-embedding' if x_kind == 'nonembed' else 'total'
   _log_axes(ax, f'{which} parameters N', 'final eval loss (nats/token)')
   return _save(fig, out, dpi=120)
@@ -105,14 +125,18 @@ def plot_curves(results: list[dict], out: str) -> str:
       if len(c.get('flops', [])):
         color = cmap(j / max(len(order) - 1, 1))
         ax.plot(c['flops'], c['loss'], color=color, label=f'{run.name} ({res["n"][k]:.2g})')
-    if 'frontier' in res:
-      f = res['frontier']
-      flops = np.concatenate(
-        [r.curve.get('eval', {}).get('flops', np.zeros(0)) for r in res['runs']]
-      )
-      flops = flops[flops > 0]
-      cs = np.logspace(np.log10(flops.min()), np.log10(flops.max()), 50)
-      ax.plot(cs, f.predict(cs), 'k--', label=f'frontier L(C): C^-{f.alpha:.3f}')
+    try:
+      c, loss, _ = scaling.compute_frontier(res['runs'])
+    except ValueError:
+      c = None
+    if c is not None:
+      ax.plot(c, loss, 'k.', ms=5, label='frontier: best loss so far, at its own C')
+      if 'frontier' in res:
+        f = res['frontier']
+        cs = np.geomspace(c.min(), c.max(), 50)
+        ax.plot(cs, f.predict(cs), 'k--', label=f'L(C) = {f.E:.3g} + {f.A:.3g} C^-{f.alpha:.3f}')
+      else:
+        ax.plot([], [], ' ', label='no law matches the frontier')
     _log_axes(ax, 'training FLOPs', 'eval loss', res['label'], legend_size=6)
   return _save(fig, out)
 
@@ -161,7 +185,13 @@ def plot_nopt(results: list[dict], out: str) -> str:
 
 
 def compare(
-  dirs: list[str], out: str, x_kind: str = 'nonembed', n_boot: int = 200, echo=print, warn=None
+  dirs: list[str],
+  out: str,
+  x_kind: str = 'nonembed',
+  n_boot: int = 200,
+  echo=print,
+  warn=None,
+  merge: bool = False,
 ) -> int:
   """The whole command: analyze, draw, write the JSON, print the table; returns the exit status.
 
@@ -170,7 +200,7 @@ def compare(
   """
   warn = warn or (lambda line: print(f'skipped: {line}', file=sys.stderr))
   try:
-    results = [scaling.analyze_sweep(d, x_kind, n_boot, on_bad=warn) for d in dirs]
+    results = scaling.analyze(dirs, x_kind, n_boot, on_bad=warn, merge=merge)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
@@ -264,7 +294,7 @@ def main(argv: list[str]) -> None:
     )
   if _L2L.value:
     sys.exit(loss_to_loss(dirs, _L2L.value, _OUT.value, _BOOT.value))
-  sys.exit(compare(dirs, _OUT.value, _X.value, _BOOT.value))
+  sys.exit(compare(dirs, _OUT.value, _X.value, _BOOT.value, merge=_MERGE.value))
 
 
 if __name__ == '__main__':

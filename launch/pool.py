@@ -391,10 +391,31 @@ def run_sweep(
 
   queue = list(todo)
   limit = min(parallel, len(groups)) if groups else parallel
+
+  def parent_state(run: Run) -> str:
+    """'' (no parent, or it finished), 'wait', or why this branch cannot start."""
+    parent = getattr(run, 'parent', '')
+    if not parent or files.exists(files.join(run_dir(workdir, parent), 'summary.json')):
+      return ''
+    if parent in running or any(r.name == parent for r in queue):
+      return 'wait'
+    return f'its parent run {parent!r} has not finished'
+
   try:
     while queue or running:
-      while queue and len(running) < limit:
-        start(queue.pop(0))
+      while len(running) < limit:
+        states = [(r, parent_state(r)) for r in queue]
+        for r, why in states:  # a branch whose parent failed or is missing fails itself
+          if why not in ('', 'wait'):
+            queue.remove(r)
+            status[r.name].update(status=FAILED, last_line=f'cannot start: {why}')
+            status_file.update({r.name: status[r.name]})
+            echo(f'FAILED  {r.name}: cannot start: {why}')
+        go = next((r for r, why in states if why == ''), None)
+        if go is None:
+          break
+        queue.remove(go)
+        start(go)
       for name in list(running):
         rc = running[name].proc.poll()
         if rc is not None:

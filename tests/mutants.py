@@ -299,10 +299,10 @@ MUTANTS = [
     ['tests/test_properties.py::test_flops_per_token_matches_xla_cost_analysis'],
   ),
   (
-    "the L(C) fit keeps the envelope's plateaus",
+    'the compute frontier keeps points that do not improve on the envelope',
     'experiments/scaling.py',
-    'keep = np.concatenate([[True], np.diff(loss) < 0])',
-    'keep = np.ones(len(loss), bool)',
+    'on = np.concatenate([[True], loss[1:] < best[:-1]])',
+    'on = np.ones(len(loss), bool)',
     ['tests/test_intervals.py::test_compute_frontier_fit_recovers_the_law'],
   ),
   (
@@ -357,6 +357,57 @@ MUTANTS = [
     '      os.kill(os.getpid(), signal.SIGTERM)  # into JAX',
     '      pass  # into JAX',
     ['tests/test_preemption.py::test_two_processes_save_the_same_step_when_one_gets_a_signal[2]'],
+  ),
+  # issue 21: intervals, frontier, branching runs
+  (
+    'bootstrap noise sd fixed at the residual SE (3 dof read as known)',
+    'experiments/scaling.py',
+    'var = rss[:, None, None] / rng.chisquare(dof, (m, n, 1))',
+    'var = rss[:, None, None] / dof * np.ones((m, n, 1))',
+    ['tests/test_scaling.py::test_alpha_interval_covers_the_truth_at_its_stated_rate'],
+  ),
+  (
+    'compute frontier keeps the warmup evaluations',
+    'experiments/scaling.py',
+    "keep = (c['flops'] > 0) & (np.asarray(c['step']) > _warmup_steps(r))",
+    "keep = c['flops'] > 0",
+    ['tests/test_scaling.py::test_compute_frontier_starts_at_the_first_point_and_skips_warmup'],
+  ),
+  (
+    'IsoFLOP takes a parabola vertex outside the measured sizes',
+    'experiments/scaling.py',
+    "fit = _isoflop_from_profiles(profiles, inside=True, what='budgets')",
+    "fit = _isoflop_from_profiles(profiles, inside=False, what='budgets')",
+    ['tests/test_scaling.py::test_isoflop_uses_only_minima_inside_the_sizes_and_has_intervals'],
+  ),
+  (
+    'L(N) takes the best seed instead of the mean over seeds',
+    'experiments/scaling.py',
+    'means = {lr: np.mean([r.final_eval_loss for r in rs]) for lr, rs in by_lr.items()}',
+    'means = {lr: np.min([r.final_eval_loss for r in rs]) for lr, rs in by_lr.items()}',
+    ['tests/test_compare.py::test_mean_over_seeds_not_the_minimum'],
+  ),
+  (
+    'cooldown branch starts with a fresh optimizer (moments and count not restored)',
+    'train/loop.py',
+    "    it.set_state(_local_rows(data_state))\n    logging.info('branched from",
+    "    state = {**state, 'opt': trainer.init()['opt']}\n"
+    "    it.set_state(_local_rows(data_state))\n    logging.info('branched from",
+    ['tests/test_branch.py::test_cooldown_branch_equals_the_same_schedule_from_scratch'],
+  ),
+  (
+    'cooldown branch restarts the data iterator',
+    'train/loop.py',
+    "    it.set_state(_local_rows(data_state))\n    logging.info('branched from",
+    "    logging.info('branched from",
+    ['tests/test_branch.py::test_cooldown_branch_equals_the_same_schedule_from_scratch'],
+  ),
+  (
+    'sweep starts a branch before its parent has finished',
+    'launch/pool.py',
+    "    if parent in running or any(r.name == parent for r in queue):\n      return 'wait'",
+    "    if parent in running or any(r.name == parent for r in queue):\n      return ''",
+    ['tests/test_branch.py::test_sweep_runs_the_branch_after_its_parent'],
   ),
   # issue 23a: datasets, tokenizers, sweeps that never reuse a changed run
   (

@@ -270,10 +270,24 @@ CASES: dict[str, tuple[str, list[str]]] = {
     'launch.sweep',
     ['--sweep=experiments/sweeps/demo.py', '--workdir={case}/sw', '--devices_per_run=-2'],
   ),
+  # Branching from another run's checkpoint (train.init_from, train.init_step).
+  'train/init-step-0': train_case(
+    '--config.train.init_from={inputs}', '--config.train.init_step=0'
+  ),
+  'train/init-step-past-steps': train_case(
+    '--config.train.init_from={inputs}', '--config.train.init_step=2'
+  ),
+  'train/init-from-without-checkpoints': train_case(
+    '--config.train.init_from={inputs}', '--config.train.init_step=1'
+  ),
   # Comparing sweeps.
   'compare/dir-missing': ('launch.compare', ['{case}/nosweep', '--out={case}/out/s.png']),
   'compare/dir-empty': ('launch.compare', ['{inputs}/empty', '--out={case}/out/s.png']),
   'compare/a-file-not-a-sweep': ('launch.compare', ['{inputs}/afile.txt', '--out={case}/s.png']),
+  'compare/merge-with-an-empty-dir': (
+    'launch.compare',
+    ['--merge', '{inputs}/empty', '{case}/nosweep', '--out={case}/out/s.png'],
+  ),
   # Attention maps.
   'attention/workdir-missing': ('launch.attention', ['--workdir={case}/run']),
   'attention/not-a-run': ('launch.attention', ['--workdir={inputs}/empty']),

@@ -65,29 +65,34 @@ def law(c):
 
 def frontier_runs():
   """Four runs over 4 decades of compute. Each reaches the law at its own compute values (every
-  other point of the frontier's 20-point grid) and lies above it elsewhere: before its range it
-  is worse, and after it a small model saturates. Grid points between two data points are
-  plateaus of the envelope, which the fit must leave out."""
+  other point of a 20-point grid) and lies above it elsewhere: before its range it is worse,
+  and after it a small model saturates (a flat curve). The envelope is the 12 law points; the
+  others never improve on the best loss at a smaller compute and must be left out."""
   grid = np.geomspace(1e12, 1e16, 20)
-  runs = []
+  runs, own_all = [], []
   for j in range(4):
     own = grid[5 * j : 5 * j + 5 : 2]  # 0 2 4, 5 7 9, 10 12 14, 15 17 19
     early = grid[max(0, 5 * j - 3) : 5 * j] * 1.0001
     late = grid[5 * j + 5 : 5 * j + 9] * 0.9999
     flops = np.concatenate([early, own, late])
-    loss = np.concatenate([law(early) + 0.3, law(own), law(own[-1]) - 1e-3 * np.arange(len(late))])
+    loss = np.concatenate([law(early) + 0.3, law(own), np.full(len(late), law(own[-1]))])
     order = np.argsort(flops)
-    runs.append(SimpleNamespace(curve={'eval': {'flops': flops[order], 'loss': loss[order]}}))
-  return runs, grid
+    steps = np.arange(1, len(flops) + 1) * 100  # every point past warmup (none is set)
+    curve = {'flops': flops[order], 'loss': loss[order], 'step': steps, 'sem': 0.01 + 0 * steps}
+    runs.append(SimpleNamespace(curve={'eval': curve}, config={}))
+    own_all.append(own)
+  return runs, np.sort(np.concatenate(own_all))
 
 
 def test_compute_frontier_fit_recovers_the_law():
-  runs, grid = frontier_runs()
-  c, loss = scaling.compute_frontier(runs)
-  np.testing.assert_allclose(c, grid, rtol=1e-12)
+  runs, own = frontier_runs()
+  c, loss, _ = scaling.compute_frontier(runs)
+  np.testing.assert_allclose(c, own, rtol=1e-12)  # each loss at the C where it was reached
+  np.testing.assert_allclose(loss, law(own), rtol=1e-12)
   fit = scaling.fit_compute_frontier(runs)
   assert fit.alpha == pytest.approx(ALPHA_TRUE, rel=1e-3)
   assert fit.E == pytest.approx(E_TRUE, rel=1e-3)
   assert fit.A == pytest.approx(A_TRUE, rel=1e-2)
   assert fit.n == 12  # the points where the envelope improves: the runs' own law points
+  grid = np.geomspace(1e12, 1e16, 20)
   np.testing.assert_allclose(fit.predict(grid), law(grid), rtol=1e-4)

@@ -77,6 +77,51 @@ def check_compatible(saved: dict, config: dict, workdir: str) -> None:
     )
 
 
+def check_parent(parent: str, step: int, config: dict) -> None:
+  """A branch (train.init_from) must start from an existing checkpoint of the same model shape
+  and batch; raises ValueError (one line) otherwise. Reads only the parent's saved config."""
+  what = f'train.init_from={parent}'
+  if step not in existing_steps(parent):
+    have = existing_steps(parent)
+    raise ValueError(f'{what} has no checkpoint at step {step} (it has {have or "none"})')
+  mngr = ocp.CheckpointManager(
+    files.join(files.absolute(parent), 'checkpoints'), item_names=('state', 'data', 'config')
+  )
+  try:
+    saved = saved_config(mngr, step)
+  finally:
+    mngr.close()
+  old, new = saved.get('model', {}), config.get('model', {})
+  diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+  if diff:
+    desc = ', '.join(f'model.{k}: {old.get(k)!r} there vs {new.get(k)!r} here' for k in diff)
+    raise ValueError(f'{what} is a model of another shape ({desc}); a branch keeps the model')
+  old_b, new_b = saved.get('train', {}).get('global_batch'), config['train']['global_batch']
+  if old_b != new_b:
+    raise ValueError(
+      f'{what} ran train.global_batch={old_b}, this run {new_b}: its data-iterator state '
+      'cannot be carried over'
+    )
+
+
+def restore_step(parent: str, step: int, abstract_state, abstract_data):
+  """(state, data_state) of checkpoint `step` in run directory `parent` (a branch's start)."""
+  mngr = ocp.CheckpointManager(
+    files.join(files.absolute(parent), 'checkpoints'), item_names=('state', 'data', 'config')
+  )
+  try:
+    restored = mngr.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state),
+        data=ocp.args.StandardRestore({'rows': abstract_data}),
+      ),
+    )
+  finally:
+    mngr.close()
+  return restored['state'], restored['data']['rows']
+
+
 def directory(mngr: ocp.CheckpointManager, step: int) -> str:
   return str(mngr.directory / str(step))
 

@@ -136,6 +136,8 @@ def prepare(config, workdir: str) -> Prepared:
     mngr.close()
     if saved is not None:
       checkpoint.check_compatible(saved, config.to_dict(), workdir)
+  elif config.train.init_from:  # a branch: its parent's checkpoint must fit this run
+    checkpoint.check_parent(config.train.init_from, config.train.init_step, config.to_dict())
   return Prepared(config, workdir, model_cfg, mesh, pipe, steps)
 
 
@@ -215,6 +217,14 @@ def run(p: Prepared, stop_at: int | None = None) -> dict | None:
     start, state, data_state = restored
     it.set_state(_local_rows(data_state))
     logging.info('resumed from step %d', start)
+  elif config.train.init_from:  # a branch: the parent's state at init_step, this run's schedule
+    abstract = checkpoint.abstract_with_shardings(trainer.abstract_state, trainer.state_shardings)
+    start = config.train.init_step
+    state, data_state = checkpoint.restore_step(
+      config.train.init_from, start, abstract, abstract_data
+    )
+    it.set_state(_local_rows(data_state))
+    logging.info('branched from %s at step %d', config.train.init_from, start)
   else:
     start, state = 0, trainer.init()
 

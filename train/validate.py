@@ -68,6 +68,12 @@ def check_config(config, on_this_machine: bool = True) -> None:
     _int_at_least(config, 'train.nan_patience', 1, 'non-finite steps in a row before stopping')
   if 'log_points' in config.eval:
     _int_at_least(config, 'eval.log_points', 0, 'extra log-spaced evaluations')
+  if config.train.get('init_from'):
+    step, steps = config.train.init_step, config.train.steps
+    if not 0 < step < steps:
+      raise ValueError(
+        f'train.init_step={step} must be in [1, train.steps={steps}) when train.init_from is set'
+      )
   _finite(config, 'train.lr', 0.0, strict=True)
   _finite(config, 'train.grad_clip', 0.0, strict=False)  # 0: no clipping
   _finite(config, 'train.weight_decay', 0.0, strict=False)

@@ -84,6 +84,11 @@ def get_config() -> ml_collections.ConfigDict:
   # ('START:STOP', numbered as in metrics.jsonl), or of N steps after the first, compiling,
   # one ('N' = '1:N+1'). '': no trace. `python -m benchmarks.profile --run=WORKDIR` reads it.
   t.profile_steps = ''
+  # Branch from another run's checkpoint (e.g. a WSD cooldown from a constant-lr run): the
+  # run starts at checkpoint step init_step of the run directory init_from (parameters,
+  # optimizer state and data-iterator state), then follows its own schedule. '' : from scratch.
+  t.init_from = ''
+  t.init_step = 0
 
   c.eval = e = ml_collections.ConfigDict()
   e.every = 100
