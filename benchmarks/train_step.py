@@ -15,12 +15,16 @@ on a device-resident random batch, timed after warm-up with one block at the end
 --config (default experiments/configs/default.py, with --config.KEY=VALUE overrides) is the
 base; the shape flags override it. --attention_impl is passed through to
 model.attention_impl as given ('' keeps the config's default). --deterministic adds
---xla_gpu_deterministic_ops=true to XLA_FLAGS. With --torch (the default, when torch is
+--xla_gpu_deterministic_ops=true to XLA_FLAGS, --xla_flags adds any others; the flags are
+checked without starting JAX's backend, then XLA_FLAGS is set, then the machine is looked at
+(XLA reads XLA_FLAGS once, when the backend starts). With --torch (the default, when torch is
 installed) the PyTorch reference (torch_reference.py) runs on the same shape, dtype and batch,
 on the GPU when JAX runs on one (bf16 autocast, flash attention, fused AdamW, torch.compile),
 before JAX in the same process; JAX then does not preallocate GPU memory. The row gets the
-reference's tokens/s, MFU, peak memory and jax_over_torch. benchmarks/gpu_check.sh runs the
-whole GPU table; benchmarks/profile.py shows where a step's time goes.
+reference's tokens/s, MFU, peak memory and jax_over_torch. --torch_only times the reference
+alone (its own process; benchmarks.report pairs it with our rows of the same shape).
+benchmarks/gpu_check.sh runs the whole GPU table; benchmarks/profile.py shows where a step's
+time goes.
 """
 
 import dataclasses

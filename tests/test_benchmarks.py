@@ -248,3 +248,13 @@ def test_gpu_check_rows_fit_the_budget_most_informative_first(tmp_path, dry):
     with flagsaver.flagsaver():
       train_step.flags.FLAGS(['train_step', *args.split()])
       train_step.check_flags()  # exits 2 on a bad row
+
+
+def test_report_pairs_a_reference_timed_in_its_own_process():
+  shape = dict(d_model=64, layers=1, heads=2, seq_len=16, batch=2, vocab=64, dtype='bfloat16')
+  ours = dict(shape, label='ours', tokens_per_s=300.0, mfu=0.5, command='python -m x --notorch')
+  ref = dict(shape, label='ref', torch_only=True, torch_tokens_per_s=200.0, torch_version='2')
+  lines = report.table([ours, ref]).splitlines()[2:]
+  assert len(lines) == 2, lines  # our row, and the reference once (no empty row of its own)
+  assert lines[0].startswith('| ours |') and lines[0].endswith('| 1.50× |')
+  assert lines[1].startswith('| PyTorch reference') and lines[1].endswith('| 1.00× |')
