@@ -175,8 +175,6 @@ def _remat(fn, mode: str):
   if mode == 'full':
     return jax.checkpoint(fn)
   if mode == 'dots':
-    # Matmul outputs, and attention's output by name: a fused kernel (cuDNN, splash) is a custom
-    # call, not a dot, and would otherwise run its forward a second time in the backward pass.
     return jax.checkpoint(fn, policy=_dots_and_attention)
   return fn
 
