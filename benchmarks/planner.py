@@ -90,8 +90,10 @@ def activation_bytes(cfg, tokens: int, tensor: int, remat: str, sequence: bool =
   Korthikanti et al. 2022 (Table 2) without dropout and with
   flash-style attention (no L x L scores kept): 'none' keeps both LayerNorm inputs, the QKV
   and MLP inputs (8 x BLD, replicated over tensor) and Q, K, V, the attention output and the
-  GELU input and output (24 x BLD / tensor); 'dots' keeps the block input and the matmul
-  outputs (QKV, attention out-projection, both MLP matmuls: 6 + 14 / tensor); 'full' keeps the
+  GELU input and output (24 x BLD / tensor); 'dots' keeps the block input, the matmul
+  outputs (QKV, attention out-projection, both MLP matmuls) and the fused attention kernel's
+  output (models/transformer.py; its softmax statistics, H/D of that, are not counted):
+  6 + 16 / tensor; 'full' keeps the
   block input (2 x BLD) and rebuilds one layer at a time. The float32 logits and their
   gradient (2 x 4 x B L V / tensor) come on top. With `sequence` parallelism (Megatron-SP:
   `sharding_rules.act_length='tensor'`) the parts replicated over tensor are split along L too.
@@ -99,7 +101,7 @@ def activation_bytes(cfg, tokens: int, tensor: int, remat: str, sequence: bool =
   bld = tokens * cfg.d_model * _act_bytes(cfg) / 2
   rep = tensor if sequence else 1
   none_layer = bld * (8 / rep + 24 / tensor)
-  per_layer = {'none': none_layer, 'dots': bld * (6 / rep + 14 / tensor), 'full': 2 * bld / rep}
+  per_layer = {'none': none_layer, 'dots': bld * (6 / rep + 16 / tensor), 'full': 2 * bld / rep}
   layers = cfg.num_layers * per_layer[remat] + (none_layer if remat == 'full' else 0)
   return layers + 8 * tokens * cfg.vocab_size / tensor
 

@@ -521,15 +521,12 @@ def main(argv: list[str]) -> None:
   if _FLAGS_STEPS() < 1:
     raise app.UsageError('--steps must be >= 1')
   train_step.check_flags()
-  if not _COMMAND_BUFFERS.value and 'xla_gpu_enable_command_buffer' not in os.environ.get(
+  # Before JAX starts its backend, which reads XLA_FLAGS once (the flag is ignored on CPU).
+  keep = _COMMAND_BUFFERS.value or 'xla_gpu_enable_command_buffer' in os.environ.get(
     'XLA_FLAGS', ''
-  ):
-    # Read when JAX starts its backend (below); ignored on CPU.
-    os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {NO_COMMAND_BUFFERS}'
-  if flags.FLAGS.deterministic:
-    os.environ['XLA_FLAGS'] = (
-      f'{os.environ.get("XLA_FLAGS", "")} {train_step.DETERMINISTIC_XLA_FLAG}'
-    )
+  )
+  train_step.configure_environment(() if keep else (NO_COMMAND_BUFFERS,))
+  train_step.check_machine()
   import jax
 
   print(f'# {jax.devices()[0].device_kind}, jax {jax.__version__}', flush=True)

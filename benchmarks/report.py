@@ -71,6 +71,11 @@ def table(rows: list[dict]) -> str:
       out.append('| ' + ' | '.join(cells) + ' |')
       continue
     ref = refs.get(_key(row))
+    if row.get('torch_only'):  # the reference in its own process: only its own line
+      if ref is not row:
+        cells = [f'PyTorch reference for {label}', '—', _command(row), '—', row.get('torch', '—')]
+        out.append('| ' + ' | '.join(cells + ['—'] * 4) + ' |')
+        continue
     ratio = '—'
     if ref and isinstance(row.get('tokens_per_s'), float):
       ratio = f'{row["tokens_per_s"] / ref["torch_tokens_per_s"]:.2f}×'
@@ -86,7 +91,8 @@ def table(rows: list[dict]) -> str:
       _num(row.get('compile_s'), '.1f') + (' s' if 'compile_s' in row else ''),
       ratio,
     ]
-    out.append('| ' + ' | '.join(cells) + ' |')
+    if not row.get('torch_only'):
+      out.append('| ' + ' | '.join(cells) + ' |')
     if row.get('torch') and 'torch_tokens_per_s' not in row:
       cells = [f'PyTorch reference for {label}', '—', _command(row), '—', row['torch']]
       out.append('| ' + ' | '.join(cells + ['—'] * 4) + ' |')

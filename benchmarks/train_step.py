@@ -15,12 +15,16 @@ on a device-resident random batch, timed after warm-up with one block at the end
 --config (default experiments/configs/default.py, with --config.KEY=VALUE overrides) is the
 base; the shape flags override it. --attention_impl is passed through to
 model.attention_impl as given ('' keeps the config's default). --deterministic adds
---xla_gpu_deterministic_ops=true to XLA_FLAGS. With --torch (the default, when torch is
+--xla_gpu_deterministic_ops=true to XLA_FLAGS, --xla_flags adds any others; the flags are
+checked without starting JAX's backend, then XLA_FLAGS is set, then the machine is looked at
+(XLA reads XLA_FLAGS once, when the backend starts). With --torch (the default, when torch is
 installed) the PyTorch reference (torch_reference.py) runs on the same shape, dtype and batch,
 on the GPU when JAX runs on one (bf16 autocast, flash attention, fused AdamW, torch.compile),
 before JAX in the same process; JAX then does not preallocate GPU memory. The row gets the
-reference's tokens/s, MFU, peak memory and jax_over_torch. benchmarks/gpu_check.sh runs the
-whole GPU table; benchmarks/profile.py shows where a step's time goes.
+reference's tokens/s, MFU, peak memory and jax_over_torch. --torch_only times the reference
+alone (its own process; benchmarks.report pairs it with our rows of the same shape).
+benchmarks/gpu_check.sh runs the whole GPU table; benchmarks/profile.py shows where a step's
+time goes.
 """
 
 import dataclasses
@@ -33,7 +37,7 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from data import cli
@@ -41,7 +45,7 @@ from experiments.configs import default
 from models import accounting, gpt3
 from models.transformer import ModelConfig
 from train import metrics, sharding, validate
-from train.step import make_trainer
+from train.step import compile_train_step, make_trainer
 
 _CONFIG = config_flags.DEFINE_config_file(
   'config', None, 'Base config (default: experiments/configs/default.py); flags below override.'
@@ -69,6 +73,12 @@ _NUM_DEVICES = flags.DEFINE_integer('num_devices', 0, 'Use the first N devices (
 _COMPILE_ONLY = flags.DEFINE_bool('compile_only', False, 'Only measure compile time.')
 _TORCH = flags.DEFINE_bool('torch', True, 'Also time the PyTorch reference, if installed.')
 _TORCH_COMPILE = flags.DEFINE_bool('torch_compile', True, 'Use torch.compile if it works.')
+_TORCH_ONLY = flags.DEFINE_bool(
+  'torch_only', False, 'Time only the PyTorch reference (its own process: JAX takes no memory).'
+)
+_XLA_FLAGS = flags.DEFINE_string(
+  'xla_flags', '', 'Appended to XLA_FLAGS before JAX starts its backend, e.g. --xla_dump_to=DIR.'
+)
 _LABEL = flags.DEFINE_string('label', '', 'A name stored in each output row.')
 _OUT = flags.DEFINE_string('rows_out', '', 'Append one JSON line per shape to this file.')
 
@@ -120,7 +130,11 @@ def shapes() -> list[str]:
 
 
 def check_flags() -> None:
-  """Bad flags: one line on stderr and exit 2, before anything is compiled or measured."""
+  """Bad flags: one line on stderr and exit 2, before anything is compiled or measured.
+
+  Nothing here starts JAX's backend: the environment it reads is set afterwards
+  (configure_environment), and what needs the machine is checked after that (check_machine).
+  """
   try:
     for key, value in (('steps', _STEPS.value), ('batch', _BATCH.value), ('seq_len', _SEQ.value)):
       if value < 1:
@@ -134,8 +148,10 @@ def check_flags() -> None:
     for item in _MESH.value.split(','):
       if item.count('=') != 1:
         raise ValueError(f'--mesh={_MESH.value!r}: use axis=size pairs, e.g. data=2,fsdp=2')
+    if _TORCH_ONLY.value and _COMPILE_ONLY.value:
+      raise ValueError('--torch_only times the reference; it cannot be --compile_only')
     for shape in _SHAPES.value:
-      ModelConfig.from_config(bench_config(shape).model)
+      validate.check_config(bench_config(shape), on_this_machine=False)
   except (ValueError, KeyError, AttributeError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
@@ -166,7 +182,16 @@ class Bench:
   abstract_state: object
 
   def compile(self):
-    return self.trainer.train_step.lower(self.abstract_state, self.batch).compile()
+    """The compiled step (auto's fused attention falls back to XLA if it cannot compile)."""
+    mesh = self.trainer.batch_sharding.mesh
+    self.trainer, step = compile_train_step(
+      self.trainer,
+      self.model_cfg,
+      lambda cfg: make_trainer(self.config, cfg, mesh),
+      self.abstract_state,
+      self.batch,
+    )
+    return step
 
 
 def build(shape: str) -> Bench:
@@ -198,7 +223,7 @@ def peak_memory_bytes() -> tuple[int, str]:
 
 def bench_shape(shape: str, peak: float) -> dict:
   bench = build(shape)
-  model_cfg, trainer, batch = bench.model_cfg, bench.trainer, bench.batch
+  model_cfg, batch = bench.model_cfg, bench.batch
   counts = accounting.param_counts(model_cfg)
   b, t = _BATCH.value, _SEQ.value
   t0 = time.perf_counter()
@@ -227,7 +252,7 @@ def bench_shape(shape: str, peak: float) -> dict:
   }
   if _COMPILE_ONLY.value:
     return row
-  state = trainer.init()
+  state = bench.trainer.init()
   for _ in range(_WARMUP.value):
     state, m = step(state, batch)
   jax.block_until_ready(state)
@@ -253,6 +278,24 @@ def bench_shape(shape: str, peak: float) -> dict:
     }
   )
   return row
+
+
+def reference_only_row(shape: str) -> dict:
+  """--torch_only: the shape's keys (which the report pairs with ours), no JAX step."""
+  m = ModelConfig.from_config(bench_config(shape).model)
+  return {
+    'shape': shape,
+    'd_model': m.d_model,
+    'layers': m.num_layers,
+    'heads': m.num_heads,
+    'seq_len': _SEQ.value,
+    'batch': _BATCH.value,
+    'vocab': m.vocab_size,
+    'dtype': m.dtype,
+    'torch_only': True,
+    'device': jax.devices()[0].device_kind,
+    'num_devices': len(devices()),
+  }
 
 
 def torch_row(shape: str, peak: float, device: str) -> dict:
@@ -304,30 +347,55 @@ def _torch_device() -> str | None:
   """Where the reference runs: on the GPU when JAX runs on one, else on the CPU."""
   from benchmarks import torch_reference
 
+  if _TORCH_ONLY.value:
+    return 'cuda' if jax.devices()[0].platform == 'gpu' else 'cpu'
   if not _TORCH.value or _COMPILE_ONLY.value or not torch_reference.available():
     return None
   return 'cuda' if jax.devices()[0].platform == 'gpu' else 'cpu'
+
+
+def configure_environment(extra_xla_flags: tuple[str, ...] = ()) -> None:
+  """XLA_FLAGS and JAX's GPU memory settings, which JAX reads only when its backend starts.
+
+  Called after check_flags and before anything touches a device; a backend that has already
+  started (a caller's bug) is said in one warning line rather than ignored silently.
+  """
+  from jax._src import xla_bridge
+
+  added = [*extra_xla_flags, *_XLA_FLAGS.value.split()]
+  if _DETERMINISTIC.value:
+    added.append(DETERMINISTIC_XLA_FLAG)
+  current = os.environ.get('XLA_FLAGS', '')
+  added = [f for f in added if f not in current.split()]
+  if added:
+    os.environ['XLA_FLAGS'] = ' '.join([current, *added]).strip()
+  from benchmarks import torch_reference
+
+  if (_TORCH.value or _TORCH_ONLY.value) and not _COMPILE_ONLY.value:
+    if torch_reference.cuda_available():
+      # PyTorch shares the GPU: JAX must not take 75% of its memory up front.
+      os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
+  if added and xla_bridge.backends_are_initialized():
+    logging.warning('XLA_FLAGS %s set after JAX started its backend: not in effect', added)
+
+
+def check_machine() -> None:
+  """What needs the machine (a GPU for cudnn, the mesh's devices): starts JAX's backend."""
+  try:  # every shape's config, before the minutes of measuring
+    for shape in _SHAPES.value:
+      config = bench_config(shape)
+      validate.check_config(config)
+      sharding.make_mesh(config.mesh, devices())
+  except ValueError as e:
+    cli.fail(str(e))
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     cli.fail(f'unexpected arguments {argv[1:]}; give every setting as --flag=value')
   check_flags()
-  # Both only act before JAX starts its backend, which happens at the first jax.devices().
-  if _DETERMINISTIC.value:
-    os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {DETERMINISTIC_XLA_FLAG}'
-  from benchmarks import torch_reference
-
-  if _TORCH.value and not _COMPILE_ONLY.value and torch_reference.cuda_available():
-    # PyTorch shares the GPU: JAX must not take 75% of its memory up front.
-    os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
-  try:  # every shape's config, before the minutes of measuring
-    for shape in _SHAPES.value:
-      config = bench_config(shape)
-      validate.check_config(config)
-      sharding.make_mesh(config.mesh)
-  except ValueError as e:
-    cli.fail(str(e))
+  configure_environment()
+  check_machine()
   if _COMPILE_ONLY.value:
     peak, src = 0.0, 'not measured'
   elif jax.devices()[0].platform == 'cpu':
@@ -348,7 +416,7 @@ def main(argv: list[str]) -> None:
   args = [a for a in sys.argv[1:] if not a.startswith(('--rows_out=', '--label='))]
   command = shlex.join(['python', '-m', 'benchmarks.train_step', *args])
   for shape in _SHAPES.value:
-    row = bench_shape(shape, peak)
+    row = reference_only_row(shape) if _TORCH_ONLY.value else bench_shape(shape, peak)
     row.update(torch_rows.get(shape, {}))
     if isinstance(row.get('torch_tokens_per_s'), float) and 'tokens_per_s' in row:
       row['jax_over_torch'] = row['tokens_per_s'] / row['torch_tokens_per_s']
@@ -379,8 +447,13 @@ def main(argv: list[str]) -> None:
         f'MFU {mfu}, compile {row["compile_s"]:.1f}s{ratio}',
         file=sys.stderr,
       )
-    else:
+    elif 'compile_s' in row:
       print(f'{shape}: compile {row["compile_s"]:.1f}s', file=sys.stderr)
+    else:
+      print(
+        f'{shape}: PyTorch reference {row.get("torch_tokens_per_s", row.get("torch"))}',
+        file=sys.stderr,
+      )
 
 
 if __name__ == '__main__':

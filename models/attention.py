@@ -23,6 +23,7 @@ top-left corners). At one query row per step the L x S scores are small anyway.
 """
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -34,9 +35,16 @@ from models.layers import RESIDUAL, add_bias, constrain, current_sharding, dense
 
 IMPLS = ('auto', 'reference', 'xla', 'cudnn', 'splash')
 DECODE_IMPLS = ('reference', 'xla')
+# Where a model may be told it runs ('' : JAX's backend, looked up when it is traced), and the
+# one platform each fused kernel exists on.
+PLATFORMS = ('', 'cpu', 'gpu', 'tpu')
+KERNEL_PLATFORM = {'cudnn': 'gpu', 'splash': 'tpu'}
 # From this length on, an accelerator never materializes L x S scores without saying so.
 LONG = 1024
 _FUSED_DTYPES = ('bfloat16', 'float16')
+# The JAX primitives whose outputs are the fused kernels' forward results (output and softmax
+# statistics): cuDNN's, and the Pallas call of splash. remat='dots' keeps them (transformer.py).
+FUSED_PRIMITIVES = ('dot_product_attention_fwd_wrapper', 'pallas_call')
 
 
 def causal_mask(segment_ids_BxL: jax.Array | None, length: int) -> jax.Array:
@@ -178,6 +186,22 @@ def log_once(reason: str) -> None:
     logging.warning('%s', reason)
 
 
+# What a fused kernel's build failure says (cuDNN's "no execution plans", a Mosaic error).
+_KERNEL_ERROR = re.compile(r'cudnn|fmha|mosaic|splash|tpu_custom_call', re.IGNORECASE)
+
+
+def kernel_failure(error: BaseException) -> str:
+  """One line saying why, if `error` is a fused attention kernel failing to build ('' if not)."""
+  text = str(error).strip()
+  if not _KERNEL_ERROR.search(text):
+    return ''
+  first = text.splitlines()[0] if text else ''
+  return (
+    'attention falls back to XLA, which materializes B x H x L x L scores: the fused kernel '
+    f'did not compile for this shape ({type(error).__name__}: {first[:200]})'
+  )
+
+
 def device_capability() -> float | None:
   """CUDA compute capability of the first device (e.g. 9.0), None elsewhere."""
   device = jax.devices()[0]
@@ -197,14 +221,19 @@ def attend(
   v_BxSxKxDh: jax.Array,
   segment_ids_BxL: jax.Array | None,
   impl: str,
+  platform: str = '',
 ) -> jax.Array:
-  """Causal softmax(QK^T / sqrt(Dh)) V within segments, by a resolved implementation."""
+  """Causal softmax(QK^T / sqrt(Dh)) V within segments, by a resolved implementation.
+
+  `platform` ('': JAX's backend) decides whether splash is compiled for a TPU or interpreted.
+  """
   length = q_BxLxHxDh.shape[1]
   if impl == 'reference':
     mask = causal_mask(segment_ids_BxL, length)
     return reference_attention(q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask)[0]
   if impl == 'splash':
-    return splash_attention(q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, segment_ids_BxL)
+    interpret = (platform or jax.default_backend()) != 'tpu'
+    return splash_attention(q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, segment_ids_BxL, interpret)
   # 'xla' or 'cudnn'. Causality is is_causal (cuDNN skips the masked blocks); segment ids add
   # a B x 1 x L x S mask, which both combine with it.
   mask = None if segment_ids_BxL is None else segment_mask(segment_ids_BxL)
@@ -236,6 +265,7 @@ def splash_attention(
   k_BxSxKxDh: jax.Array,
   v_BxSxKxDh: jax.Array,
   segment_ids_BxL: jax.Array | None,
+  interpret: bool,
 ) -> jax.Array:
   """The Pallas splash-attention kernel (TPU; run by the Pallas interpreter on other devices).
 
@@ -245,8 +275,9 @@ def splash_attention(
   """
   h, k = q_BxLxHxDh.shape[2], k_BxSxKxDh.shape[2]
   q_sh = current_sharding(('batch', None, 'act_heads', None), q_BxLxHxDh.shape)
+  local = functools.partial(_splash_local, interpret=interpret)
   if q_sh is None or q_sh.mesh.size == 1:
-    return _splash_local(q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, segment_ids_BxL)
+    return local(q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, segment_ids_BxL)
   kv_sh = current_sharding(('batch', None, 'act_kv_heads', None), k_BxSxKxDh.shape)
   if k > 1 and q_sh.spec[2] is not None and kv_sh.spec[2] != q_sh.spec[2]:
     # Heads split but kv heads not (e.g. K = 2 on tensor = 4): give each query head its own
@@ -260,16 +291,16 @@ def splash_attention(
     args.append(segment_ids_BxL)
     specs.append(jax.sharding.PartitionSpec(q_sh.spec[0], None))
   return jax.shard_map(
-    _splash_local, mesh=q_sh.mesh, in_specs=tuple(specs), out_specs=q_sh.spec, check_vma=False
+    local, mesh=q_sh.mesh, in_specs=tuple(specs), out_specs=q_sh.spec, check_vma=False
   )(*args)
 
 
-def _splash_local(q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, segment_ids_BxL=None) -> jax.Array:
+def _splash_local(q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, segment_ids_BxL=None, *, interpret):
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
 
   b, length, h, dh = q_BxLxHxDh.shape
   k = k_BxSxKxDh.shape[2]
-  kernel = _splash_kernel(length, h // k, jax.default_backend() != 'tpu')
+  kernel = _splash_kernel(length, h // k, interpret)
   scale = 1.0 / np.sqrt(dh)  # the kernel does not scale the scores itself
   q_BxKxGxLxDh = (q_BxLxHxDh * scale).reshape(b, length, k, h // k, dh).transpose(0, 2, 3, 1, 4)
   k_BxKxSxDh = k_BxSxKxDh.transpose(0, 2, 1, 3)
@@ -284,7 +315,8 @@ def _splash_local(q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, segment_ids_BxL=None) -> j
   out_BxKxGxLxDh = jax.vmap(per_kv_head, in_axes=(0, 0, 0, seg_axis))(
     q_BxKxGxLxDh, k_BxKxSxDh, v_BxKxSxDh, segment_ids_BxL
   )
-  return out_BxKxGxLxDh.transpose(0, 3, 1, 2, 4).reshape(b, length, h, dh)
+  out_BxLxHxDh = out_BxKxGxLxDh.transpose(0, 3, 1, 2, 4).reshape(b, length, h, dh)
+  return out_BxLxHxDh.astype(q_BxLxHxDh.dtype)  # the kernel's output is float32
 
 
 @functools.cache
@@ -322,6 +354,7 @@ class MultiHeadAttention(nnx.Module):
     *,
     rngs: nnx.Rngs,
     impl: str = 'auto',
+    platform: str = '',
     use_rope: bool = False,
     init_std: float = 0.02,
     out_init_std: float = 0.02,
@@ -342,7 +375,7 @@ class MultiHeadAttention(nnx.Module):
     if impl not in IMPLS:
       raise ValueError(f'attention impl={impl!r}; choose one of {IMPLS}')
     self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
-    self.impl, self.use_rope, self.dtype = impl, use_rope, dtype
+    self.impl, self.platform, self.use_rope, self.dtype = impl, platform, use_rope, dtype
     self.score_scale = score_scale
     h, k, dh, d = num_heads, num_kv_heads, head_dim, d_model
     normal, zeros = nnx.initializers.normal(init_std), nnx.initializers.zeros
@@ -366,10 +399,10 @@ class MultiHeadAttention(nnx.Module):
     self.k_norm = norm(qk_norm, dh, **kw) if qk_norm else None
 
   def resolved_impl(self, length: int, segments: bool) -> str:
-    """The implementation that runs for this length on the default backend (logs why, once)."""
+    """The implementation that runs for this length on the model's platform (logs why, once)."""
     impl, reason = choose_attention(
       self.impl,
-      platform=jax.default_backend(),
+      platform=self.platform or jax.default_backend(),
       dtype=jnp.dtype(self.dtype).name,
       head_dim=self.head_dim,
       length=length,
@@ -394,7 +427,9 @@ class MultiHeadAttention(nnx.Module):
       out_BxLxHxDh, weights_BxHxLxS = reference_attention(q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask)
     else:
       impl = self.resolved_impl(length, segment_ids_BxL is not None)
-      out_BxLxHxDh = attend(q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, segment_ids_BxL, impl)
+      out_BxLxHxDh = attend(
+        q_BxLxHxDh, k_BxSxKxDh, v_BxSxKxDh, segment_ids_BxL, impl, self.platform
+      )
     out_BxLxD = self.out(out_BxLxHxDh)
     return (out_BxLxD, weights_BxHxLxS) if return_weights else out_BxLxD
 

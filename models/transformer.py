@@ -21,8 +21,26 @@ import jax.numpy as jnp
 from flax import nnx
 
 from models import mup, shapes
-from models.attention import IMPLS, MultiHeadAttention
-from models.layers import LOOKUP, MLPS, NORMS, RESIDUAL, Mlp, constrain, dense, norm, param
+from models.attention import (
+  FUSED_PRIMITIVES,
+  IMPLS,
+  KERNEL_PLATFORM,
+  PLATFORMS,
+  MultiHeadAttention,
+)
+from models.layers import (
+  LOOKUP,
+  MLPS,
+  NORMS,
+  RESIDUAL,
+  LayerNorm,
+  Mlp,
+  RMSNorm,
+  constrain,
+  dense,
+  norm,
+  param,
+)
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 BLOCK_OPTIONS = ('norm', 'mlp', 'use_bias', 'qk_norm')  # model.* keys; defaults: GPT-3's block
@@ -56,6 +74,7 @@ class ModelConfig:
   qk_norm: bool = False
   parametrization: str = 'sp'  # 'sp' | 'mup' (models/mup.py)
   mup_base_width: int = 128  # muP: the width whose hyperparameters transfer (m = d_model / it)
+  platform: str = ''  # '': the backend JAX runs on when the model is traced
 
   @property
   def width_mult(self) -> float:
@@ -65,13 +84,14 @@ class ModelConfig:
     return mup.width_mult(self.d_model, self.mup_base_width)
 
   @classmethod
-  def from_config(
-    cls, m, vocab_size: int | None = None, platform: str | None = None
-  ) -> 'ModelConfig':
+  def from_config(cls, m, vocab_size: int | None = None, platform: str = '') -> 'ModelConfig':
     """Validates `config.model` and fills derived sizes. Raises ValueError on bad shapes.
 
-    `platform` ('cpu', 'gpu', 'tpu'; default: JAX's backend) is where the model will run: a
-    fused attention kernel insisted on must exist there.
+    `platform` ('cpu', 'gpu', 'tpu') is where the model will run, for a program lowered for
+    another machine; '' (the default) means the backend JAX runs on, looked up when the model
+    is traced, so that nothing here starts a backend (XLA_FLAGS are read when one starts).
+    A fused attention kernel insisted on must exist on a given platform; for '' that is
+    checked against the machine by train/validate.py.
     """
     vocab = m.vocab_size or vocab_size
     if not vocab:
@@ -119,12 +139,13 @@ class ModelConfig:
       )
     if parametrization == 'mup' and base_width < 1:
       raise ValueError(f'model.mup_base_width must be >= 1 under muP, got {base_width}')
-    needs = {'cudnn': 'gpu', 'splash': 'tpu'}.get(m.attention_impl)
-    platform = platform or jax.default_backend()
-    if needs and platform != needs:
+    if platform not in PLATFORMS:
+      raise ValueError(f'platform={platform!r}; choose one of {PLATFORMS}')
+    needs = KERNEL_PLATFORM.get(m.attention_impl)
+    if needs and platform and platform != needs:
       raise ValueError(
-        f'model.attention_impl={m.attention_impl} needs a {needs.upper()}, but JAX runs on '
-        f'{platform}; use auto (the fused kernel wherever it applies)'
+        f'model.attention_impl={m.attention_impl} needs a {needs.upper()}, but the model runs '
+        f'on {platform}; use auto (the fused kernel wherever it applies)'
       )
     return cls(
       vocab_size=int(vocab),
@@ -146,6 +167,7 @@ class ModelConfig:
       **block,
       parametrization=parametrization,
       mup_base_width=base_width,
+      platform=platform,
     )
 
 
@@ -172,6 +194,7 @@ class Block(nnx.Module):
       cfg.head_dim,
       rngs=rngs,
       impl=cfg.attention_impl,
+      platform=cfg.platform,
       use_rope=cfg.pos_emb == 'rope',
       init_std=cfg.init_std,
       out_init_std=out_std,
@@ -206,11 +229,24 @@ class Block(nnx.Module):
     return x_BxLxD + self.mlp(self.ln2(x_BxLxD)), cache
 
 
+def _dots_and_attention(prim, *args, **params) -> bool:
+  """remat='dots': keep the outputs of matmuls without batch dimensions and of fused attention.
+
+  A fused kernel is a custom call, not a dot: left to the dots policy its forward runs again in
+  the backward pass. Naming its output (checkpoint_name) is not enough either, because the
+  backward kernel also reads the softmax statistics, a residual inside the kernel's custom_vjp;
+  so its primitive's outputs (output and statistics) are kept whole.
+  """
+  if prim.name in FUSED_PRIMITIVES:
+    return True
+  return jax.checkpoint_policies.dots_with_no_batch_dims_saveable(prim, *args, **params)
+
+
 def _remat(fn, mode: str):
   if mode == 'full':
     return jax.checkpoint(fn)
   if mode == 'dots':
-    return jax.checkpoint(fn, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+    return jax.checkpoint(fn, policy=_dots_and_attention)
   return fn
 
 
@@ -253,6 +289,7 @@ class Transformer(nnx.Module):
 
     if cfg.scan_layers:
       graph, stacked_state = nnx.split(self.blocks)
+      stacked_state = _cast_outside_norms(self.blocks, stacked_state, dt)
       apply = block_fn(graph)
 
       def body(x, layer_state):
@@ -273,7 +310,7 @@ class Transformer(nnx.Module):
     if cfg.parametrization == 'mup':  # the output multiplier 1/m (models/mup.py)
       x_BxLxD = x_BxLxD * jnp.asarray(1.0 / cfg.width_mult, x_BxLxD.dtype)
     unembed_DxV = self.embed_VxD[...].T if cfg.tie_embeddings else self.unembed_DxV[...]
-    logits_BxLxV = dense(x_BxLxD, unembed_DxV.astype(_DTYPES[cfg.dtype]), out_dtype=jnp.float32)
+    logits_BxLxV = unembed(x_BxLxD, unembed_DxV.astype(_DTYPES[cfg.dtype]))
     return constrain(logits_BxLxV, ('batch', 'act_length', 'act_vocab'))
 
   def init_cache(self, batch: int, length: int) -> dict:
@@ -335,6 +372,59 @@ class Transformer(nnx.Module):
       weights.append(weights_BxHxLxS)
       x_BxLxD = block(x_BxLxD, None)
     return jnp.stack(weights)  # LyxBxHxLxS
+
+
+def unembed(x_BxLxD: jax.Array, w_DxV: jax.Array) -> jax.Array:
+  """float32 logits of x @ w, accumulated in float32.
+
+  In bf16/fp16 compute the backward pass takes the logits' cotangent in the compute dtype: left
+  to autodiff, preferred_element_type=float32 would make both vocabulary-sized backward matmuls
+  float32 x float32 (TF32 on a GPU, at a fraction of the bf16 rate). Both still accumulate in
+  float32; the forward, and so the loss, is the same bit for bit. In float32 this is plain dense.
+  """
+  if x_BxLxD.dtype == jnp.float32:
+    return dense(x_BxLxD, w_DxV, out_dtype=jnp.float32)
+  return _low_precision_logits(x_BxLxD, w_DxV)
+
+
+@jax.custom_vjp
+def _low_precision_logits(x_BxLxD, w_DxV):
+  return dense(x_BxLxD, w_DxV, out_dtype=jnp.float32)
+
+
+def _logits_fwd(x_BxLxD, w_DxV):
+  return _low_precision_logits(x_BxLxD, w_DxV), (x_BxLxD, w_DxV)
+
+
+def _logits_bwd(res, g_BxLxV):
+  x_BxLxD, w_DxV = res
+  g_BLxV = g_BxLxV.astype(x_BxLxD.dtype).reshape(-1, w_DxV.shape[1])
+  dx_BLxD = jnp.dot(g_BLxV, w_DxV.T, preferred_element_type=jnp.float32)
+  dw_DxV = jnp.dot(
+    x_BxLxD.reshape(-1, w_DxV.shape[0]).T, g_BLxV, preferred_element_type=jnp.float32
+  )
+  return dx_BLxD.astype(x_BxLxD.dtype).reshape(x_BxLxD.shape), dw_DxV.astype(w_DxV.dtype)
+
+
+_low_precision_logits.defvjp(_logits_fwd, _logits_bwd)
+
+
+def _cast_outside_norms(blocks: nnx.Module, state: nnx.State, dtype) -> nnx.State:
+  """The stacked layers' parameters in the compute dtype, cast once for all layers.
+
+  Cast inside the scanned body, every layer's weights would be cast there (and again in the
+  backward pass under remat); outside it is one cast of the stacked arrays, the same values.
+  The norms' parameters (LayerNorm, RMSNorm, qk-norm) stay as they are: they compute in float32.
+  """
+  if dtype == jnp.float32:
+    return state
+  norms = {path for path, m in nnx.iter_graph(blocks) if isinstance(m, (LayerNorm, RMSNorm))}
+
+  def cast(path, w):
+    keys = tuple(getattr(k, 'key', None) for k in path)
+    return w if any(keys[: len(n)] == n for n in norms) else w.astype(dtype)
+
+  return jax.tree_util.tree_map_with_path(cast, state)
 
 
 def _layer(stacked: Block, i: int):

@@ -533,6 +533,59 @@ MUTANTS = [
     'score_scale = 1.0',
     ['tests/test_mup.py::test_mup_scores_are_qk_over_head_dim'],
   ),
+  # issue 22: the accelerator program (tests/test_gpu_program.py, lowered for cuda/tpu on CPU)
+  (
+    "remat='dots' no longer keeps the fused attention kernel's outputs (recomputed in backward)",
+    'models/transformer.py',
+    '  if prim.name in FUSED_PRIMITIVES:\n    return True\n',
+    '',
+    [
+      'tests/test_gpu_program.py::test_cuda_one_attention_forward_and_one_backward_per_layer',
+      'tests/test_gpu_program.py::test_tpu_splash_kernels_once_each',
+    ],
+  ),
+  (
+    'logits cotangent back to float32 (both vocabulary backward matmuls in f32)',
+    'models/transformer.py',
+    '  return _low_precision_logits(x_BxLxD, w_DxV)\n',
+    '  return dense(x_BxLxD, w_DxV, out_dtype=jnp.float32)\n',
+    ['tests/test_gpu_program.py::test_vocabulary_matmuls_are_bf16_accumulated_in_f32'],
+  ),
+  (
+    'weights cast inside the scanned layer again (35 more casts per layer)',
+    'models/transformer.py',
+    '      stacked_state = _cast_outside_norms(self.blocks, stacked_state, dt)\n',
+    '',
+    ['tests/test_gpu_program.py::test_casts_per_layer_within_budget'],
+  ),
+  (
+    'LayerNorm parameters cast to bf16 with the weights (changes the model)',
+    'models/transformer.py',
+    'return w if any(keys[: len(n)] == n for n in norms) else w.astype(dtype)',
+    'return w.astype(dtype)',
+    ['tests/test_gpu_program.py::test_casting_outside_the_scan_changes_no_value'],
+  ),
+  (
+    'the model reads its platform from the running backend (starts it before XLA_FLAGS are set)',
+    'models/transformer.py',
+    '    if platform not in PLATFORMS:\n',
+    '    platform = platform or jax.default_backend()\n    if platform not in PLATFORMS:\n',
+    ['tests/test_attention_impl.py::test_model_config_starts_no_backend'],
+  ),
+  (
+    'auto does not fall back when the fused kernel fails to compile',
+    'train/step.py',
+    "    reason = attention.kernel_failure(e) if model_cfg.attention_impl == 'auto' else ''\n",
+    "    reason = ''\n",
+    ['tests/test_attention_impl.py::test_auto_survives_a_kernel_that_does_not_compile'],
+  ),
+  (
+    'gpu_check.sh row limits over its budget',
+    'benchmarks/gpu_check.sh',
+    'T_MED=65; T_REF=100;',
+    'T_MED=75; T_REF=120;',
+    ['tests/test_benchmarks.py::test_gpu_check_rows_fit_the_budget_most_informative_first'],
+  ),
 ]
 
 

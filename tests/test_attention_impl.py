@@ -3,6 +3,9 @@ that runs on a CPU computes the textbook function (the float64 oracle of test_mo
 
 import itertools
 import logging
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +17,10 @@ from experiments.configs import default
 from models import attention
 from models.attention import IMPLS, LONG, MultiHeadAttention, choose_attention
 from models.transformer import ModelConfig, Transformer
+from tests.cluster import REPO
 from tests.test_models import model_cfg, textbook_attention
+from train import sharding, validate
+from train.step import compile_train_step, make_trainer
 
 PLATFORMS = ('cpu', 'gpu', 'tpu')
 DTYPES = ('float32', 'bfloat16', 'float16')
@@ -114,15 +120,39 @@ def test_auto_on_tpu_and_cpu():
 
 
 def test_insisting_on_a_missing_kernel_is_a_one_line_config_error():
-  with pytest.raises(ValueError, match='needs a GPU') as e:
-    model_cfg(attention_impl='cudnn')  # this machine: CPU
-  assert '\n' not in str(e.value)
-  with pytest.raises(ValueError, match='needs a TPU'):
-    model_cfg(attention_impl='splash')
   cfg = default.get_config().model
-  cfg.attention_impl = 'cudnn'  # valid where the run will be: on a GPU
+  cfg.attention_impl = 'cudnn'
+  with pytest.raises(ValueError, match='needs a GPU') as e:
+    ModelConfig.from_config(cfg, vocab_size=64, platform='cpu')
+  assert '\n' not in str(e.value)
   assert ModelConfig.from_config(cfg, vocab_size=64, platform='gpu').attention_impl == 'cudnn'
+  cfg.attention_impl = 'splash'
+  with pytest.raises(ValueError, match='needs a TPU'):
+    ModelConfig.from_config(cfg, vocab_size=64, platform='gpu')
+  # No platform given: the machine's, checked by validate (this one is a CPU).
+  config = default.get_config()
+  for impl in ('cudnn', 'splash'):
+    config.model.attention_impl = impl
+    validate.check_config(config, on_this_machine=False)  # planned for another machine
+    with pytest.raises(ValueError, match=f'needs a {"GPU" if impl == "cudnn" else "TPU"}'):
+      validate.check_config(config)
   assert model_cfg().attention_impl == 'auto'  # the default
+
+
+def test_model_config_starts_no_backend(tmp_path):
+  """XLA reads XLA_FLAGS when the backend starts: config checks must leave it unstarted."""
+  code = (
+    'from experiments.configs import gpt3\n'
+    'from models.transformer import ModelConfig\n'
+    'from train import validate\n'
+    'from jax._src import xla_bridge\n'
+    "c = gpt3.get_config('Medium'); c.model.vocab_size = 50304\n"
+    'validate.check_config(c, on_this_machine=False)\n'
+    "ModelConfig.from_config(c.model); ModelConfig.from_config(c.model, platform='gpu')\n"
+    'assert not xla_bridge.backends_are_initialized()\n'
+  )
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env, check=True, timeout=300)
 
 
 def test_fallback_is_logged_once_per_reason(monkeypatch, caplog):
@@ -185,3 +215,63 @@ def test_auto_and_reference_models_agree_with_rope_and_gqa(overrides):
     for impl in ('reference', 'auto')
   ]
   np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+
+
+def _tiny_trainer(impl: str):
+  config = default.get_config()
+  config.model.update(dict(d_model=32, num_layers=1, num_heads=2, max_seq_len=16))
+  config.model.attention_impl = impl
+  config.data.seq_len = 16
+  cfg = ModelConfig.from_config(config.model, vocab_size=64)
+  mesh = sharding.make_mesh({'data': 1}, jax.devices()[:1])
+  return config, cfg, mesh, make_trainer(config, cfg, mesh)
+
+
+_NO_PLAN = 'INTERNAL: cuDNN: no execution plans found for this graph (fmha)'
+
+
+@pytest.mark.parametrize(
+  'impl, error, falls_back',
+  [
+    ('auto', _NO_PLAN, True),
+    ('xla', _NO_PLAN, False),  # insisted on: its error is the user's to see
+    ('auto', 'RESOURCE_EXHAUSTED: Out of memory while trying to allocate', False),
+  ],
+)
+def test_auto_survives_a_kernel_that_does_not_compile(monkeypatch, caplog, impl, error, falls_back):
+  """A fused kernel that fails to build for a shape (simulated): one line, then XLA attention."""
+  config, cfg, mesh, trainer = _tiny_trainer(impl)
+  tokens = jnp.ones((8, 16), jnp.int32)
+  batch = {'inputs': tokens, 'targets': tokens, 'segment_ids': tokens}
+  state = trainer.init()
+  real_compile = jax.stages.Lowered.compile
+  calls = []
+
+  def compile_fails_once(self, *a, **kw):
+    calls.append(1)
+    if len(calls) == 1:
+      raise RuntimeError(error + '\nin the compiler, at length 16')
+    return real_compile(self, *a, **kw)
+
+  monkeypatch.setattr(jax.stages.Lowered, 'compile', compile_fails_once)
+  rebuilt = []
+
+  def rebuild(c):
+    rebuilt.append(c.attention_impl)
+    return make_trainer(config, c, mesh)
+
+  if not falls_back:
+    with pytest.raises(RuntimeError, match=error.split(':')[0]):
+      compile_train_step(trainer, cfg, rebuild, state, batch)
+    assert not rebuilt
+    return
+  with caplog.at_level(logging.WARNING):
+    new, step = compile_train_step(trainer, cfg, rebuild, state, batch)
+  assert rebuilt == ['xla']
+  (line,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+  assert 'falls back to XLA' in line and 'no execution plans' in line and '\n' not in line
+  # The rebuilt step trains the same parameters: one step of it equals one of an XLA trainer.
+  _, _, _, xla = _tiny_trainer('xla')
+  got = step(state, batch)[1]['loss']
+  want = xla.train_step(xla.init(), batch)[1]['loss']
+  np.testing.assert_allclose(got, want, rtol=1e-6)

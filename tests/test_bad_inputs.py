@@ -336,6 +336,18 @@ CASES: dict[str, tuple[str, list[str]]] = {
     ['--shapes=d32.L1.H4', '--attention_impl=cudnn'],
   ),
   'bench/dtype-unknown': ('benchmarks.train_step', ['--dtype=float16']),
+  'bench/splash-without-tpu': (
+    'benchmarks.train_step',
+    ['--shapes=d32.L1.H4', '--attention_impl=splash'],
+  ),
+  'bench/torch-only-compile-only': (
+    'benchmarks.train_step',
+    ['--shapes=d32.L1.H4', '--torch_only', '--compile_only'],
+  ),
+  'profile/cudnn-without-gpu': (
+    'benchmarks.profile',
+    ['--shapes=d32.L1.H4', '--attention_impl=cudnn', '--trace_dir={case}/trace'],
+  ),
   'data_bench/batches-0': ('benchmarks.data_throughput', ['--batches=0']),
   'data_bench/seq-len-negative': ('benchmarks.data_throughput', ['--config.data.seq_len=-8']),
   # Corpora, tokenizers, changed sweep runs, compare's output (issue 23a).

@@ -3,6 +3,8 @@ device checks (without torch)."""
 
 import collections
 import json
+import os
+import subprocess
 import sys
 import types
 
@@ -13,6 +15,7 @@ from absl.testing import flagsaver
 
 from benchmarks import profile, report, train_step
 from benchmarks import torch_reference as tr
+from tests.cluster import REPO
 
 # One device: the benchmark's own setting (the tests' 8 fake CPU devices would each repeat
 # the replicated optimizer update and split the matmuls into slivers).
@@ -20,8 +23,15 @@ _ONE = dict(num_devices=1, torch=False, remat='none', scan_layers=False, dtype='
 
 
 def _run_profile(tmp_path, shape, **kw):
-  with flagsaver.flagsaver(**{**_ONE, **kw}):
-    return profile.profile_shape(shape, steps=2, warmup=1, trace_dir=str(tmp_path))
+  # Compiled here, not taken from the persistent cache: its key leaves out source locations, so
+  # a cached executable can carry the line numbers of an older models/attention.py, and the
+  # profile classifies operations by the source lines of their Python frames.
+  jax.config.update('jax_enable_compilation_cache', False)
+  try:
+    with flagsaver.flagsaver(**{**_ONE, **kw}):
+      return profile.profile_shape(shape, steps=2, warmup=1, trace_dir=str(tmp_path))
+  finally:
+    jax.config.update('jax_enable_compilation_cache', True)
 
 
 def _covered_ns(trace_dir, module) -> float:
@@ -189,3 +199,69 @@ def test_report_command_line(tmp_path, capsys):
   text = capsys.readouterr().out
   assert 'did not finish in 5 s' in text and '--steps=1' in text
   assert collections.Counter(text)['\n'] == 3
+
+
+@pytest.mark.parametrize(
+  'module, extra',
+  [('benchmarks.train_step', ['--compile_only']), ('benchmarks.profile', ['--steps=1'])],
+)
+def test_xla_flags_the_benchmark_sets_take_effect(tmp_path, module, extra):
+  """XLA reads XLA_FLAGS once, when JAX starts its backend: the flag checks must not start it.
+
+  A dump directory shows it: it fills only if the flag was in place in time (the deterministic
+  and command-buffer flags, which the tools set the same way, are GPU-only and show nothing here).
+  """
+  dump = tmp_path / 'dump'
+  env = {**os.environ, 'XLA_FLAGS': '', 'JAX_PLATFORMS': 'cpu'}
+  args = ['--shapes=d32.L1.H2', '--seq_len=16', '--batch=2', '--vocab=64', '--warmup=0']
+  subprocess.run(
+    [sys.executable, '-m', module, *args, '--notorch', f'--xla_flags=--xla_dump_to={dump}', *extra],
+    cwd=REPO,
+    env=env,
+    check=True,
+    capture_output=True,
+    timeout=600,
+  )
+  assert any('jit_train_step' in p.name for p in dump.iterdir()), sorted(dump.iterdir())[:5]
+
+
+GPU_CHECK_ORDER = ('default', 'remat=none', 'PyTorch', 'XL', 'compile', 'deterministic')
+
+
+@pytest.mark.parametrize('dry', ['0', '1'])
+def test_gpu_check_rows_fit_the_budget_most_informative_first(tmp_path, dry):
+  """gpu_check.sh --list: its rows' limits (plus setup) fit BUDGET_S, in the issue's order,
+  no two alike, every one a valid benchmarks.train_step command line, output under $OUT."""
+  env = {**os.environ, 'OUT': str(tmp_path / 'out'), 'CHECK_CPU': dry}
+  env.pop('BUDGET_S', None)
+  out = subprocess.run(
+    ['bash', 'benchmarks/gpu_check.sh', '--list'],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    check=True,
+    timeout=60,
+  ).stdout.splitlines()
+  rows = [line.split('\t') for line in out[:-1]]
+  _, budget, _, setup, _, rows_file = out[-1].split()
+  assert sum(int(limit) for limit, _, _ in rows) + int(setup) <= int(budget), rows
+  labels = [label for _, label, _ in rows]
+  assert len(labels) == len(GPU_CHECK_ORDER)
+  assert all(word in label for word, label in zip(GPU_CHECK_ORDER, labels, strict=True)), labels
+  assert len({args for _, _, args in rows}) == len(rows)  # no duplicate rows
+  assert rows_file == str(tmp_path / 'out' / 'rows.jsonl') and not (tmp_path / 'out').exists()
+  for _, _, args in rows:
+    with flagsaver.flagsaver():
+      train_step.flags.FLAGS(['train_step', *args.split()])
+      train_step.check_flags()  # exits 2 on a bad row
+
+
+def test_report_pairs_a_reference_timed_in_its_own_process():
+  shape = dict(d_model=64, layers=1, heads=2, seq_len=16, batch=2, vocab=64, dtype='bfloat16')
+  ours = dict(shape, label='ours', tokens_per_s=300.0, mfu=0.5, command='python -m x --notorch')
+  ref = dict(shape, label='ref', torch_only=True, torch_tokens_per_s=200.0, torch_version='2')
+  lines = report.table([ours, ref]).splitlines()[2:]
+  assert len(lines) == 2, lines  # our row, and the reference once (no empty row of its own)
+  assert lines[0].startswith('| ours |') and lines[0].endswith('| 1.50× |')
+  assert lines[1].startswith('| PyTorch reference') and lines[1].endswith('| 1.00× |')

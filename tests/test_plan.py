@@ -76,7 +76,7 @@ def test_sequence_parallelism_splits_the_replicated_activations_and_moves_the_sa
   logits = 8 * tokens * 16 / 2
   want = {  # per layer: (replicated over tensor, split over tensor), and full's extra layer
     'none': (8, 24, 0),
-    'dots': (6, 14, 0),
+    'dots': (6, 16, 0),
     'full': (2, 0, 8 + 24 / 2),
   }
   for remat, (rep, split, extra) in want.items():

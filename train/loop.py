@@ -25,7 +25,7 @@ from data.pipeline import DataPipeline
 from models import accounting
 from models.transformer import ModelConfig
 from train import checkpoint, files, metrics, preemption, profiling, sharding, validate
-from train.step import make_trainer
+from train.step import compile_train_step, make_trainer
 
 EXIT_PREEMPTED, EXIT_DIVERGED, EXIT_SAVE_FAILED = 75, 65, 74
 
@@ -255,7 +255,9 @@ def run(p: Prepared, stop_at: int | None = None) -> dict | None:
       trace.before(step)
       if compile_s is None:
         t0 = time.time()
-        step_fn = trainer.train_step.lower(state, batch).compile()
+        trainer, step_fn = compile_train_step(
+          trainer, p.model_cfg, lambda cfg: make_trainer(config, cfg, p.mesh), state, batch
+        )
         compile_s = time.time() - t0
         logging.info('compiled the train step in %.1fs', compile_s)
       state, step_metrics = step_fn(state, batch)  # dispatch step t ...

@@ -10,9 +10,10 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import optax
+from absl import logging
 from flax import nnx
 
-from models import mup
+from models import attention, mup
 from models.transformer import ModelConfig, Transformer
 from train import sharding
 from train.optim import decay_mask, lr_schedule, make_optimizer
@@ -37,6 +38,24 @@ def cross_entropy(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> jax.Array:
   logz_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
   target_logit_BxL = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
   return logz_BxL - target_logit_BxL, logz_BxL
+
+
+def compile_train_step(trainer: Trainer, model_cfg: ModelConfig, rebuild: Callable, state, batch):
+  """(trainer, compiled train step) for these abstract or concrete inputs.
+
+  With attention_impl='auto', a fused kernel that fails to compile for this shape (cuDNN
+  without an execution plan for it, a Mosaic error) does not end the run: one warning line says
+  why, and `rebuild(model_cfg)` makes the trainer again with XLA's attention (same parameters).
+  """
+  try:
+    return trainer, trainer.train_step.lower(state, batch).compile()
+  except Exception as e:
+    reason = attention.kernel_failure(e) if model_cfg.attention_impl == 'auto' else ''
+    if not reason:
+      raise
+  logging.warning('%s', reason)
+  trainer = rebuild(dataclasses.replace(model_cfg, attention_impl='xla'))
+  return trainer, trainer.train_step.lower(state, batch).compile()
 
 
 def make_trainer(config, model_cfg: ModelConfig, mesh: jax.sharding.Mesh) -> Trainer:

@@ -9,6 +9,7 @@ import math
 
 import jax
 
+from models.attention import KERNEL_PLATFORM
 from models.transformer import ModelConfig
 from train import optim, profiling
 
@@ -98,8 +99,11 @@ def check_config(config, on_this_machine: bool = True) -> None:
       f'model.pos_emb=rope needs an even head dimension, got {model.head_dim} '
       f'(d_model={model.d_model} / num_heads={model.num_heads}); change one, or set model.head_dim'
     )
-  if on_this_machine and model.attention_impl == 'cudnn' and jax.default_backend() != 'gpu':
+  needs = KERNEL_PLATFORM.get(model.attention_impl)
+  if on_this_machine and needs and jax.default_backend() != needs:
+    # The model's platform is '' (JAX's backend): the first look at the machine is here, after
+    # the caller has set the environment that the backend reads when it starts.
     raise ValueError(
-      f"model.attention_impl='cudnn' needs an NVIDIA GPU, but JAX runs on "
-      f'{jax.default_backend()}; use model.attention_impl=xla (or reference)'
+      f"model.attention_impl='{model.attention_impl}' needs a {needs.upper()}, but JAX runs on "
+      f'{jax.default_backend()}; use model.attention_impl=auto (or xla, reference)'
     )
