@@ -71,6 +71,18 @@ def _remove_flags(names) -> None:
       delattr(flags.FLAGS, name)
 
 
+def _forget_flag_modules() -> None:
+  """This repository's modules that defined flags when imported (benchmarks.train_step under
+  benchmarks.profile, ...) leave sys.modules with them: the next entry point that imports one
+  then defines its flags again instead of finding them removed."""
+  defining = flags.FLAGS.flags_by_module_dict()
+  for name in [m for m in defining if m.split('.')[0] in _PACKAGES - {'tests'}]:
+    sys.modules.pop(name, None)
+    parent, _, child = name.rpartition('.')
+    if parent in sys.modules:  # else `from parent import child` finds the old one there
+      vars(sys.modules[parent]).pop(child, None)
+
+
 def run_entry(module: str, argv: list[str]) -> Result:
   """`python -m module *argv`, in this process: exit status, stdout, stderr.
 
@@ -101,6 +113,7 @@ def run_entry(module: str, argv: list[str]) -> Result:
     sys.argv, handler.stream = saved_argv, saved_stream
     for sig, action in saved_signals.items():  # launch.sweep installs its own
       signal.signal(sig, action)
+    _forget_flag_modules()
     _remove_flags(_entry_point_flags())
     for name, flag in set_aside.items():
       flags.FLAGS[name] = flag

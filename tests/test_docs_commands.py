@@ -5,9 +5,11 @@ Every `python -m <module> ...` line of a bash block is expanded by bash itself (
 * a sweep, TPU or SLURM command runs with --dry_run (its flags, sweep file, --only names and
   overrides all checked, nothing started), with workdirs moved to a scratch folder;
 * a training command runs for 2 steps;
-* the two that read finished runs (launch.compare, launch.attention), and templates with
-  `=...` placeholders, are checked for their flags only (absl's --helpxml lists them);
-  tests/test_compare.py and tests/test_attention_map.py run the two on real runs.
+* the tools that read finished runs (launch.compare, launch.attention, launch.sample,
+  launch.eval, benchmarks.profile --run), the coordinate check, and templates with `...`
+  placeholders are checked for their flags only (absl's --helpxml lists them);
+  tests/test_compare.py, test_attention_map.py, test_trained_tools.py and test_mup.py run them
+  for real.
 """
 
 import glob
@@ -25,7 +27,14 @@ pytestmark = pytest.mark.slow
 DOCS = ['README.md', *sorted(os.path.relpath(p, REPO) for p in glob.glob(f'{REPO}/docs/*.md'))]
 DRY_RUN = {'launch.sweep', 'launch.tpu', 'launch.slurm'}
 FEW_STEPS = {'launch.train'}
-FLAGS_ONLY = {'launch.compare', 'launch.attention'}
+FLAGS_ONLY = {
+  'launch.compare',
+  'launch.attention',
+  'launch.sample',
+  'launch.eval',
+  'benchmarks.profile',
+  'experiments.coord_check',
+}
 TWO_STEPS = [
   '--config.train.steps=2',
   '--config.train.warmup_steps=1',
@@ -95,13 +104,13 @@ def test_docs_have_commands_of_every_kind():
 def test_docs_command_works(where, module, text, tmp_path):
   env = dict(os.environ, USER='docs', PYTHONPATH=REPO)
   argv = _expand(text, env)
-  template = any(a.endswith('=...') for a in argv)  # e.g. --config=... (fill in your own)
+  template = any(a == '...' or a.endswith('=...') for a in argv)  # fill in your own
   if module in FLAGS_ONLY or template:
     defined = _defined_flags(module, env)
     for arg in argv:
       name = arg[2:].split('=')[0] if arg.startswith('--') else ''
-      if name and not name.startswith('config.'):
-        assert name in defined, f'{where}: {module} has no flag --{name}'
+      if name:  # --config.KEY / --data.KEY: the config flag is the part before the dot
+        assert name.split('.')[0] in defined, f'{where}: {module} has no flag --{name}'
     return
   scratch = str(tmp_path / 'wd')
   if module != 'launch.tpu':  # the TPU launcher's dry run only prints gcloud commands
