@@ -71,25 +71,42 @@ def _remove_flags(names) -> None:
       delattr(flags.FLAGS, name)
 
 
-def _forget_flag_modules() -> None:
-  """This repository's modules that defined flags when imported (benchmarks.train_step under
-  benchmarks.profile, ...) leave sys.modules with them: the next entry point that imports one
-  then defines its flags again instead of finding them removed."""
-  defining = flags.FLAGS.flags_by_module_dict()
-  for name in [m for m in defining if m.split('.')[0] in _PACKAGES - {'tests'}]:
-    sys.modules.pop(name, None)
+def _take_flag_modules() -> dict:
+  """Takes this repository's imported modules that define absl flags on import out of
+  sys.modules (and off their parent packages), returning them. An entry point run next imports
+  them afresh and defines their flags again, instead of finding a cached module whose flags
+  were set aside (benchmarks.profile imports benchmarks.train_step, for one)."""
+  taken = {}
+  for name, mod in list(sys.modules.items()):
+    path = getattr(mod, '__file__', None) or ''
+    if name.split('.')[0] not in _PACKAGES - {'tests'} or not path.endswith('.py'):
+      continue
+    with open(path) as f:
+      if 'flags.DEFINE_' not in f.read():
+        continue
     parent, _, child = name.rpartition('.')
-    if parent in sys.modules:  # else `from parent import child` finds the old one there
-      vars(sys.modules[parent]).pop(child, None)
+    attr = vars(sys.modules[parent]).pop(child, None) if parent in sys.modules else None
+    taken[name] = (sys.modules.pop(name), attr)
+  return taken
+
+
+def _put_back_modules(taken: dict) -> None:
+  for name, (mod, attr) in taken.items():
+    sys.modules[name] = mod
+    parent, _, child = name.rpartition('.')
+    if attr is not None and parent in sys.modules:
+      setattr(sys.modules[parent], child, attr)
 
 
 def run_entry(module: str, argv: list[str]) -> Result:
   """`python -m module *argv`, in this process: exit status, stdout, stderr.
 
   Entry points define their flags on absl's global FLAGS when run; flags that other imports
-  defined are set aside for the run (else they would clash) and put back afterwards.
+  defined are set aside for the run (else they would clash) and put back afterwards, and so
+  are the modules that defined them.
   """
   app.define_help_flags()
+  taken = _take_flag_modules()
   set_aside = _entry_point_flags()
   _remove_flags(set_aside)
   out, err = io.StringIO(), io.StringIO()
@@ -113,8 +130,9 @@ def run_entry(module: str, argv: list[str]) -> Result:
     sys.argv, handler.stream = saved_argv, saved_stream
     for sig, action in saved_signals.items():  # launch.sweep installs its own
       signal.signal(sig, action)
-    _forget_flag_modules()
     _remove_flags(_entry_point_flags())
+    _take_flag_modules()  # those this run imported, with the flags just removed
+    _put_back_modules(taken)
     for name, flag in set_aside.items():
       flags.FLAGS[name] = flag
   return Result(code, out.getvalue(), err.getvalue())
