@@ -587,11 +587,17 @@ def _run_lr(r: Run) -> float | None:
   return None if lr is None else float(lr)
 
 
+def _size_key(r: Run) -> tuple:
+  m = r.config.get('model', {}) if isinstance(r.config, dict) else {}
+  return (r.n_params, r.n_nonembed, m.get('num_layers'), m.get('d_model'), m.get('num_heads'))
+
+
 def size_points(runs: list[Run], x_kind: str = 'nonembed') -> dict:
   """The L(N) points of a group of runs: one per size, with its noise and how it was chosen.
 
-  * A size is tags.size (else its parameter count); where a size has runs at several token
-    counts, the largest count is used.
+  * A size is a model shape (its parameter counts, layers, width and heads), whether or not its
+    runs carry tags.size, so a sweep with seeds merges with one without (--merge); where a size
+    has runs at several token counts, the largest count is used.
   * Seeds (tags.seed) of the same size and lr are averaged: the mean, not the minimum. Their
     variance, pooled over every (size, lr) cell with >= 2 seeds, is the seed variance: per
     point, of the log of its mean (var / seeds / L^2), on sum(seeds - 1) degrees of freedom.
@@ -602,8 +608,7 @@ def size_points(runs: list[Run], x_kind: str = 'nonembed') -> dict:
   """
   by_size: dict = {}
   for r in runs:
-    key = r.tags.get('size') or (r.n_nonembed if x_kind == 'nonembed' else r.n_params)
-    by_size.setdefault(key, []).append(r)
+    by_size.setdefault(_size_key(r), []).append(r)
   cells, notes = {}, []
   for key, rs in by_size.items():
     top = max(r.tokens for r in rs)
@@ -619,7 +624,7 @@ def size_points(runs: list[Run], x_kind: str = 'nonembed') -> dict:
       sq, dof = sq + float(np.sum((v - v.mean()) ** 2)), dof + len(v) - 1
   pooled = sq / dof if dof else None
   pts = []
-  for key, by_lr in cells.items():
+  for by_lr in cells.values():
     rs0 = next(iter(by_lr.values()))
     n = rs0[0].n_nonembed if x_kind == 'nonembed' else rs0[0].n_params
     means = {lr: np.mean([r.final_eval_loss for r in rs]) for lr, rs in by_lr.items()}
@@ -629,7 +634,7 @@ def size_points(runs: list[Run], x_kind: str = 'nonembed') -> dict:
       (lr,) = by_lr
       pts.append((n, means[lr], sem, seeds, lr))
       continue
-    name = key if isinstance(key, str) else f'N={n:.3g}'
+    name = rs0[0].tags.get('size') or f'N={n:.3g}'
     lrs = sorted(lr for lr in by_lr if lr is not None)
     if len(lrs) < 3:
       notes.append(f'size {name}: {len(lrs)} learning rates, a parabola needs 3: left out')

@@ -134,6 +134,18 @@ def test_mean_over_seeds_not_the_minimum(tmp_path):
   np.testing.assert_allclose(r['points']['loss'], 1.01 + 20 * SIZES**-0.3)
 
 
+def test_untagged_runs_and_tagged_seeds_of_one_shape_are_one_size(tmp_path):
+  """A ladder trained once without tags (seed 0, the demo) merged with its reruns at seed 1
+  (tags.size, tags.seed): each shape is one size, its point the mean of both seeds."""
+  first, again = str(tmp_path / 'demo'), str(tmp_path / 'seeds')
+  for i, n in enumerate(SIZES):
+    write_run(first, f's{i}', n, 1.0 + 20 * n**-0.3 - 0.01)
+    write_run(again, f's{i}-s1', n, 1.0 + 20 * n**-0.3 + 0.01, tags={'size': f's{i}', 'seed': 1})
+  (r,) = scaling.analyze([first, again], n_boot=0, merge=True)
+  assert len(r['points']['n']) == len(SIZES) and r['points']['seed_dof'] == len(SIZES)
+  np.testing.assert_allclose(r['points']['loss'], 1.0 + 20 * SIZES**-0.3)
+
+
 def test_narrow_spans_are_refused_and_directories_merge(tmp_path):
   for d, sizes in (('narrow_a', SIZES[:3]), ('narrow_b', SIZES[3:])):
     for k, n in enumerate(sizes):
