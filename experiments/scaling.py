@@ -583,7 +583,8 @@ MIN_SPAN_DECADES = 0.5  # an L(N) over a narrower span of N is refused
 
 
 def _run_lr(r: Run) -> float | None:
-  lr = r.tags.get('lr', (r.config.get('train') or {}).get('lr'))
+  # tags.lr of a run made without an lr grid is the config default 0.0: its peak lr is train.lr
+  lr = r.tags.get('lr') or (r.config.get('train') or {}).get('lr')
   return None if lr is None else float(lr)
 
 

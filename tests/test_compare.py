@@ -139,8 +139,10 @@ def test_untagged_runs_and_tagged_seeds_of_one_shape_are_one_size(tmp_path):
   (tags.size, tags.seed): each shape is one size, its point the mean of both seeds."""
   first, again = str(tmp_path / 'demo'), str(tmp_path / 'seeds')
   for i, n in enumerate(SIZES):
-    write_run(first, f's{i}', n, 1.0 + 20 * n**-0.3 - 0.01)
-    write_run(again, f's{i}-s1', n, 1.0 + 20 * n**-0.3 + 0.01, tags={'size': f's{i}', 'seed': 1})
+    # untagged: the config's defaults, tags.size '' and tags.lr 0.0; train.lr is the rate
+    write_run(first, f's{i}', n, 1.0 + 20 * n**-0.3 - 0.01, tags={'size': '', 'lr': 0.0})
+    tags = {'size': f's{i}', 'seed': 1, 'lr': 1e-3}
+    write_run(again, f's{i}-s1', n, 1.0 + 20 * n**-0.3 + 0.01, tags=tags)
   (r,) = scaling.analyze([first, again], n_boot=0, merge=True)
   assert len(r['points']['n']) == len(SIZES) and r['points']['seed_dof'] == len(SIZES)
   np.testing.assert_allclose(r['points']['loss'], 1.0 + 20 * SIZES**-0.3)
