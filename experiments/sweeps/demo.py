@@ -4,7 +4,7 @@ Six sizes from 2.5e4 to 1.3e6 non-embedding parameters (1.7 decades), each train
 same TOKENS bytes of Shakespeare, so the fitted L(N) = E + A N^-alpha is a fixed-D version
 of Kaplan et al.'s Figure 1 (right). Every model ends below the corpus's bigram level
 (`python -m data.levels`); the largest near 1.9 nats/byte on held-out plays. Measured
-(docs/SWEEPS.md): 2.389 down to 1.877, R^2 0.998, alpha 0.43 +- 23%, in 9 min 50 s with setup.
+(docs/SWEEPS.md): 2.388 down to 1.883, R^2 0.996, alpha 0.43 [0.28, 0.64]; 9 min 50 s with setup.
 
 What was chosen, and why (docs/SWEEPS.md):
 * learning rate: lr(d) = LR_REF * sqrt(D_REF / d_model), 3e-3 at width 192 up to 7.3e-3 at 32
