@@ -358,7 +358,7 @@ MUTANTS = [
     '      pass  # into JAX',
     ['tests/test_preemption.py::test_two_processes_save_the_same_step_when_one_gets_a_signal[2]'],
   ),
-  # issue 21: intervals, frontier, branching runs
+  # intervals, frontier, branching runs
   (
     'bootstrap noise sd fixed at the residual SE (3 dof read as known)',
     'experiments/scaling.py',
@@ -409,7 +409,7 @@ MUTANTS = [
     "    if parent in running or any(r.name == parent for r in queue):\n      return ''",
     ['tests/test_branch.py::test_sweep_runs_the_branch_after_its_parent'],
   ),
-  # issue 23a: datasets, tokenizers, sweeps that never reuse a changed run
+  # datasets, tokenizers, sweeps that never reuse a changed run
   (
     'stale-run check compares only the keys the sweep overrides',
     'launch/pool.py',
@@ -454,7 +454,7 @@ MUTANTS = [
     '',
     ['tests/test_data_pipeline.py::test_real_lm1b_split_names_and_the_accelerator_sweeps'],
   ),
-  # issue 23b: the kv cache, the block options and their accounting, the profiler hook.
+  # the kv cache, the block options and their accounting, the profiler hook.
   (
     'KV cache written one slot late',
     'models/attention.py',
@@ -501,7 +501,7 @@ MUTANTS = [
     'return LayerNorm(dim, rngs=rngs, param_dtype=param_dtype, use_bias=True, axis=axis)',
     ['tests/test_blocks.py::test_use_bias_false_removes_every_bias'],
   ),
-  # issue 20: muP (models/mup.py) and its coordinate check
+  # muP (models/mup.py) and its coordinate check
   (
     'muP output multiplier dropped (logits not divided by the width multiplier)',
     'models/transformer.py',
@@ -533,7 +533,7 @@ MUTANTS = [
     'score_scale = 1.0',
     ['tests/test_mup.py::test_mup_scores_are_qk_over_head_dim'],
   ),
-  # issue 22: the accelerator program (tests/test_gpu_program.py, lowered for cuda/tpu on CPU)
+  # the accelerator program (tests/test_gpu_program.py, lowered for cuda/tpu on CPU)
   (
     "remat='dots' no longer keeps the fused attention kernel's outputs (recomputed in backward)",
     'models/transformer.py',

@@ -381,7 +381,7 @@ CASES: dict[str, tuple[str, list[str]]] = {
   ),
   'data_bench/batches-0': ('benchmarks.data_throughput', ['--batches=0']),
   'data_bench/seq-len-negative': ('benchmarks.data_throughput', ['--config.data.seq_len=-8']),
-  # Corpora, tokenizers, changed sweep runs, compare's output (issue 23a).
+  # Corpora, tokenizers, changed sweep runs, compare's output.
   'train/text-folder-binary-files': train_case(
     '--config.data.name=text_folder',
     '--config.data.text_glob={inputs}/binary/*',
@@ -425,7 +425,7 @@ CASES: dict[str, tuple[str, list[str]]] = {
     'launch.compare',
     ['{inputs}/fits', '--out=/proc/scaling_lm_bad_input/s.png', '--bootstrap=0'],
   ),
-  # issue 23b: block options, the profiler hook, sampling, evaluation, loss to loss.
+  # Block options, the profiler hook, sampling, evaluation, loss to loss.
   'train/norm-unknown': train_case('--config.model.norm=batchnorm'),
   'train/mlp-unknown': train_case('--config.model.mlp=relu'),
   'train/use-bias-not-bool': train_case('--config.model.use_bias=maybe'),
@@ -476,7 +476,7 @@ CASES: dict[str, tuple[str, list[str]]] = {
     ['{inputs}/empty', '--loss_to_loss=a,b', '--out={case}/l.png'],
   ),
   'profile/run-without-trace': ('benchmarks.profile', ['--run={ckpt}']),
-  # muP (issue 20).
+  # muP.
   'train/parametrization-unknown': train_case('--config.model.parametrization=ntk'),
   'train/mup-base-width-0': train_case(
     '--config.model.parametrization=mup', '--config.model.mup_base_width=0'
