@@ -15,6 +15,7 @@ from experiments.configs import default, modern
 from models import accounting, layers, shapes
 from models.attention import MultiHeadAttention
 from models.transformer import ModelConfig, Transformer
+from tests.test_properties import xla_flops_ratio
 from train import checkpoint
 
 RNG = np.random.default_rng(0)
@@ -190,16 +191,7 @@ def test_swiglu_flops_match_xla_cost_analysis():
   """6 N counts SwiGLU's three matrices: the modern block's FLOPs against XLA's own count."""
   cfg = model_cfg(modern, d_model=128, max_seq_len=64)
   assert cfg.mlp == 'swiglu' and cfg.d_ff == 344
-  graphdef, params = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)))
-  b, t = 2, 64
-  x = jnp.zeros((b, t), jnp.int32)
-
-  def loss(p):
-    return nnx.merge(graphdef, p)(x).sum()
-
-  cost = jax.jit(jax.grad(loss)).lower(params).compile().cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
-  ratio = cost['flops'] / (accounting.flops_per_token(cfg, t) * b * t)
+  ratio = xla_flops_ratio(Transformer(cfg, rngs=nnx.Rngs(0)), cfg, 2, 64)
   assert 0.97 < ratio < 1.10, ratio  # the rest: softmax, norms, SiLU, adds
 
 

@@ -22,6 +22,7 @@ from jax._src.cudnn import fused_attention_stablehlo as cudnn_attention
 from experiments.configs import gpt3 as gpt3_config
 from models import attention
 from models.transformer import ModelConfig
+from tests.test_hlo_collectives import abstract_step_args
 from train import sharding
 from train.step import make_trainer
 
@@ -52,13 +53,7 @@ def lowered(platform: str, **overrides) -> str:
   c.mesh.update(dict(data=1, fsdp=1, tensor=1))
   model_cfg = ModelConfig.from_config(c.model, platform=platform)
   trainer = make_trainer(c, model_cfg, sharding.make_mesh(c.mesh, jax.devices()[:1]))
-  state = jax.tree.map(
-    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-    trainer.abstract_state,
-    trainer.state_shardings,
-  )
-  tokens = jax.ShapeDtypeStruct((B, T), jnp.int32, sharding=trainer.batch_sharding)
-  batch = {'inputs': tokens, 'targets': tokens, 'segment_ids': tokens}
+  state, batch = abstract_step_args(trainer, B, T)
   with pytest.MonkeyPatch.context() as mp:
     mp.setattr(cudnn_attention, 'check_cudnn_version', lambda: 91000)
     mp.setattr(attention, 'device_capability', lambda: 9.0)

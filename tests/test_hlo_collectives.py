@@ -39,6 +39,17 @@ AXES = sharding.MESH_AXES
 _CACHE = {}
 
 
+def abstract_step_args(trainer, b: int, t: int):
+  """The train step's (state, batch) as sharded ShapeDtypeStructs, to lower it without data."""
+  state = jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+    trainer.abstract_state,
+    trainer.state_shardings,
+  )
+  tokens = jax.ShapeDtypeStruct((b, t), jnp.int32, sharding=trainer.batch_sharding)
+  return state, {'inputs': tokens, 'targets': tokens, 'segment_ids': tokens}
+
+
 def config(mesh: dict, scan: bool = False):
   c = default.get_config()
   c.model.update(
@@ -64,13 +75,7 @@ def compiled(mesh: dict, scan: bool = False):
     model_cfg = ModelConfig.from_config(c.model)
     m = sharding.make_mesh(c.mesh)
     trainer = step.make_trainer(c, model_cfg, m)
-    state = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      trainer.abstract_state,
-      trainer.state_shardings,
-    )
-    tokens = jax.ShapeDtypeStruct((B, T), jnp.int32, sharding=trainer.batch_sharding)
-    batch = {'inputs': tokens, 'targets': tokens, 'segment_ids': tokens}
+    state, batch = abstract_step_args(trainer, B, T)
     hlo = trainer.train_step.lower(state, batch).compile().as_text()
     cs = comm.collectives(hlo, m.size)
     ids = np.vectorize(lambda d: d.id)(m.devices)
