@@ -11,7 +11,7 @@ import time
 
 from absl import app, flags
 
-from data import cli
+from core import cli
 
 _CONFIG = cli.define_config_file('config', 'experiments/configs/default.py', 'Config.')
 _BATCHES = flags.DEFINE_integer('batches', 500, 'Batches to time.', lower_bound=1)

@@ -487,8 +487,11 @@ def report_run(workdir: str, top: int) -> str:
 
   import jax
 
-  where = os.path.join(workdir, 'tb', 'plugins', 'profile')
-  summary_path = os.path.join(where, 'train_step.json')
+  from core import rundir
+  from train import profiling
+
+  where = rundir.RunDir(workdir).profile
+  summary_path = os.path.join(where, profiling.SUMMARY)
   if not os.path.isfile(summary_path):
     raise FileNotFoundError(
       f'{workdir} holds no training trace ({summary_path}); train it with '
@@ -498,7 +501,7 @@ def report_run(workdir: str, top: int) -> str:
     summary = json.load(f)
   with open(os.path.join(where, 'train_step.hlo.txt')) as f:
     infos = classify(parse_hlo(f.read()))
-  profile = jax.profiler.ProfileData.from_file(find_xspace(os.path.join(workdir, 'tb')))
+  profile = jax.profiler.ProfileData.from_file(find_xspace(rundir.RunDir(workdir).tensorboard))
   times, counts, unattributed = op_times(profile, summary['module'])
   if not times:
     raise RuntimeError(f'the trace of {workdir} holds no operation of {summary["module"]}')

@@ -40,7 +40,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from data import cli
+from core import cli
 from experiments.configs import default
 from models import accounting, gpt3
 from models.transformer import ModelConfig

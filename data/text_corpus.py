@@ -162,7 +162,7 @@ if __name__ == '__main__':
   _DIR = flags.DEFINE_string('data_dir', default_data_dir(), 'Where to write the dataset.')
   _GLOB = flags.DEFINE_string('text_glob', '', 'Text files (default: the embedded corpus).')
 
-  from data import cli
+  from core import cli
 
   def _main(argv):
     if len(argv) > 1:

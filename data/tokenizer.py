@@ -184,7 +184,8 @@ def _train(spm, text_path: str, out_prefix: str, vocab_size: int) -> None:
 
 
 def main(argv) -> None:
-  from data import cli, sources
+  from core import cli
+  from data import sources
 
   if len(argv) > 1:
     cli.fail(f'unexpected arguments {argv[1:]}; give every setting as --flag=value')
@@ -206,7 +207,7 @@ def main(argv) -> None:
 if __name__ == '__main__':
   from absl import app, flags
 
-  from data import cli
+  from core import cli
 
   _CONFIG = cli.define_config_file('config', 'experiments/configs/default.py', 'Config.')
   _VOCAB = flags.DEFINE_integer('vocab_size', 1024, 'Vocabulary size.', lower_bound=MIN_VOCAB)

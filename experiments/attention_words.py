@@ -145,18 +145,3 @@ def select(values: list[str], count: int, what: str) -> list[int]:
   if bad:
     raise ValueError(f'--{what}={",".join(values)}: the model has {what} 0..{count - 1}')
   return idx
-
-
-def read_config(workdir: str):
-  from train import restore
-
-  return restore.read_config(workdir)
-
-
-def load_model(workdir: str, config=None):
-  """(config, model, tokenizer, step) of the newest readable checkpoint in a run directory
-  (`config`: its read_config, if the caller has it already), by train/restore.py."""
-  from train import restore
-
-  t = restore.load(workdir, config)
-  return t.config, t.model, t.tokenizer, t.step

@@ -27,7 +27,7 @@ import os
 import numpy as np
 from scipy import optimize, special
 
-from train import files
+from core import files, rundir
 
 
 @dataclasses.dataclass
@@ -76,28 +76,42 @@ def _read_curves(path: str) -> dict:
   return curves
 
 
-def _load_run(run_dir: str, name: str) -> Run:
+# What a fit needs of a run's summary (core/rundir.Summary); a summary without one is unreadable.
+_FIT_KEYS = (
+  'n_params',
+  'n_params_nonembed',
+  'flops_per_token',
+  'tokens_seen',
+  'final_eval_loss',
+  'final_eval_loss_sem',
+)
+
+
+def _load_run(run: rundir.RunDir, name: str) -> Run:
   """One finished run; ValueError naming the file if its summary or metrics are unreadable."""
-  summary_path = files.join(run_dir, 'summary.json')
   try:
-    s = json.loads(files.read_text(summary_path))
+    s = run.read_summary(required=_FIT_KEYS)
     return Run(
       name=name,
-      n_params=s['n_params'],
-      n_nonembed=s['n_params_nonembed'],
-      flops_per_token=s['flops_per_token'],
-      tokens=s['tokens_seen'],
-      final_eval_loss=s['final_eval_loss'],
-      final_eval_loss_sem=s['final_eval_loss_sem'],
-      tags=dict(s.get('config', {}).get('tags', {})),
-      config=s.get('config', {}),
-      wall_time_s=s.get('wall_time_s'),
-      curve=_read_curves(files.join(run_dir, 'metrics.jsonl')),
+      n_params=s.n_params,
+      n_nonembed=s.n_params_nonembed,
+      flops_per_token=s.flops_per_token,
+      tokens=s.tokens_seen,
+      final_eval_loss=s.final_eval_loss,
+      final_eval_loss_sem=s.final_eval_loss_sem,
+      tags=s.tags,
+      config=s.config,
+      wall_time_s=s.wall_time_s,
+      curve=_read_curves(run.metrics_path),
     )
   except KeyError as e:
-    raise ValueError(f'{summary_path}: missing key {e}') from None
+    raise ValueError(f'{run.summary_path}: missing key {e}') from None
   except (OSError, TypeError, AttributeError, json.JSONDecodeError) as e:
-    raise ValueError(f'{summary_path}: unreadable ({type(e).__name__}: {e})') from None
+    raise ValueError(f'{run.summary_path}: unreadable ({type(e).__name__}: {e})') from None
+
+
+def _no_runs(sweep_dir: str) -> str:
+  return f'{sweep_dir} has no finished runs ({rundir.RUNS}/*/{rundir.SUMMARY})'
 
 
 def _raise(message: str) -> None:
@@ -111,13 +125,14 @@ def load_sweep(sweep_dir: str, on_bad=_raise) -> tuple[list[Run], list[str]]:
   file (by default that is a ValueError; launch.compare prints it and skips the run).
   """
   runs, unfinished = [], []
-  for name in files.listdir(files.join(sweep_dir, 'runs')):
-    run_dir = files.join(sweep_dir, 'runs', name)
-    if not files.exists(files.join(run_dir, 'summary.json')):
+  sweep = rundir.SweepDir(sweep_dir)
+  for name in sweep.run_names():
+    run = sweep.run(name)
+    if not run.done():
       unfinished.append(name)
       continue
     try:
-      runs.append(_load_run(run_dir, name))
+      runs.append(_load_run(run, name))
     except ValueError as e:
       on_bad(str(e))
   return runs, unfinished
@@ -765,7 +780,7 @@ def load_sweeps(dirs: list[str], on_bad=_raise) -> tuple[list[Run], list[str]]:
     label = os.path.basename(os.path.normpath(d))
     rs, un = load_sweep(d, on_bad)
     if not rs:
-      raise ValueError(f'{d} has no finished runs (runs/*/summary.json)')
+      raise ValueError(_no_runs(d))
     runs += [dataclasses.replace(r, name=f'{label}/{r.name}') for r in rs]
     unfinished += [f'{label}/{u}' for u in un]
   return runs, unfinished
@@ -785,7 +800,7 @@ def analyze(dirs: list[str], x_kind='nonembed', n_boot=200, on_bad=_raise, merge
     for d in dirs:
       runs, unfinished = load_sweep(d, on_bad)
       if not runs:
-        raise ValueError(f'{d} has no finished runs (runs/*/summary.json)')
+        raise ValueError(_no_runs(d))
       sets.append((os.path.basename(os.path.normpath(d)), runs, unfinished))
   results = []
   for label, runs, unfinished in sets:
@@ -804,7 +819,7 @@ def analyze_sweep(sweep_dir: str, x_kind: str = 'nonembed', n_boot: int = 200, o
   """analyze_runs over every run of one sweep directory, whatever its groups."""
   runs, unfinished = load_sweep(sweep_dir, on_bad)
   if not runs:
-    raise ValueError(f'{sweep_dir} has no finished runs (runs/*/summary.json)')
+    raise ValueError(_no_runs(sweep_dir))
   label = os.path.basename(os.path.normpath(sweep_dir))
   return analyze_runs(label, runs, unfinished, x_kind, n_boot)
 

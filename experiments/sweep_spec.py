@@ -14,11 +14,11 @@ import copy
 import dataclasses
 import importlib.util
 import os
-import posixpath
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from core import rundir
 from models import shapes
 
 # Config and sweep files named relative to the repository resolve here from any directory.
@@ -41,7 +41,7 @@ class Run:
     """The trainer's command line for this run in `run_dir` (train_cmd: launch.shell's)."""
     overrides = dict(self.overrides)
     if self.parent:  # a sibling run directory
-      overrides['train.init_from'] = posixpath.join(posixpath.dirname(run_dir), self.parent)
+      overrides['train.init_from'] = rundir.RunDir(run_dir).sibling(self.parent).path
     flags_ = [f'--config.{k}={format_value(v)}' for k, v in overrides.items()]
     return [*train_cmd, f'--config={self.config}', f'--workdir={run_dir}', *flags_]
 

@@ -22,15 +22,14 @@ from absl import app, flags, logging
 from experiments.attention_words import (
   SPACE,
   find_word,
-  load_model,
   normalize_word,
-  read_config,
   select,
   verdict,
   word_maps,
   words_of,
 )
 from launch import shell
+from train import restore
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A training run directory.', required=True)
 _TEXT = flags.DEFINE_string(
@@ -111,7 +110,7 @@ def main(argv: list[str]) -> None:
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
   with shell.exit_on_error():
-    config = read_config(_WORKDIR.value)
+    config = restore.read_config(_WORKDIR.value)
     n_layers, n_heads = config.model.num_layers, config.model.num_heads
     layers = select(_LAYERS.value, n_layers, 'layers')
     heads = select(_HEADS.value, n_heads, 'heads')
@@ -121,11 +120,12 @@ def main(argv: list[str]) -> None:
     if _QUERY.value:
       find_word(spans, _QUERY.value, '--query')
       find_word(spans, _TARGET.value, '--target')
-    config, model, tokenizer, step = load_model(_WORKDIR.value, config)
+    t = restore.load(_WORKDIR.value, config)
+    config, model, tokenizer, step = t.config, t.model, t.tokenizer, t.step
   import matplotlib
 
+  from core import files
   from models import accounting
-  from train import files
 
   matplotlib.use('Agg')
   spans, maps = word_maps(model, tokenizer, _TEXT.value)

@@ -219,16 +219,16 @@ def loss_to_loss(dirs: list[str], labels: list[str], out: str, n_boot: int, echo
   """Loss on one corpus against loss on another across sweeps (Brandfonbrener et al. 2024):
   every run with both eval JSONs is a point; log L_Y = kappa log L_X + c is fitted over all of
   them, kappa with a bootstrap 95% interval over runs. Writes `out` and its .json."""
-  from train import files
+  from core import files, rundir
 
   if len(labels) != 2:
     print(f'error: --loss_to_loss takes two eval labels X,Y, got {labels}', file=sys.stderr)
     return 2
   points = []  # (sweep, run, loss X, loss Y)
   for d in dirs:
-    runs = files.join(d, 'runs')
-    for run in sorted(files.listdir(runs)) if files.exists(runs) else []:
-      paths = [files.join(runs, run, f'eval_{label}.json') for label in labels]
+    sweep = rundir.SweepDir(d)
+    for run in sweep.run_names():
+      paths = [sweep.run(run).eval_path(label) for label in labels]
       if all(files.exists(p) for p in paths):
         x, y = (json.loads(files.read_text(p))['eval_loss'] for p in paths)
         points.append((d, run, x, y))

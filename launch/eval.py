@@ -22,7 +22,7 @@ import sys
 
 from absl import app, flags, logging
 
-from data import cli
+from core import cli
 
 
 def _data_defaults():
@@ -71,11 +71,11 @@ def output_path(workdir: str, label: str, out: str) -> str:
   """Where the JSON goes; its folder must exist already (checked before any work)."""
   from etils import epath
 
-  from train import files
+  from core import rundir
 
   if not re.fullmatch(r'[\w.+-]+', label):
     raise ValueError(f'--label={label!r}: use letters, digits, . _ + - (it names a file)')
-  path = out or files.join(workdir, f'eval_{label}.json')
+  path = out or rundir.RunDir(workdir).eval_path(label)
   parent = os.path.dirname(path) or '.'
   if not epath.Path(parent).is_dir() or epath.Path(path).is_dir():
     raise ValueError(f'cannot write --out={path}: its folder does not exist or it is a folder')
@@ -88,8 +88,9 @@ def main(argv: list[str]) -> None:
   logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
   from ml_collections import config_flags
 
+  from core import files
   from data.pipeline import DataPipeline
-  from train import files, loop, restore
+  from train import loop, restore
 
   try:
     if _BATCHES.value < 1 or _BATCH_SIZE.value < 1:

@@ -27,10 +27,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from core import files, rundir
 from experiments import sweep_spec
 from experiments.sweep_spec import REPO_ROOT, Run
 from launch.shell import TRAIN_CMD
-from train import files
 
 DONE, SKIPPED, FAILED, RUNNING, PENDING = 'done', 'skipped', 'failed', 'running', 'pending'
 PLATFORMS = ('gpu', 'tpu', 'cpu')
@@ -175,7 +175,7 @@ class StatusFile:
   """
 
   def __init__(self, workdir: str, enabled: bool = True):
-    self.path = files.join(workdir, 'status.json')
+    self.path = rundir.SweepDir(workdir).status_path
     self.enabled = enabled
 
   def update(self, entries: Mapping[str, dict]) -> None:
@@ -191,10 +191,6 @@ class StatusFile:
       runs = current.get('runs', {})
       runs.update({k: dict(v) for k, v in entries.items()})
       files.write_text(self.path, json.dumps({'updated': time.time(), 'runs': runs}, indent=2))
-
-
-def run_dir(workdir: str, name: str) -> str:
-  return files.join(workdir, 'runs', name)
 
 
 def _flat(tree: Mapping, prefix: str = '') -> dict[str, Any]:
@@ -237,13 +233,12 @@ def stale_runs(runs: Sequence[Run], workdir: str) -> dict[str, dict[str, tuple]]
   bases: dict[str, Any] = {}
   out = {}
   for run in runs:
-    path = files.join(run_dir(workdir, run.name), 'config.json')
-    if not files.exists(path):
-      continue
     try:
-      recorded = json.loads(files.read_text(path))
+      recorded = rundir.SweepDir(workdir).run(run.name).read_config()
     except ValueError:
       recorded = {}
+    if recorded is None:
+      continue
     if run.config not in bases:
       bases[run.config] = sweep_spec.load_config(run.config)
     diff = config_differences(run, recorded, bases[run.config])
@@ -261,16 +256,17 @@ def describe_differences(diff: Mapping[str, tuple], most: int = 4) -> str:
 
 def set_aside(workdir: str, name: str) -> str:
   """Moves a run's folder to DIR/stale/<name>-<time>/ (kept, out of the sweep); returns it."""
+  sweep = rundir.SweepDir(workdir)
   if files.is_remote(workdir):
     raise ValueError(
-      f'cannot set run {name!r} aside on {workdir}: move {run_dir(workdir, name)} yourself'
+      f'cannot set run {name!r} aside on {workdir}: move {sweep.run(name).path} yourself'
     )
-  dest = os.path.join(workdir, 'stale', f'{name}-{time.strftime("%Y%m%d-%H%M%S")}')
+  dest = sweep.stale_path(name, time.strftime('%Y%m%d-%H%M%S'))
   while os.path.exists(dest):
     dest += '_'
   os.makedirs(os.path.dirname(dest), exist_ok=True)
   try:
-    os.rename(run_dir(workdir, name), dest)
+    os.rename(sweep.run(name).path, dest)
   except FileNotFoundError:  # another runner on this workdir moved it first
     return '(already moved)'
   return dest
@@ -312,12 +308,13 @@ def run_sweep(
   if not remote:
     workdir = os.path.abspath(workdir)
   files.makedirs(workdir)
+  sweep = rundir.SweepDir(workdir)
   status_file = StatusFile(workdir, enabled=is_primary_host())
   env = dict(child_env() if env is None else env)
   status: dict[str, dict] = {}
   todo = []
   for run in runs:
-    done = files.exists(files.join(run_dir(workdir, run.name), 'summary.json'))
+    done = sweep.run(run.name).done()
     status[run.name] = _entry(SKIPPED if done else PENDING)
     if not done:
       todo.append(run)
@@ -330,10 +327,10 @@ def run_sweep(
   free = list(groups)
 
   def start(run: Run) -> None:
-    rdir = run_dir(workdir, run.name)
-    files.makedirs(rdir)
-    log_path = os.path.join(rdir, 'log.txt') if not remote else _local_log(workdir, run.name)
-    argv = run.argv(rdir, train_cmd)
+    rdir = sweep.run(run.name)
+    files.makedirs(rdir.path)
+    log_path = rdir.log_path if not remote else _local_log(workdir, run.name)
+    argv = run.argv(rdir.path, train_cmd)
     group = free.pop(0) if groups else None
     log = open(log_path, 'ab')
     where = f' [{group.label}]' if group else ''
@@ -372,13 +369,13 @@ def run_sweep(
       free.append(r.group)
       free.sort(key=lambda g: g.slot)
     wall = time.time() - r.t0
-    rdir = run_dir(workdir, name)
+    rdir = sweep.run(name)
     if remote:
-      files.write_text(files.join(rdir, f'log.{os.uname().nodename}.txt'), _read(r.log_path))
-    done = rc == 0 and files.exists(files.join(rdir, 'summary.json'))
+      files.write_text(rdir.host_log_path(os.uname().nodename), _read(r.log_path))
+    done = rc == 0 and rdir.done()
     last = '' if done else (_last_line(r.log_path) or '(empty log)')
     if rc == 0 and not done:
-      last = f'exited 0 without writing summary.json; last line: {last}'
+      last = f'exited 0 without writing {rundir.SUMMARY}; last line: {last}'
     status[name].update(
       status=DONE if done else FAILED, returncode=rc, last_line=last, wall_time_s=round(wall, 1)
     )
@@ -395,7 +392,7 @@ def run_sweep(
   def parent_state(run: Run) -> str:
     """'' (no parent, or it finished), 'wait', or why this branch cannot start."""
     parent = getattr(run, 'parent', '')
-    if not parent or files.exists(files.join(run_dir(workdir, parent), 'summary.json')):
+    if not parent or sweep.run(parent).done():
       return ''
     if parent in running or any(r.name == parent for r in queue):
       return 'wait'

@@ -16,7 +16,7 @@ import sys
 
 from absl import app, flags, logging
 
-from data import cli
+from core import cli
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A training run directory.', required=True)
 _PROMPT = flags.DEFINE_string('prompt', None, 'Text to continue.', required=True)

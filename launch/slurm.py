@@ -22,10 +22,10 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
+from core import files, rundir
 from experiments import sweep_spec
 from experiments.sweep_spec import REPO_ROOT
 from launch import shell, sweep_report
-from train import files
 
 _PATH_RE = r'[A-Za-z0-9_./%+-]+'  # paths that go on an #SBATCH line: no spaces, no quotes.
 
@@ -101,7 +101,8 @@ def sweep_runs(job: SlurmJob) -> list[sweep_spec.Run]:
 def program_argv(job: SlurmJob, run: sweep_spec.Run | None = None) -> list[str]:
   """What every task runs: the --config run, or one run of the sweep."""
   if run is not None:
-    return run.argv(files.join(job.workdir, 'runs', run.name), [*job.python, '-m', 'launch.train'])
+    rdir = rundir.SweepDir(job.workdir).run(run.name)
+    return run.argv(rdir.path, [*job.python, '-m', 'launch.train'])
   return shell.train_argv(job.python, job.config, job.workdir, job.overrides)
 
 
@@ -149,12 +150,12 @@ def sbatch_script(job: SlurmJob, runs: Sequence[sweep_spec.Run] = ()) -> str:
     return '\n'.join(lines) + '\n'
   lines.append('case "$SLURM_ARRAY_TASK_ID" in')
   for i, run in enumerate(runs):
-    rdir = files.join(job.workdir, 'runs', run.name)
+    rdir = rundir.SweepDir(job.workdir).run(run.name)
     lines.append(f'  {i})')
     lines.append(f'    echo {shlex.quote(f"array task {i}: run {run.name}")} >&2')
     if not files.is_remote(job.workdir):
-      summary = shlex.quote(os.path.join(rdir, 'summary.json'))
-      lines.append(f'    if [ -f {summary} ]; then echo finished, skipping >&2; exit 0; fi')
+      done = shlex.quote(rdir.summary_path)  # RunDir.done, in bash
+      lines.append(f'    if [ -f {done} ]; then echo finished, skipping >&2; exit 0; fi')
     lines.append(f'    {shell.join([*job.launcher, *program_argv(job, run)])} ;;')
   lines.append('  *) echo "no run for array task $SLURM_ARRAY_TASK_ID" >&2; exit 2 ;;')
   lines.append('esac')

@@ -38,10 +38,10 @@ from collections.abc import Callable, Sequence
 
 from absl import app, flags, logging
 
+from core import files, rundir
 from experiments import sweep_spec
 from launch import pool, shell, sweep_report
 from launch.shell import TRAIN_CMD
-from train import files
 
 
 def launch(
@@ -74,7 +74,7 @@ def launch(
     name, diff = next(iter(stale.items()))
     others = f' (and {len(stale) - 1} more runs)' if len(stale) > 1 else ''
     raise ValueError(
-      f'run {name!r} in {pool.run_dir(workdir, name)} was trained with another config: '
+      f'run {name!r} in {rundir.SweepDir(workdir).run(name).path} was trained with another config: '
       f'{pool.describe_differences(diff)}{others}; pass --rerun_changed to set it aside and '
       'train it again, or use another --workdir'
     )
@@ -94,7 +94,7 @@ def launch(
   rows = sweep_report.table_rows(runs, workdir, status)
   echo(sweep_report.format_table(rows))
   n_failed = sum(r['status'] == pool.FAILED for r in rows)
-  status_path = files.join(workdir, 'status.json')
+  status_path = rundir.SweepDir(workdir).status_path
   echo(f'{len(rows)} runs, {n_failed} failed, {time.time() - t0:.0f} s; status in {status_path}')
   return 1 if n_failed else 0
 

@@ -1,20 +1,20 @@
 """What the sweep runner prints and records: the end-of-sweep table, dry runs, sweep.json."""
 
-import json
 import shlex
 from collections.abc import Mapping, Sequence
 
+from core import rundir
 from experiments.sweep_spec import REPO_ROOT, Run
-from launch.pool import FAILED, PENDING, SKIPPED, run_dir
+from launch.pool import FAILED, PENDING, SKIPPED
 from launch.shell import TRAIN_CMD
-from train import files
 
 
-def _read_summary(path: str) -> dict | None:
+def _read_summary(run: rundir.RunDir) -> rundir.Summary:
+  """The run's summary; an empty one (every field None) if it has none or it is unreadable."""
   try:
-    return json.loads(files.read_text(path)) if files.exists(path) else None
-  except (OSError, ValueError):
-    return None
+    return run.read_summary() or rundir.Summary()
+  except (OSError, ValueError, TypeError):
+    return rundir.Summary()
 
 
 def table_rows(runs: Sequence[Run], workdir: str, status: Mapping[str, dict]) -> list[dict]:
@@ -22,19 +22,19 @@ def table_rows(runs: Sequence[Run], workdir: str, status: Mapping[str, dict]) ->
   rows = []
   for run in runs:
     st = status.get(run.name, {'status': PENDING})
-    summary = _read_summary(files.join(run_dir(workdir, run.name), 'summary.json')) or {}
+    summary = _read_summary(rundir.SweepDir(workdir).run(run.name))
     wall = st.get('wall_time_s')
     if st['status'] == SKIPPED:
-      wall = summary.get('wall_time_s')
+      wall = summary.wall_time_s
     rows.append(
       {
         'name': run.name,
         'status': st['status'],
         'devices': st.get('devices'),
-        'n_nonembed': summary.get('n_params_nonembed'),
-        'train_loss': summary.get('final_train_loss'),
-        'eval_loss': summary.get('final_eval_loss'),
-        'eval_sem': summary.get('final_eval_loss_sem'),
+        'n_nonembed': summary.n_params_nonembed,
+        'train_loss': summary.final_train_loss,
+        'eval_loss': summary.final_eval_loss,
+        'eval_sem': summary.final_eval_loss_sem,
         'wall_time_s': wall,
         'last_line': st.get('last_line', ''),
       }
@@ -80,11 +80,11 @@ def format_table(rows: Sequence[dict]) -> str:
 def dry_run_text(runs: Sequence[Run], workdir: str, train_cmd: Sequence[str] = TRAIN_CMD) -> str:
   out = []
   for run in runs:
-    rdir = run_dir(workdir, run.name)
-    state = 'finished, would skip' if files.exists(files.join(rdir, 'summary.json')) else 'to run'
+    rdir = rundir.SweepDir(workdir).run(run.name)
+    state = 'finished, would skip' if rdir.done() else 'to run'
     out.append(f'{run.name} ({state})')
     out.extend(f'  {k} = {v!r}' for k, v in run.overrides.items())
-    out.append('  $ ' + shlex.join(run.argv(rdir, train_cmd)))
+    out.append('  $ ' + shlex.join(run.argv(rdir.path, train_cmd)))
   out.append(
     f'{len(runs)} runs (dry run: nothing started, nothing written; commands run from {REPO_ROOT})'
   )
@@ -101,6 +101,4 @@ def sweep_records(runs: Sequence[Run], sweep_file: str) -> list[dict]:
 
 def write_sweep_json(runs: Sequence[Run], workdir: str, sweep_file: str) -> None:
   """DIR/sweep.json, every run of the sweep (rewritten whole: each writer's own temp file)."""
-  files.makedirs(workdir)
-  text = json.dumps(sweep_records(runs, sweep_file), indent=2)
-  files.write_text(files.join(workdir, 'sweep.json'), text)
+  rundir.SweepDir(workdir).write_sweep(sweep_records(runs, sweep_file))

@@ -16,7 +16,7 @@ import sys
 
 from absl import app, flags, logging
 
-from data import cli
+from core import cli
 
 _CONFIG = cli.define_config_file('config', 'experiments/configs/default.py', 'Config file.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (local or gs://).', required=True)
@@ -36,10 +36,11 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     cli.fail(f'unexpected arguments {argv[1:]}; give every setting as --flag=value')
   # Imported here so that --help and flag errors do not pay for importing JAX.
-  from train import distributed, files, loop, metrics
+  from core import files
+  from train import distributed, loop, metrics, stops
 
   metrics.quiet_library_logs()
-  loop.configure_backend(_CONFIG.value)
+  distributed.configure_backend(_CONFIG.value)
   distributed.initialize(_COORD.value, _NPROC.value, _PID.value, _TIMEOUT.value)
   import jax
 
@@ -57,7 +58,7 @@ def main(argv: list[str]) -> None:
   try:
     with metrics.log_to_file(_WORKDIR.value):
       summary = loop.run(prepared, stop_at=_STOP.value or None)
-  except loop.Stopped as e:
+  except stops.Stopped as e:
     print(e, file=sys.stderr)
     sys.exit(e.exit_code)
   if summary is None:
@@ -65,9 +66,9 @@ def main(argv: list[str]) -> None:
     return
   logging.info(
     'done: final eval loss %.4f ± %.4f (%.3f bits/byte)',
-    summary['final_eval_loss'],
-    summary['final_eval_loss_sem'],
-    summary['final_eval_bpb'],
+    summary.final_eval_loss,
+    summary.final_eval_loss_sem,
+    summary.final_eval_bpb,
   )
 
 

@@ -263,14 +263,14 @@ MUTANTS = [
   ),
   (
     'the divergence rule reads only the loss',
-    'train/loop.py',
+    'train/metrics.py',
     'finite = all(math.isfinite(v) for v in self.last.values())',
     "finite = math.isfinite(self.last['loss'])",
     ['tests/test_divergence.py::test_a_finite_loss_with_a_nonfinite_gradient_norm_stops_the_run'],
   ),
   (
     'tokens/s per record, not per step',
-    'train/loop.py',
+    'train/metrics.py',
     'dt = (now - prev_t) / max(step - prev_step, 1)',
     'dt = now - prev_t',
     ['tests/test_train.py::test_tokens_per_s_and_mfu_follow_a_clock_the_test_controls'],
@@ -346,7 +346,7 @@ MUTANTS = [
   ),
   (
     'gs:// appends rewrite the object on every line',
-    'train/files.py',
+    'core/files.py',
     'if time.monotonic() - self._last_write >= self.min_interval_s:',
     'if True:',
     ['tests/test_gcs.py::test_remote_appends_are_buffered_to_one_write_per_second'],
@@ -390,16 +390,16 @@ MUTANTS = [
   (
     'cooldown branch starts with a fresh optimizer (moments and count not restored)',
     'train/loop.py',
-    "    it.set_state(_local_rows(data_state))\n    logging.info('branched from",
-    "    state = {**state, 'opt': trainer.init()['opt']}\n"
-    "    it.set_state(_local_rows(data_state))\n    logging.info('branched from",
+    '        parent, trainer, abstract_data, step=config.train.init_step\n      )\n',
+    '        parent, trainer, abstract_data, step=config.train.init_step\n      )\n'
+    "      restored = (restored[0], {**restored[1], 'opt': trainer.init()['opt']}, restored[2])\n",
     ['tests/test_branch.py::test_cooldown_branch_equals_the_same_schedule_from_scratch'],
   ),
   (
     'cooldown branch restarts the data iterator',
     'train/loop.py',
-    "    it.set_state(_local_rows(data_state))\n    logging.info('branched from",
-    "    logging.info('branched from",
+    '    it.set_state(sharding.local_rows(data_state))\n',
+    '    if resumed:\n      it.set_state(sharding.local_rows(data_state))\n',
     ['tests/test_branch.py::test_cooldown_branch_equals_the_same_schedule_from_scratch'],
   ),
   (
@@ -585,6 +585,24 @@ MUTANTS = [
     'T_MED=65; T_REF=100;',
     'T_MED=75; T_REF=120;',
     ['tests/test_benchmarks.py::test_gpu_check_rows_fit_the_budget_most_informative_first'],
+  ),
+  # the run-folder contract
+  (
+    'a run counts as done once its config is written',
+    'core/rundir.py',
+    '    return files.exists(self.summary_path)',
+    '    return files.exists(self.config_path)',
+    [
+      'tests/test_rundir.py::test_a_run_is_done_exactly_when_its_summary_is_written_and_every_reader_agrees',
+      'tests/test_sweep.py',
+    ],
+  ),
+  (
+    "a branch's parent looked up inside the branch's own folder",
+    'core/rundir.py',
+    "    parent = posixpath.dirname(self.path.rstrip('/'))",
+    '    parent = self.path',
+    ['tests/test_rundir.py::test_remote_paths_stay_remote_and_a_branch_parent_is_a_sibling'],
   ),
 ]
 

@@ -138,7 +138,7 @@ def run_entry(module: str, argv: list[str]) -> Result:
   return Result(code, out.getvalue(), err.getvalue())
 
 
-_PACKAGES = {'launch', 'benchmarks', 'data', 'train', 'experiments', 'models', 'tests'}
+_PACKAGES = {'core', 'launch', 'benchmarks', 'data', 'train', 'experiments', 'models', 'tests'}
 
 
 def message_lines(stderr: str) -> list[str]:

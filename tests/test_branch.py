@@ -49,7 +49,7 @@ def test_cooldown_branch_equals_the_same_schedule_from_scratch(tmp_path):
   assert any(not np.array_equal(a, b) for a, b in zip(stable, cooled, strict=True))
   records = [json.loads(line) for line in open(tmp_path / 'cooldown' / 'metrics.jsonl')]
   assert min(r['step'] for r in records) > BRANCH_AT  # the branch records only its own steps
-  assert summary['tokens_seen'] == STEPS * 8 * 32  # D counts the parent's tokens too
+  assert summary.tokens_seen == STEPS * 8 * 32  # D counts the parent's tokens too
 
 
 def test_branch_refuses_another_shape_or_a_missing_step(tmp_path):

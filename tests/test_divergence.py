@@ -10,7 +10,7 @@ import pytest
 
 from models.transformer import ModelConfig
 from tests.test_train import assert_trees_equal, final_params, tiny_config, train
-from train import loop, sharding
+from train import metrics, sharding, stops
 from train.step import make_trainer
 
 
@@ -35,9 +35,9 @@ EXPLODE = {'train.lr': 1e30, 'train.steps': 8, 'checkpoint.every': 1, 'log_every
 
 
 def test_divergence_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path):
-  with pytest.raises(loop.Diverged) as e:
+  with pytest.raises(stops.Diverged) as e:
     train(tiny_config(**EXPLODE), tmp_path)
-  assert e.value.exit_code == loop.EXIT_DIVERGED
+  assert e.value.exit_code == stops.EXIT_DIVERGED
   msg = str(e.value)
   assert '\n' not in msg and 'at step 3' in msg
   assert msg.endswith(os.path.join(str(tmp_path), 'checkpoints', '2'))
@@ -51,7 +51,7 @@ def test_divergence_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_patience_without_skipping_still_never_saves_nonfinite_parameters(tmp_path):
-  with pytest.raises(loop.Diverged, match='non-finite parameters at step 3, not saved') as e:
+  with pytest.raises(stops.Diverged, match='non-finite parameters at step 3, not saved') as e:
     train(tiny_config(**EXPLODE, **{'train.nan_patience': 3}), tmp_path)
   assert str(e.value).endswith(os.path.join(str(tmp_path), 'checkpoints', '2'))
   assert saved_steps(tmp_path) == [1, 2]
@@ -59,7 +59,7 @@ def test_patience_without_skipping_still_never_saves_nonfinite_parameters(tmp_pa
 
 def test_skipping_runs_on_with_finite_checkpoints_until_patience_runs_out(tmp_path):
   config = tiny_config(**EXPLODE, **{'train.nan_patience': 2, 'train.skip_nonfinite': True})
-  with pytest.raises(loop.Diverged, match=r'at step 4 \(2 consecutive') as e:
+  with pytest.raises(stops.Diverged, match=r'at step 4 \(2 consecutive') as e:
     train(config, tmp_path)
   assert str(e.value).endswith(os.path.join(str(tmp_path), 'checkpoints', '3'))
   assert saved_steps(tmp_path) == [1, 2, 3]
@@ -114,12 +114,12 @@ def test_a_finite_loss_with_a_nonfinite_gradient_norm_is_skipped():
 
 def test_a_finite_loss_with_a_nonfinite_gradient_norm_stops_the_run(tmp_path):
   """Without skipping, the divergence rule reads every metric, not only the loss."""
-  writer = loop.metrics.MetricsWriter(str(tmp_path), total_steps=10)
-  rec = loop._Recorder(writer, tiny_config(**{'train.nan_patience': 2}), 1e6, 0.0, 32)
+  writer = metrics.MetricsWriter(str(tmp_path), total_steps=10)
+  rec = metrics.Recorder(writer, tiny_config(**{'train.nan_patience': 2}), 1e6, 0.0, 32)
   good = types.SimpleNamespace(path=lambda: 'CKPT')
   rec.record(1, {'loss': 2.0, 'grad_norm': 1.0}, good)
   rec.record(2, {'loss': 2.0, 'grad_norm': float('inf')}, good)  # patience 2: runs on
-  with pytest.raises(loop.Diverged) as e:
+  with pytest.raises(stops.Diverged) as e:
     rec.record(3, {'loss': 1.9, 'grad_norm': float('inf')}, good)
   writer.close()
   assert str(e.value) == (

@@ -166,7 +166,7 @@ def test_remote_appends_are_buffered_to_one_write_per_second(gcs, monkeypatch):
   for k, v in gcs.env().items():
     monkeypatch.setenv(k, v)
   monkeypatch.setitem(fsspec.config.conf, 'gs', {'token': 'anon'})
-  from train import files
+  from core import files
 
   writes = []
   real_write = files.write_text

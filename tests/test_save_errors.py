@@ -11,7 +11,7 @@ import pytest
 
 from tests.test_divergence import saved_steps, strict_records
 from tests.test_train import assert_trees_equal, final_params, tiny_config, train
-from train import loop
+from train import stops
 
 
 @pytest.fixture
@@ -36,10 +36,10 @@ def test_failed_save_stops_the_run_and_keeps_the_previous_checkpoint(
   train(config, tmp_path, stop_at=2)
   before = final_params(tmp_path, 2)
   small_files()
-  with pytest.raises(loop.SaveFailed) as e:
+  with pytest.raises(stops.SaveFailed) as e:
     train(config, tmp_path)
   msg = str(e.value)
-  assert e.value.exit_code == loop.EXIT_SAVE_FAILED
+  assert e.value.exit_code == stops.EXIT_SAVE_FAILED
   assert '\n' not in msg and 'step 4' in msg and 'kept checkpoints: [2]' in msg
   assert saved_steps(tmp_path) == [2]
   assert_trees_equal(before, final_params(tmp_path, 2))

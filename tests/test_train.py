@@ -18,7 +18,7 @@ from experiments.configs import default
 from models import accounting
 from models.transformer import ModelConfig
 from tests.cluster import REPO
-from train import loop, sharding
+from train import loop, metrics, sharding
 from train.step import make_trainer
 
 
@@ -60,11 +60,12 @@ def test_loss_falls_on_shakespeare(tmp_path):
   records = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
   train_losses = [r['loss'] for r in records if r['kind'] == 'train']
   assert train_losses[0] > 4.5 and train_losses[-1] < train_losses[0] - 1.5
-  assert summary['final_eval_loss'] < 4.0  # uniform over 257 tokens would be 5.55
-  assert summary['final_eval_loss_sem'] > 0
+  assert all(v is not None for v in summary.to_dict().values())  # the whole contract filled
+  assert summary.final_eval_loss < 4.0  # uniform over 257 tokens would be 5.55
+  assert summary.final_eval_loss_sem > 0
   bpt = loop.prepare(tiny_config(), str(tmp_path / 'other')).pipe.bytes_per_token
   np.testing.assert_allclose(
-    summary['final_eval_bpb'], summary['final_eval_loss'] / np.log(2) / bpt, rtol=1e-6
+    summary.final_eval_bpb, summary.final_eval_loss / np.log(2) / bpt, rtol=1e-6
   )
   assert {'tokens_per_s', 'mfu', 'grad_norm', 'lr', 'step_time_s'} <= set(records[-1])
 
@@ -312,10 +313,10 @@ def test_tokens_per_s_and_mfu_follow_a_clock_the_test_controls(tmp_path, monkeyp
   """The rate comes from the clock between records, per step since the previous record: with
   the clock set by the test, tokens/s and MFU have exact values (B 8 x T 32 = 256 tokens/step)."""
   clock = {'now': 0.0}
-  monkeypatch.setattr(loop, 'time', types.SimpleNamespace(time=lambda: clock['now']))
+  monkeypatch.setattr(metrics, 'time', types.SimpleNamespace(time=lambda: clock['now']))
   config = tiny_config(**{'log_every': 2, 'train.nan_patience': 1})
-  writer = loop.metrics.MetricsWriter(str(tmp_path), total_steps=10)
-  rec = loop._Recorder(writer, config, flops_tok=1e6, peak=1e10, seq_len=32)
+  writer = metrics.MetricsWriter(str(tmp_path), total_steps=10)
+  rec = metrics.Recorder(writer, config, flops_tok=1e6, peak=1e10, seq_len=32)
   good = types.SimpleNamespace(path=lambda: 'none')
   # (step, clock at its fetch): steps 1, 2, 4 and 5 are recorded (the first of an invocation,
   # every 2nd, and a forced one); step 3's time counts into step 4's rate.

@@ -31,7 +31,7 @@ def test_eval_restores_what_training_saved_and_scores_it_like_training(trained):
   """On the run's own held-out batches, launch.eval's loss IS the run's final eval loss: the
   same restore, the same eval step, the same batches."""
   workdir, summary = trained
-  cfg = summary['config']['eval']
+  cfg = summary.config['eval']
   out = os.path.join(workdir, 'own.json')
   args = [
     f'--workdir={workdir}',
@@ -42,8 +42,8 @@ def test_eval_restores_what_training_saved_and_scores_it_like_training(trained):
   assert r.code in (0, None), r.stderr
   got = json.loads(open(out).read())
   assert got['step'] == 8 and got['label'] == 'shakespeare_validation'
-  assert got['eval_loss'] == pytest.approx(summary['final_eval_loss'], rel=1e-6)
-  assert got['eval_bpb'] == pytest.approx(summary['final_eval_bpb'], rel=1e-6)
+  assert got['eval_loss'] == pytest.approx(summary.final_eval_loss, rel=1e-6)
+  assert got['eval_bpb'] == pytest.approx(summary.final_eval_bpb, rel=1e-6)
   # Another split: other text, another loss, its own bytes per token; default path.
   r = run_entry('launch.eval', [*args, '--data.eval_split=train', '--label=tr'])
   assert r.code in (0, None), r.stderr

@@ -14,10 +14,12 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from train import files
+from core import rundir
+from train import stops
 
 # Config sections that must match for a checkpoint to be resumed.
 _MUST_MATCH = ('model',)
+_ITEMS = ('state', 'data', 'config')  # what each step holds
 
 
 def manager(workdir: str, ckpt_cfg) -> ocp.CheckpointManager:
@@ -27,15 +29,18 @@ def manager(workdir: str, ckpt_cfg) -> ocp.CheckpointManager:
     create=True,
   )
   return ocp.CheckpointManager(
-    files.join(files.absolute(workdir), 'checkpoints'),
-    options=options,
-    item_names=('state', 'data', 'config'),
+    rundir.RunDir(workdir).checkpoints, options=options, item_names=_ITEMS
   )
+
+
+def reader(workdir: str) -> ocp.CheckpointManager:
+  """A manager that only reads another run's checkpoints (a branch's parent); close it."""
+  return ocp.CheckpointManager(rundir.RunDir(workdir).checkpoints, item_names=_ITEMS)
 
 
 def existing_steps(workdir: str) -> list[int]:
   """Steps with a finished checkpoint in workdir, found without creating anything."""
-  path = epath.Path(files.join(workdir, 'checkpoints'))
+  path = epath.Path(rundir.RunDir(workdir).checkpoints)
   if not path.is_dir():
     return []
   return sorted(int(d.name) for d in path.iterdir() if d.name.isdigit())
@@ -84,9 +89,7 @@ def check_parent(parent: str, step: int, config: dict) -> None:
   if step not in existing_steps(parent):
     have = existing_steps(parent)
     raise ValueError(f'{what} has no checkpoint at step {step} (it has {have or "none"})')
-  mngr = ocp.CheckpointManager(
-    files.join(files.absolute(parent), 'checkpoints'), item_names=('state', 'data', 'config')
-  )
+  mngr = reader(parent)
   try:
     saved = saved_config(mngr, step)
   finally:
@@ -102,24 +105,6 @@ def check_parent(parent: str, step: int, config: dict) -> None:
       f'{what} ran train.global_batch={old_b}, this run {new_b}: its data-iterator state '
       'cannot be carried over'
     )
-
-
-def restore_step(parent: str, step: int, abstract_state, abstract_data):
-  """(state, data_state) of checkpoint `step` in run directory `parent` (a branch's start)."""
-  mngr = ocp.CheckpointManager(
-    files.join(files.absolute(parent), 'checkpoints'), item_names=('state', 'data', 'config')
-  )
-  try:
-    restored = mngr.restore(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        data=ocp.args.StandardRestore({'rows': abstract_data}),
-      ),
-    )
-  finally:
-    mngr.close()
-  return restored['state'], restored['data']['rows']
 
 
 def directory(mngr: ocp.CheckpointManager, step: int) -> str:
@@ -176,44 +161,45 @@ def _quiet_failed_restore_stragglers() -> None:
   std_logging.getLogger('asyncio').addFilter(orphaned_orbax_task)
 
 
-def restore_latest(mngr: ocp.CheckpointManager, abstract_state, abstract_data=None):
+def restore_latest(mngr: ocp.CheckpointManager, abstract_state, abstract_data=None, step=None):
   """Restores the newest readable checkpoint: (step, state, data_state), or None.
 
   Without `abstract_data` the data-iterator state is not read (inspection tools).
   A damaged newest checkpoint (truncated arrays, missing item) is skipped with a warning and
-  the previous one is tried; nothing is deleted.
+  the previous one is tried; nothing is deleted. With `step`, that checkpoint or an error.
   """
-  steps = sorted(mngr.all_steps(), reverse=True)
+  steps = sorted(mngr.all_steps(), reverse=True) if step is None else [step]
   _quiet_failed_restore_stragglers()  # a failing read's stragglers fire before `except` runs
-  for i, step in enumerate(steps):
+  for i, at in enumerate(steps):
     items = {'state': ocp.args.StandardRestore(abstract_state)}
     if abstract_data is not None:
       items['data'] = ocp.args.StandardRestore({'rows': abstract_data})
     try:
-      restored = mngr.restore(step, args=ocp.args.Composite(**items))
+      restored = mngr.restore(at, args=ocp.args.Composite(**items))
     except Exception as e:  # noqa: BLE001 - any failure to read means: try an older one.
       older = steps[i + 1] if i + 1 < len(steps) else None
       logging.warning(
         'checkpoint at step %d is unreadable (%s: %s); %s',
-        step,
+        at,
         type(e).__name__,
         str(e).splitlines()[0][:200] if str(e) else '',
         f'falling back to step {older}' if older is not None else 'no older checkpoint left',
       )
       continue
     data = restored['data']['rows'] if abstract_data is not None else None
-    return step, restored['state'], data
+    return at, restored['state'], data
   if steps:
     raise RuntimeError(f'no readable checkpoint among steps {steps} in {mngr.directory}')
   return None
 
 
-def restore_trainer_state(mngr: ocp.CheckpointManager, trainer, abstract_data=None):
-  """The one restore of a train state: training resumes through it and every tool that loads
-  a trained model (train/restore.py) does too. `trainer` (train/step.make_trainer) gives the
-  abstract state and the shardings to restore onto; returns restore_latest's tuple or None."""
+def restore_trainer_state(mngr: ocp.CheckpointManager, trainer, abstract_data=None, step=None):
+  """The one restore of a train state: training resumes through it, a branch starts through it
+  (`step`: the parent's checkpoint, from `reader`), and every tool that loads a trained model
+  (train/restore.py) does too. `trainer` (train/step.make_trainer) gives the abstract state and
+  the shardings to restore onto; returns restore_latest's tuple or None."""
   abstract = abstract_with_shardings(trainer.abstract_state, trainer.state_shardings)
-  return restore_latest(mngr, abstract, abstract_data)
+  return restore_latest(mngr, abstract, abstract_data, step)
 
 
 def abstract_with_shardings(abstract_tree, shardings):
@@ -221,3 +207,54 @@ def abstract_with_shardings(abstract_tree, shardings):
   return jax.tree.map(
     lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_tree, shardings
   )
+
+
+class LastGood:
+  """Saves checkpoints of finite parameters only, and knows the newest one that was written."""
+
+  def __init__(self, mngr, step: int | None):
+    self.mngr, self.step = mngr, step
+
+  def path(self, step: int | None = None) -> str:
+    step = self.step if step is None else step
+    return 'none' if step is None else directory(self.mngr, step)
+
+  def save(self, step: int, state, data_state, config_dict: dict) -> None:
+    if not bool(all_finite(state)):
+      raise stops.Diverged(
+        f'diverged: non-finite parameters at step {step}, not saved; last good checkpoint: '
+        f'{self.path()}'
+      )
+    self.wait()  # the previous save must have worked (Orbax would wait for it anyway)
+    try:
+      save(self.mngr, step, state, data_state, config_dict)
+    except Exception as e:  # noqa: BLE001 - any failure to write stops the run
+      raise self._failed(step, e) from e
+    self.step = step
+
+  def check(self) -> None:
+    """Raises if an asynchronous save has failed in the background (checked at every step)."""
+    try:
+      self.mngr.check_for_errors()
+    except Exception as e:  # noqa: BLE001
+      raise self._failed(self.step, e) from e
+
+  def wait(self) -> None:
+    try:
+      self.mngr.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+      raise self._failed(self.step, e) from e
+
+  def close(self) -> None:
+    try:
+      self.mngr.close()  # waits for a save in flight; a failing one was reported already
+    except Exception:  # noqa: BLE001, S110
+      pass
+
+  def _failed(self, step, e: Exception) -> stops.SaveFailed:
+    first = str(e).splitlines()[0][:300] if str(e) else ''
+    kept = [s for s in self.mngr.all_steps() if s != step] or ['none']
+    return stops.SaveFailed(
+      f'checkpoint save at step {step} to {self.mngr.directory} failed ({type(e).__name__}: '
+      f'{first}); kept checkpoints: {kept}'
+    )

@@ -252,6 +252,14 @@ def initialize(
   )
 
 
+def configure_backend(config) -> None:
+  """Settings that must be in place before JAX starts its backend (call before any device use)."""
+  if config.train.deterministic:
+    flag = '--xla_gpu_deterministic_ops=true'
+    if flag not in os.environ.get('XLA_FLAGS', ''):
+      os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {flag}'.strip()
+
+
 def is_primary() -> bool:
   """True on process 0: the one that writes metrics, summaries and logs."""
   return jax.process_index() == 0
@@ -266,7 +274,7 @@ def check_workdir_access(workdir: str) -> None:
   """
   from etils import epath
 
-  from train import files
+  from core import files
 
   if not workdir:
     raise ValueError('--workdir is empty')

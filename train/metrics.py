@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from train import files
+from core import files, rundir
+from train import stops
 
 # Dense bfloat16 peak FLOP/s per JAX device, from the vendors' data sheets. TPU v4 and v5p
 # present one device per chip (two TensorCores, megacore).
@@ -64,7 +65,7 @@ def peak_flops(configured: float = 0.0) -> tuple[float, str]:
 
 
 class MetricsWriter:
-  """Appends records to workdir/metrics.jsonl and TensorBoard; prints a progress line."""
+  """Appends records to the run's metrics.jsonl and TensorBoard; prints a progress line."""
 
   def __init__(self, workdir: str, total_steps: int, enabled: bool = True, resume_step: int = 0):
     self.enabled = enabled
@@ -73,13 +74,13 @@ class MetricsWriter:
     if not enabled:
       return
     files.makedirs(workdir)
-    path = files.join(workdir, 'metrics.jsonl')
+    path = rundir.RunDir(workdir).metrics_path
     _drop_records_after(path, resume_step)
     self._jsonl = files.AppendFile(path)
     try:
       from tensorboardX import SummaryWriter
 
-      self._tb = SummaryWriter(files.join(workdir, 'tb'))
+      self._tb = SummaryWriter(rundir.RunDir(workdir).tensorboard)
     except ImportError:  # TensorBoard files are a convenience, JSONL is the record.
       self._tb = None
 
@@ -193,7 +194,7 @@ def log_to_file(workdir: str):
   """Within the block, all log records (the console shows fewer) also go to
   workdir/verbose_log[.<process>].txt; the file is flushed and detached at the end."""
   pid = jax.process_index()
-  path = files.join(workdir, f'verbose_log{f".{pid}" if pid else ""}.txt')
+  path = rundir.RunDir(workdir).verbose_log_path(pid)
   files.makedirs(workdir)
   handler = _FileHandler(path)
   pylogging.getLogger().addHandler(handler)
@@ -202,3 +203,65 @@ def log_to_file(workdir: str):
   finally:
     pylogging.getLogger().removeHandler(handler)
     handler.close()
+
+
+class Recorder:
+  """Fetches each step's metrics; writes the means since the last record every `log_every`.
+
+  Whatever the train step returns in its metrics dict is recorded: a new metric is added in
+  the step alone. The divergence guard reads the same numbers.
+  """
+
+  def __init__(self, writer, config, flops_tok, peak, seq_len):
+    self.writer, self.config = writer, config
+    self.flops_tok, self.peak = flops_tok, peak
+    self.tokens_per_step = config.train.global_batch * seq_len
+    self.patience = config.train.nan_patience
+    self.window = {}  # metric -> values since the last record
+    self.last = {}  # the newest step's metrics
+    self.last_fetch = None  # (step, time) of the last record
+    self.bad_steps = 0  # consecutive steps with a non-finite metric
+
+  def record(self, step: int, dev_metrics, good, force: bool = False) -> None:
+    self.last = {k: float(v) for k, v in jax.device_get(dev_metrics).items()}
+    now = time.time()
+    for k, v in self.last.items():
+      self.window.setdefault(k, []).append(v)
+    finite = all(math.isfinite(v) for v in self.last.values())
+    self.bad_steps = 0 if finite else self.bad_steps + 1
+    diverged = self.bad_steps >= self.patience
+    first = self.last_fetch is None  # the first step of an invocation: no rate yet
+    if not (first or force or diverged or step % self.config.log_every == 0):
+      return
+    means = {k: float(np.mean(v)) for k, v in self.window.items()}
+    self.window = {}
+    if first:
+      tps = dt = mfu = None
+    else:
+      prev_step, prev_t = self.last_fetch
+      dt = (now - prev_t) / max(step - prev_step, 1)
+      tps = self.tokens_per_step / dt
+      mfu = tps * self.flops_tok / self.peak if self.peak else float('nan')
+    tokens = step * self.tokens_per_step
+    self.writer.write(
+      {
+        'kind': 'train',
+        'step': step,
+        **means,
+        'tokens': tokens,
+        'flops': self.flops_tok * tokens,
+        'tokens_per_s': tps,
+        'step_time_s': dt,
+        'mfu': mfu,
+      }
+    )
+    self.last_fetch = (step, now)
+    if not first:
+      loss = means.get('loss', float('nan'))
+      self.writer.progress(step, f'loss {loss:.4f}  {tps:,.0f} tok/s  MFU {mfu:.1%}')
+    if diverged:
+      bad = ', '.join(k for k, v in self.last.items() if not math.isfinite(v))
+      raise stops.Diverged(
+        f'diverged: non-finite {bad} at step {step} ({self.bad_steps} consecutive step(s), '
+        f'train.nan_patience={self.patience}); last good checkpoint: {good.path()}'
+      )

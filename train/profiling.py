@@ -17,7 +17,7 @@ import time
 import jax
 from absl import logging
 
-from train import files
+from core import files, rundir
 
 SUMMARY = 'train_step.json'
 
@@ -39,7 +39,7 @@ def window(spec: str, steps: int) -> tuple[int, int] | None:
 
 
 def trace_dir(workdir: str) -> str:
-  return files.join(workdir, 'tb')
+  return rundir.RunDir(workdir).tensorboard
 
 
 class StepTrace:
@@ -66,7 +66,7 @@ class StepTrace:
     hlo = compiled.as_text()
     module = re.match(r'HloModule ([\w.\-]+)', hlo).group(1)
     steps = self.window[1] - self.window[0]
-    where = files.join(trace_dir(self.workdir), 'plugins', 'profile')
+    where = rundir.RunDir(self.workdir).profile
     files.write_text(files.join(where, 'train_step.hlo.txt'), hlo)
     record = {'steps': steps, 'first': self.window[0] + 1, 'wall_s': wall_s, 'module': module}
     files.write_text(files.join(where, SUMMARY), json.dumps(record, indent=2))

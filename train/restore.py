@@ -8,9 +8,8 @@ what training would resume from, and a damaged newest checkpoint is skipped the 
 """
 
 import dataclasses
-import json
 
-from train import files
+from core import rundir
 
 
 @dataclasses.dataclass
@@ -27,10 +26,10 @@ def read_config(workdir: str):
   """The run's config.json as a ConfigDict; FileNotFoundError (one line) if it is not a run."""
   import ml_collections
 
-  config_path = files.join(workdir, 'config.json')  # local or gs://
-  if not files.exists(config_path):
-    raise FileNotFoundError(f'{workdir} is not a training run (no config.json)')
-  return ml_collections.ConfigDict(json.loads(files.read_text(config_path)))
+  recorded = rundir.RunDir(workdir).read_config()  # local or gs://
+  if recorded is None:
+    raise FileNotFoundError(f'{workdir} is not a training run (no {rundir.CONFIG})')
+  return ml_collections.ConfigDict(recorded)
 
 
 def check_restorable(workdir: str) -> None:

@@ -94,3 +94,64 @@ def activation_sharding(rules, mesh: Mesh):
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
+
+
+def check_batch(config, mesh) -> None:
+  """The batch splits over the data-parallel devices and processes (one-line ValueError)."""
+  t, e = config.train, config.eval
+  shards = math.prod(mesh.shape[a] for a in batch_axes(config.sharding_rules))
+  if t.grad_accum < 1 or t.global_batch % t.grad_accum:
+    raise ValueError(
+      f'train.grad_accum={t.grad_accum} must divide train.global_batch={t.global_batch}'
+    )
+  micro = t.global_batch // t.grad_accum
+  if micro % shards:
+    raise ValueError(
+      f'the (micro)batch of {micro} sequences does not split over the {shards} '
+      f'data-parallel devices of mesh {dict(mesh.shape)}; make train.global_batch/'
+      'train.grad_accum a multiple of it'
+    )
+  if e.batch_size % shards:
+    raise ValueError(
+      f'eval.batch_size={e.batch_size} does not split over the {shards} data-parallel devices'
+    )
+  for name, b in (('train.global_batch', t.global_batch), ('eval.batch_size', e.batch_size)):
+    if b % jax.process_count():
+      raise ValueError(f'{name}={b} does not split over {jax.process_count()} processes')
+
+
+def check_rows_per_process(config, mesh) -> None:
+  """Each process must own the contiguous block of batch rows its loader produces."""
+  b = config.train.global_batch
+  batch_sh = batch_sharding(mesh, config.sharding_rules)
+  per = b // jax.process_count()
+  want = (jax.process_index() * per, (jax.process_index() + 1) * per)
+  rows = batch_sh.addressable_devices_indices_map((b, 1)).values()
+  starts = [r[0].start or 0 for r in rows]
+  stops = [r[0].stop if r[0].stop is not None else b for r in rows]
+  if (min(starts), max(stops)) != want:
+    raise ValueError(
+      f'mesh {dict(mesh.shape)} does not split the batch over processes (process '
+      f'{jax.process_index()} holds rows {min(starts)}..{max(stops)}); put the processes '
+      'along the data/fsdp axes'
+    )
+
+
+def to_global(local: dict, sh, global_rows: int) -> dict:
+  """A global batch from each process's rows of it."""
+  return {
+    k: jax.make_array_from_process_local_data(sh, v, (global_rows, *v.shape[1:]))
+    for k, v in local.items()
+  }
+
+
+def local_rows(global_array: jax.Array) -> np.ndarray:
+  """This process's rows of a row-sharded global array, in order."""
+  shards = sorted(global_array.addressable_shards, key=lambda s: s.index[0].start or 0)
+  seen, rows = set(), []
+  for s in shards:
+    start = s.index[0].start or 0
+    if start not in seen:  # replicas along non-batch axes hold the same rows
+      seen.add(start)
+      rows.append(np.asarray(s.data))
+  return np.concatenate(rows)

@@ -6,8 +6,8 @@ config file that is missing, does not parse, or whose get_config() raises. `pars
 an absl `flags_parser` (app.run(main, flags_parser=cli.parse_flags)) that turns all of them
 into one line that keeps what ml_collections said.
 
-It lives in data/, the bottom layer, because data.tokenizer and data.text_corpus are entry
-points too.
+It lives in core/, under every other package, because data.tokenizer and data.text_corpus are
+entry points too.
 """
 
 import os
