@@ -594,7 +594,7 @@ MUTANTS = [
     '    return files.exists(self.config_path)',
     [
       'tests/test_rundir.py::test_a_run_is_done_exactly_when_its_summary_is_written_and_every_reader_agrees',
-      'tests/test_sweep.py',
+      'tests/test_sweep.py::test_runner_skips_reruns_and_records_failures',
     ],
   ),
   (

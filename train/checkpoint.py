@@ -55,6 +55,28 @@ def saved_config(mngr: ocp.CheckpointManager, step: int) -> dict:
 _NEWER_MODEL_KEYS = ('parametrization', 'mup_base_width')
 
 
+def check_start(workdir: str, config) -> list[int]:
+  """The steps a run in `workdir` can resume from (oldest first). Refuses, in one line, to resume
+  a checkpoint of another model or batch, or to branch from a parent checkpoint that does not
+  fit this run (train.init_from). Reads configs only; writes nothing."""
+  steps = existing_steps(workdir)
+  if steps:
+    mngr = manager(workdir, config.checkpoint)
+    saved = None
+    for step in reversed(steps):  # the newest readable config
+      try:
+        saved = saved_config(mngr, step)
+        break
+      except Exception:  # noqa: BLE001 - a damaged step: restore_latest reports it later.
+        continue
+    mngr.close()
+    if saved is not None:
+      check_compatible(saved, config.to_dict(), workdir)
+  elif config.train.init_from:  # a branch: its parent's checkpoint must fit this run
+    check_parent(config.train.init_from, config.train.init_step, config.to_dict())
+  return steps
+
+
 def check_compatible(saved: dict, config: dict, workdir: str) -> None:
   """Refuses to resume (and so to overwrite) a checkpoint of a different model."""
   from models.transformer import BLOCK_OPTIONS, ModelConfig

@@ -44,7 +44,6 @@ def prepare(config, workdir: str) -> Prepared:
   validate.check_config(config)  # ranges, names and the model's shape rules
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch(config, mesh)
-  sharding.check_rows_per_process(config, mesh)
   pipe = DataPipeline(
     config.data,
     global_batch=config.train.global_batch,
@@ -54,21 +53,7 @@ def prepare(config, workdir: str) -> Prepared:
     process_count=jax.process_count(),
   )
   model_cfg = ModelConfig.from_config(config.model, vocab_size=pipe.vocab_size)
-  steps = checkpoint.existing_steps(workdir)
-  if steps:
-    mngr = checkpoint.manager(workdir, config.checkpoint)
-    saved = None
-    for step in reversed(steps):  # the newest readable config
-      try:
-        saved = checkpoint.saved_config(mngr, step)
-        break
-      except Exception:  # noqa: BLE001 - a damaged step: restore_latest reports it later.
-        continue
-    mngr.close()
-    if saved is not None:
-      checkpoint.check_compatible(saved, config.to_dict(), workdir)
-  elif config.train.init_from:  # a branch: its parent's checkpoint must fit this run
-    checkpoint.check_parent(config.train.init_from, config.train.init_step, config.to_dict())
+  steps = checkpoint.check_start(workdir, config)
   return Prepared(config, workdir, model_cfg, mesh, pipe, steps)
 
 
@@ -137,7 +122,7 @@ def run(p: Prepared, stop_at: int | None = None) -> rundir.Summary | None:
   if restored is not None:
     start, state, data_state = restored
     it.set_state(sharding.local_rows(data_state))
-    how = 'resumed' if resumed else f'branched from {config.train.init_from} at'
+    how = 'resumed from' if resumed else f'branched from {config.train.init_from} at'
     logging.info('%s step %d', how, start)
   else:
     start, state = 0, trainer.init()

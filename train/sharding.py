@@ -97,7 +97,8 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def check_batch(config, mesh) -> None:
-  """The batch splits over the data-parallel devices and processes (one-line ValueError)."""
+  """The batch splits over the data-parallel devices and processes, each process owning its
+  loader's rows (one-line ValueError)."""
   t, e = config.train, config.eval
   shards = math.prod(mesh.shape[a] for a in batch_axes(config.sharding_rules))
   if t.grad_accum < 1 or t.global_batch % t.grad_accum:
@@ -118,9 +119,10 @@ def check_batch(config, mesh) -> None:
   for name, b in (('train.global_batch', t.global_batch), ('eval.batch_size', e.batch_size)):
     if b % jax.process_count():
       raise ValueError(f'{name}={b} does not split over {jax.process_count()} processes')
+  _check_rows_per_process(config, mesh)
 
 
-def check_rows_per_process(config, mesh) -> None:
+def _check_rows_per_process(config, mesh) -> None:
   """Each process must own the contiguous block of batch rows its loader produces."""
   b = config.train.global_batch
   batch_sh = batch_sharding(mesh, config.sharding_rules)

@@ -2,25 +2,13 @@
 
 Six sizes from 2.5e4 to 1.3e6 non-embedding parameters (1.7 decades), each trained on the
 same TOKENS bytes of Shakespeare, so the fitted L(N) = E + A N^-alpha is a fixed-D version
-of Kaplan et al.'s Figure 1 (right). Every model ends below the corpus's bigram level
-(`python -m data.levels`); the largest near 1.9 nats/byte on held-out plays. Measured
-(docs/SWEEPS.md): 2.388 down to 1.883, R^2 0.996, alpha 0.43 [0.28, 0.64]; 9 min 50 s with setup.
-
-What was chosen, and why (docs/SWEEPS.md):
-* learning rate: lr(d) = LR_REF * sqrt(D_REF / d_model), 3e-3 at width 192 up to 7.3e-3 at 32
-  (lr_sweep.py at the demo's settings: best 4e-3 at width 192, >= 1.6e-2 at width 48, so the
-  small models could take more, ~1/width; the whole demo at 1/width gains up to 0.18 nats on
-  the small models, loses 0.02 on the largest and flattens alpha to 0.20 +- 111%; Kaplan et
-  al.'s rule, 1.2e-3 to 1.8e-3 here, left every model of an earlier demo near the bigram level).
-  Not muP: the SP-vs-muP transfer sweep (mup_transfer.py, docs/MUP.md) ran at 307k tokens,
-  where every model is still near the bigram level, so it does not fix a muP base rate for
-  these 1.2M-token runs, and the demo in muP has not been measured end to end; mup_ladder.py
-  is that run;
-* warmup WARMUP_STEPS steps (30 left a 100k model on the bigram plateau in one seed), then
-  cosine decay to 10% at the run's last step;
-* batch 8 x 128 bytes: these runs are step-limited, not token-limited (a char-level GPT at
-  768 tokens per step gets ~1.9 after 1.5M tokens), so more, smaller steps per token;
-* TOKENS per run; EVALS log-spaced evaluations (eval.log_points), so the curves are curves;
+of Kaplan et al.'s Figure 1 (right). What it measures, and what each choice below does to
+alpha, is in docs/SWEEPS.md and docs/MUP.md; the choices:
+* learning rate: common.width_lr, LR_REF at width D_REF growing as 1/sqrt(width) below it
+  (lr_sweep.py's optima at these settings), standard parametrization;
+* warmup WARMUP_STEPS steps, then cosine decay to 10% at the run's last step;
+* batch 8 x 128 bytes: these runs are step-limited, not token-limited, so more, smaller steps;
+* EVALS log-spaced evaluations (eval.log_points), so the curves are curves;
 * sizes ~0.35 decades apart: 2 layers (deeper ones learn slower in 1,172 steps), 3 for the
   largest; heads of 32 dimensions where the width allows (16 below 64).
 
@@ -37,7 +25,7 @@ BASE_CONFIG = common.BASE_CONFIG
 TOKENS = 1_200_000  # per run
 BATCH = 8  # sequences of 128 bytes per step: 1,172 steps per run
 EVALS = 10  # log-spaced evaluations per run, the last at the final step
-WARMUP_STEPS = 100  # 30 left one seed of the 100k model on the bigram plateau (2.52)
+WARMUP_STEPS = 100  # shorter warmups can leave a model on the bigram plateau (docs/SWEEPS.md)
 LR_REF, D_REF = common.LR_REF, common.D_REF  # the peak lr of the widest model (lr_sweep.py)
 
 LADDER = [  # ~0.35 decades apart; heads of 32 dimensions where the width allows (docs/SWEEPS.md)
