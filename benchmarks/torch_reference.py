@@ -33,6 +33,8 @@ from typing import Any
 
 from absl import app, flags
 
+from models import shapes
+
 _SHAPE_KEYS = (
   'd_model',
   'num_layers',
@@ -254,14 +256,11 @@ def _resolve_shape(shape: dict, seq_len: int) -> dict:
     if key not in shape:
       raise ValueError(f'shape needs {key!r} (got {shape})')
   s = dict(shape)
-  # 0 or missing means "derive it", as in the JAX config.
-  if not s.get('head_dim'):
-    if s['d_model'] % s['num_heads']:
-      raise ValueError(
-        f'num_heads={s["num_heads"]} does not divide d_model={s["d_model"]}; give head_dim'
-      )
-    s['head_dim'] = s['d_model'] // s['num_heads']
-  s['d_ff'] = s.get('d_ff') or 4 * s['d_model']
+  # 0 or missing means "derive it", as in the JAX config (models/shapes.py).
+  for key in ('d_model', 'num_layers', 'num_heads'):
+    shapes.at_least_one(key, s[key])
+  s['head_dim'] = shapes.derive_head_dim(s['d_model'], s['num_heads'], s.get('head_dim', 0))
+  s['d_ff'] = s.get('d_ff') or shapes.default_d_ff(s['d_model'], 'gelu')
   s['vocab_size'] = s.get('vocab_size') or 256
   s['max_seq_len'] = s.get('max_seq_len') or seq_len
   if seq_len > s['max_seq_len']:

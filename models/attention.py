@@ -1,4 +1,4 @@
-"""Multi-head attention as the textbook describes it (shape letters: models/layers.py).
+"""Multi-head attention as the textbook describes it (shape letters: models/shapes.py).
 
 Each token is projected to a query, a key and a value per head; scores are QK^T / sqrt(Dh);
 a softmax (in float32) over the visible keys weights the values; the heads are concatenated
@@ -31,14 +31,11 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
+from models import shapes
 from models.layers import RESIDUAL, add_bias, constrain, current_sharding, dense, norm, param
+from models.shapes import IMPLS
 
-IMPLS = ('auto', 'reference', 'xla', 'cudnn', 'splash')
 DECODE_IMPLS = ('reference', 'xla')
-# Where a model may be told it runs ('' : JAX's backend, looked up when it is traced), and the
-# one platform each fused kernel exists on.
-PLATFORMS = ('', 'cpu', 'gpu', 'tpu')
-KERNEL_PLATFORM = {'cudnn': 'gpu', 'splash': 'tpu'}
 # From this length on, an accelerator never materializes L x S scores without saying so.
 LONG = 1024
 _FUSED_DTYPES = ('bfloat16', 'float16')
@@ -161,8 +158,7 @@ def choose_attention(
     if problem:
       raise ValueError(f'attention_impl=splash: {problem}')
     return 'splash', ''
-  if requested != 'auto':
-    raise ValueError(f'attention_impl={requested!r}; choose one of {IMPLS}')
+  shapes.choose('attention_impl', requested, IMPLS)
   if platform == 'gpu':
     problem = cudnn_problem(dtype, head_dim, length, segments, capability)
     if not problem:
@@ -368,12 +364,10 @@ class MultiHeadAttention(nnx.Module):
     normalize each head's query and key over Dh before the dot (Dehghani et al. 2023,
     Wortsman et al. 2023), one scale (and bias) of Dh shared by the heads; before RoPE.
     `score_scale` multiplies the scores QK^T / sqrt(Dh) (muP: 1 / sqrt(Dh), for QK^T / Dh)."""
-    if num_heads % num_kv_heads:
-      raise ValueError(f'num_kv_heads={num_kv_heads} must divide num_heads={num_heads}')
-    if use_rope and head_dim % 2:
-      raise ValueError(f'rope needs an even head_dim, got {head_dim}')
-    if impl not in IMPLS:
-      raise ValueError(f'attention impl={impl!r}; choose one of {IMPLS}')
+    shapes.derive_kv_heads(num_heads, num_kv_heads)
+    if use_rope:
+      shapes.check_rope(head_dim, d_model, num_heads)
+    shapes.choose('attention_impl', impl, IMPLS)
     self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
     self.impl, self.platform, self.use_rope, self.dtype = impl, platform, use_rope, dtype
     self.score_scale = score_scale

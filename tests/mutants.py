@@ -567,9 +567,10 @@ MUTANTS = [
   ),
   (
     'the model reads its platform from the running backend (starts it before XLA_FLAGS are set)',
-    'models/transformer.py',
-    '    if platform not in PLATFORMS:\n',
-    '    platform = platform or jax.default_backend()\n    if platform not in PLATFORMS:\n',
+    'models/shapes.py',
+    "  choose('platform', platform, PLATFORMS)\n",
+    '  import jax\n\n  platform = platform or jax.default_backend()\n'
+    "  choose('platform', platform, PLATFORMS)\n",
     ['tests/test_attention_impl.py::test_model_config_starts_no_backend'],
   ),
   (
@@ -585,6 +586,34 @@ MUTANTS = [
     'T_MED=65; T_REF=100;',
     'T_MED=75; T_REF=120;',
     ['tests/test_benchmarks.py::test_gpu_check_rows_fit_the_budget_most_informative_first'],
+  ),
+  # shape module: one JAX-free set of model-shape rules (models/shapes.py) read by every reader
+  (
+    'head_dim derived without checking that the heads divide d_model',
+    'models/shapes.py',
+    '  if d_model % num_heads:\n    raise ValueError(\n',
+    '  if d_model < num_heads:\n    raise ValueError(\n',
+    [
+      'tests/test_shapes.py::test_every_reader_derives_the_same_sizes_and_refuses_the_same_shapes',
+    ],
+  ),
+  (
+    'the sweep planner checks a fused kernel against the machine it plans on',
+    'train/validate.py',
+    "  platform = _backend() if on_this_machine and fused else ''\n",
+    "  platform = _backend() if fused else ''\n",
+    [
+      'tests/test_shapes.py::'
+      'test_a_fused_kernel_is_planned_anywhere_and_refused_on_the_wrong_machine',
+    ],
+  ),
+  (
+    'the shape module holds JAX dtypes (expanding a sweep imports JAX)',
+    'models/shapes.py',
+    "DTYPES = ('float32', 'bfloat16', 'float16')",
+    'import jax.numpy as jnp\n\n'
+    "DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}",
+    ['tests/test_shapes.py::test_expanding_a_sweep_imports_no_jax'],
   ),
 ]
 
