@@ -50,7 +50,7 @@ from collections.abc import Mapping
 MESH_AXES = ('data', 'fsdp', 'tensor')
 
 # The names each `model.*` choice takes.
-IMPLS = ('auto', 'reference', 'xla', 'cudnn', 'splash')  # attention_impl (models/attention.py)
+IMPLS = ('auto', 'reference', 'xla', 'cudnn', 'splash')  # attention_impl (models/kernels.py)
 POS_EMBS = ('learned', 'rope')
 REMATS = ('none', 'dots', 'full')  # from no recomputation to all of it
 DTYPES = ('float32', 'bfloat16', 'float16')  # dtype (compute) and param_dtype

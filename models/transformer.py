@@ -21,7 +21,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from models import mup, shapes
-from models.attention import FUSED_PRIMITIVES, MultiHeadAttention
+from models.attention import MultiHeadAttention
+from models.kernels import FUSED_PRIMITIVES
 from models.layers import LOOKUP, RESIDUAL, LayerNorm, Mlp, RMSNorm, constrain, dense, norm, param
 from models.shapes import ModelConfig
 

@@ -576,7 +576,7 @@ MUTANTS = [
   (
     'auto does not fall back when the fused kernel fails to compile',
     'train/step.py',
-    "    reason = attention.kernel_failure(e) if model_cfg.attention_impl == 'auto' else ''\n",
+    "    reason = kernels.kernel_failure(e) if model_cfg.attention_impl == 'auto' else ''\n",
     "    reason = ''\n",
     ['tests/test_attention_impl.py::test_auto_survives_a_kernel_that_does_not_compile'],
   ),
