@@ -217,15 +217,15 @@ def make_optimizer(model: Any, lr: float = 1e-3) -> Any:
     return torch.optim.AdamW(groups, foreach=True, **kwargs)
 
 
-def train_step(model: Any, optimizer: Any, tokens_BxT1: Any, forward: Any = None) -> float:
-  """One step on tokens [B, T+1] (inputs [:, :-1], targets [:, 1:]); returns the loss.
+def train_step(model: Any, optimizer: Any, tokens_BxL1: Any, forward: Any = None) -> float:
+  """One step on tokens [B, L+1] (inputs [:, :-1], targets [:, 1:]); returns the loss.
 
   `forward` (default: `model`) is the callable that computes the logits, e.g. a compiled model.
   """
-  return float(_step(model, optimizer, tokens_BxT1, forward))
+  return float(_step(model, optimizer, tokens_BxL1, forward))
 
 
-def _step(model: Any, optimizer: Any, tokens_BxT1: Any, forward: Any = None, autocast=None):
+def _step(model: Any, optimizer: Any, tokens_BxL1: Any, forward: Any = None, autocast=None):
   """train_step without the host synchronization: returns the loss as a device tensor.
 
   `autocast`: a context manager around the forward pass and the loss (mixed precision).
@@ -237,9 +237,9 @@ def _step(model: Any, optimizer: Any, tokens_BxT1: Any, forward: Any = None, aut
 
   forward = model if forward is None else forward
   with autocast if autocast is not None else contextlib.nullcontext():
-    logits_BxTxV = forward(tokens_BxT1[:, :-1])
+    logits_BxLxV = forward(tokens_BxL1[:, :-1])
     loss = F.cross_entropy(
-      logits_BxTxV.reshape(-1, logits_BxTxV.shape[-1]).float(), tokens_BxT1[:, 1:].reshape(-1)
+      logits_BxLxV.reshape(-1, logits_BxLxV.shape[-1]).float(), tokens_BxL1[:, 1:].reshape(-1)
     )
   optimizer.zero_grad(set_to_none=True)
   loss.backward()
@@ -334,8 +334,8 @@ def benchmark(
     model.train()
     optimizer = make_optimizer(model)
     gen = torch.Generator().manual_seed(0)
-    tokens_BxT1 = torch.randint(0, s['vocab_size'], (batch, seq_len + 1), generator=gen)
-    tokens_BxT1 = tokens_BxT1.to(device)
+    tokens_BxL1 = torch.randint(0, s['vocab_size'], (batch, seq_len + 1), generator=gen)
+    tokens_BxL1 = tokens_BxL1.to(device)
     autocast = None
     if dtype == 'bfloat16':
       autocast = torch.autocast(device_type='cuda' if cuda else 'cpu', dtype=torch.bfloat16)
@@ -354,19 +354,19 @@ def benchmark(
     t0 = time.perf_counter()
     for _ in range(warmup):
       try:
-        loss = _step(model, optimizer, tokens_BxT1, forward, autocast)
+        loss = _step(model, optimizer, tokens_BxL1, forward, autocast)
       except Exception as e:  # noqa: BLE001
         if not compiled:
           raise
         # torch.compile compiles lazily, so its failures surface at the first call.
         forward, compiled, compile_error = model, False, first_line(e)
-        loss = _step(model, optimizer, tokens_BxT1, forward, autocast)
+        loss = _step(model, optimizer, tokens_BxL1, forward, autocast)
     sync()
     warmup_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     for _ in range(steps):
-      loss = _step(model, optimizer, tokens_BxT1, forward, autocast)
+      loss = _step(model, optimizer, tokens_BxL1, forward, autocast)
     sync()
     step_s = (time.perf_counter() - t0) / steps
     final_loss = float(loss)

@@ -6,7 +6,7 @@
 A shape is `dD.LN.HH` (d_model, layers, heads; head_dim = D/H, d_ff = 4D) or `gpt3.NAME` (full
 size) or `gpt3.NAME.F` (GPT-3 NAME with its width divided by F, layers and heads kept).
 
-MFU uses the PaLM formula (models/accounting.py: 6N + 12*L*H*Dh*T, full T x T attention, no
+MFU uses the PaLM formula (models/shapes.py: 6N + 12*Ly*H*Dh*L, full L x L attention, no
 credit for causal masking) against the peak of the devices: the vendor table on GPU/TPU, and on
 CPU this machine's float32 matmul rate measured in the same run. HFU adds the recomputed
 forward when remat='full'. The step is the real jitted train step (AdamW, clipping, donation)

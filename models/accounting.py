@@ -8,7 +8,7 @@ checked against it for every combination (tests/test_blocks.py).
 
 Training FLOPs per token: models/shapes.flops_per_token (PaLM's or Kaplan's formula) over the
 non-embedding count found here. The attention term counts both attention matmuls (QK^T and AV)
-over the full T x T square: causal masking is NOT credited as saved work, the convention MFU
+over the full L x L square: causal masking is NOT credited as saved work, the convention MFU
 figures in the literature use.
 Hardware FLOPs with full rematerialization add one more forward pass: 4/3 of the model FLOPs.
 """

@@ -167,8 +167,8 @@ MUTANTS = [
   (
     'segment id changes at the separator instead of after it',
     'data/pipeline.py',
-    'segment_ids_BxT = 1 + np.cumsum(eos, axis=1) - eos',
-    'segment_ids_BxT = 1 + np.cumsum(eos, axis=1)',
+    'segment_ids_BxL = 1 + np.cumsum(eos, axis=1) - eos',
+    'segment_ids_BxL = 1 + np.cumsum(eos, axis=1)',
     ['tests/test_data_pipeline.py::test_segment_ids_follow_document_separators'],
   ),
   (
