@@ -28,7 +28,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from models import mup
+from models import mup, shapes
 from models.transformer import ModelConfig, Transformer
 from train.optim import make_optimizer
 
@@ -77,8 +77,8 @@ def run_width(
     num_layers=layers,
     num_heads=heads,
     num_kv_heads=heads,
-    head_dim=width // heads,
-    d_ff=4 * width,
+    head_dim=shapes.derive_head_dim(width, heads),
+    d_ff=shapes.default_d_ff(width),
     max_seq_len=seq_len,
     attention_impl='xla',
     parametrization=parametrization,
@@ -173,8 +173,12 @@ def check_args(widths, heads: int, lr: float, steps: int) -> None:
   widths = list(widths)
   if len(widths) < 2 or min(widths) < 1:
     raise ValueError(f'--widths needs at least two positive widths, got {widths}')
-  if heads < 1 or any(w % heads for w in widths):
-    raise ValueError(f'--heads={heads} must divide every width {widths}')
+  try:
+    shapes.at_least_one('num_heads', heads)
+    for w in widths:
+      shapes.derive_head_dim(w, heads)
+  except ValueError:
+    raise ValueError(f'--heads={heads} must divide every width {widths}') from None
   if not (math.isfinite(lr) and lr > 0):
     raise ValueError(f'--lr={lr} must be a positive number')
   if steps < 1:
