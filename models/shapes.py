@@ -25,8 +25,6 @@ splash) exists on one platform only (KERNEL_PLATFORM); a model told its platform
 other platforms, a model with platform '' (JAX's backend, looked up when it is traced) is not
 checked here: train/validate.py checks it against the machine that trains.
 
-Mesh: three axes (data, fsdp, tensor); one size may be -1, meaning "the devices left".
-
 Parameters of models/transformer.py, per layer: Q, K, V, O projections and their biases (K and
 V have num_kv_heads heads), two norms, the MLP (two matrices for GELU, three for SwiGLU) and its
 biases; plus the final norm. A LayerNorm has a scale and a bias, an RMSNorm a scale only;
@@ -41,13 +39,13 @@ Training FLOPs per token (forward + backward = 3x forward, 2 FLOPs per multiply-
   the non-embedding parameters plus the unembedding matrix (the logits matmul costs 2*D*V per
   token even when tied; the input lookup costs nothing), attention over the full L x L square.
 * Kaplan et al. 2020: 6 * N_nonembedding + 6 * Ly * L * d_attn.
+
+Mesh: three axes (data, fsdp, tensor); one size may be -1, meaning "the devices left".
 """
 
 import dataclasses
 import math
 from collections.abc import Mapping
-
-MESH_AXES = ('data', 'fsdp', 'tensor')
 
 # The names each `model.*` choice takes.
 IMPLS = ('auto', 'reference', 'xla', 'cudnn', 'splash')  # attention_impl (models/kernels.py)
@@ -64,37 +62,6 @@ LATER_KEYS = ('norm', 'mlp', 'use_bias', 'qk_norm', 'parametrization', 'mup_base
 # one platform each fused kernel exists on.
 PLATFORMS = ('', 'cpu', 'gpu', 'tpu')
 KERNEL_PLATFORM = {'cudnn': 'gpu', 'splash': 'tpu'}
-
-
-def mesh_shape(mesh: Mapping, num_devices: int, where: str = '') -> tuple[int, ...]:
-  """(data, fsdp, tensor) sizes with a -1 filled in; one-line ValueError if they do not fit.
-
-  `mesh` maps axis names to sizes (a dict or the config's ConfigDict); missing axes are 1.
-  `where` names the devices in messages (e.g. 'v5p-32').
-  """
-  at = f' on {where}' if where else ''
-  unknown = sorted(set(mesh.keys()) - set(MESH_AXES))
-  if unknown:
-    raise ValueError(f'unknown mesh axes {unknown}; the mesh axes are {MESH_AXES}')
-  sizes = [int(mesh.get(a, 1)) for a in MESH_AXES]
-  shown = dict(zip(MESH_AXES, sizes, strict=True))
-  if sizes.count(-1) > 1:
-    raise ValueError(f'at most one mesh axis may be -1, got {shown}')
-  if any(s == 0 or s < -1 for s in sizes):
-    raise ValueError(f'mesh sizes must be positive or -1, got {shown}')
-  known = math.prod(s for s in sizes if s != -1)
-  if -1 in sizes:
-    if num_devices % known:
-      raise ValueError(
-        f'mesh {shown} cannot fill {num_devices} devices{at}: {known} does not divide {num_devices}'
-      )
-    sizes[sizes.index(-1)] = num_devices // known
-  if math.prod(sizes) != num_devices:
-    raise ValueError(
-      f'mesh {shown} has {math.prod(sizes)} devices but {num_devices} are available{at}; '
-      'make the product match or use -1 for one axis'
-    )
-  return tuple(sizes)
 
 
 def choose(key: str, value, allowed) -> None:
@@ -312,3 +279,37 @@ def flops_per_token(
   if convention == 'kaplan':
     return 6.0 * n_nonembed + 6.0 * num_layers * seq_len * d_attn
   raise ValueError(f'unknown FLOP convention {convention!r}; use palm or kaplan')
+
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+
+
+def mesh_shape(mesh: Mapping, num_devices: int, where: str = '') -> tuple[int, ...]:
+  """(data, fsdp, tensor) sizes with a -1 filled in; one-line ValueError if they do not fit.
+
+  `mesh` maps axis names to sizes (a dict or the config's ConfigDict); missing axes are 1.
+  `where` names the devices in messages (e.g. 'v5p-32').
+  """
+  at = f' on {where}' if where else ''
+  unknown = sorted(set(mesh.keys()) - set(MESH_AXES))
+  if unknown:
+    raise ValueError(f'unknown mesh axes {unknown}; the mesh axes are {MESH_AXES}')
+  sizes = [int(mesh.get(a, 1)) for a in MESH_AXES]
+  shown = dict(zip(MESH_AXES, sizes, strict=True))
+  if sizes.count(-1) > 1:
+    raise ValueError(f'at most one mesh axis may be -1, got {shown}')
+  if any(s == 0 or s < -1 for s in sizes):
+    raise ValueError(f'mesh sizes must be positive or -1, got {shown}')
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if num_devices % known:
+      raise ValueError(
+        f'mesh {shown} cannot fill {num_devices} devices{at}: {known} does not divide {num_devices}'
+      )
+    sizes[sizes.index(-1)] = num_devices // known
+  if math.prod(sizes) != num_devices:
+    raise ValueError(
+      f'mesh {shown} has {math.prod(sizes)} devices but {num_devices} are available{at}; '
+      'make the product match or use -1 for one axis'
+    )
+  return tuple(sizes)
