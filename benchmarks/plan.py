@@ -26,7 +26,7 @@ import sys
 from absl import app, flags
 
 from benchmarks import hardware
-from benchmarks.planner import model_config, parse_mesh, plan, report, suggest
+from benchmarks.planner import REMATS, model_config, parse_mesh, plan, report, suggest
 
 _MODEL = flags.DEFINE_string(
   'model', 'gpt3.175B', 'gpt3.<row of Table 2.1>, palm.540B, or dD.LN.HH (d_ff 4D).'
@@ -45,7 +45,7 @@ _SLICES = flags.DEFINE_integer(
 _MESH = flags.DEFINE_string('mesh', '', 'e.g. fsdp=64,tensor=4; axes data, fsdp, tensor; -1: rest.')
 _SEQ = flags.DEFINE_integer('seq_len', 2048, 'Tokens per sequence.')
 _BATCH = flags.DEFINE_integer('global_batch', 1024, 'Sequences per step.')
-_REMAT = flags.DEFINE_enum('remat', 'dots', ['none', 'dots', 'full'], 'Remat for the step time.')
+_REMAT = flags.DEFINE_enum('remat', 'dots', list(REMATS), 'Remat for the step time.')
 _EFF = flags.DEFINE_float('efficiency', 1.0, 'Fraction of peak FLOP/s the matmuls reach.')
 _SEQUENCE = flags.DEFINE_boolean(
   'sequence_parallel', False, 'Split activations along L over tensor (act_length=tensor).'

@@ -9,9 +9,10 @@ import itertools
 import re
 
 from benchmarks import hardware
+from models import shapes
 from train import comm
 
-REMATS = ('none', 'dots', 'full')
+REMATS = shapes.REMATS  # the order of preference: less recomputation first
 PARAM_BYTES = 4  # float32 parameters, gradients and both AdamW moments (train/step.py)
 HEADROOM = 0.9  # fraction of HBM the plan may fill (XLA's own buffers, fragmentation)
 
@@ -19,7 +20,6 @@ HEADROOM = 0.9  # fraction of HBM the plan may fill (XLA's own buffers, fragment
 def model_config(name: str, seq_len: int, vocab_size: int = 0, dtype: str = 'bfloat16'):
   """A ModelConfig for a named model (scan_layers on: its shapes, nothing is built)."""
   from models import gpt3
-  from models.transformer import ModelConfig
 
   family, _, row = name.partition('.')
   if family == 'gpt3':
@@ -54,13 +54,11 @@ def model_config(name: str, seq_len: int, vocab_size: int = 0, dtype: str = 'bfl
   m = default.get_config().model
   m.update(shape, dtype=dtype, scan_layers=True)
   m.max_seq_len = max(m.max_seq_len, seq_len)
-  return ModelConfig.from_config(m)
+  return shapes.ModelConfig.from_config(m)
 
 
 def parse_mesh(text: str, hw: hardware.Slice) -> dict[str, int]:
   from ml_collections import ConfigDict
-
-  from train.sharding import MESH_AXES, mesh_shape
 
   pairs = {}
   for item in filter(None, text.split(',')):
@@ -71,12 +69,12 @@ def parse_mesh(text: str, hw: hardware.Slice) -> dict[str, int]:
   if not pairs:
     pairs = {'data': -1}
   try:
-    sizes = mesh_shape(ConfigDict(pairs), hw.chips)
+    sizes = shapes.mesh_shape(ConfigDict(pairs), hw.chips)
   except ValueError as e:
     if hw.chip.chips_per_name_unit != 1:
       raise ValueError(f'{e} ({hw.chip.name}-N counts TensorCores, 2 per chip)') from None
     raise
-  return dict(zip(MESH_AXES, sizes, strict=True))
+  return dict(zip(shapes.MESH_AXES, sizes, strict=True))
 
 
 def _act_bytes(cfg) -> int:

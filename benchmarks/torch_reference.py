@@ -33,6 +33,8 @@ from typing import Any
 
 from absl import app, flags
 
+from models import shapes
+
 _SHAPE_KEYS = (
   'd_model',
   'num_layers',
@@ -215,15 +217,15 @@ def make_optimizer(model: Any, lr: float = 1e-3) -> Any:
     return torch.optim.AdamW(groups, foreach=True, **kwargs)
 
 
-def train_step(model: Any, optimizer: Any, tokens_BxT1: Any, forward: Any = None) -> float:
-  """One step on tokens [B, T+1] (inputs [:, :-1], targets [:, 1:]); returns the loss.
+def train_step(model: Any, optimizer: Any, tokens_BxL1: Any, forward: Any = None) -> float:
+  """One step on tokens [B, L+1] (inputs [:, :-1], targets [:, 1:]); returns the loss.
 
   `forward` (default: `model`) is the callable that computes the logits, e.g. a compiled model.
   """
-  return float(_step(model, optimizer, tokens_BxT1, forward))
+  return float(_step(model, optimizer, tokens_BxL1, forward))
 
 
-def _step(model: Any, optimizer: Any, tokens_BxT1: Any, forward: Any = None, autocast=None):
+def _step(model: Any, optimizer: Any, tokens_BxL1: Any, forward: Any = None, autocast=None):
   """train_step without the host synchronization: returns the loss as a device tensor.
 
   `autocast`: a context manager around the forward pass and the loss (mixed precision).
@@ -235,9 +237,9 @@ def _step(model: Any, optimizer: Any, tokens_BxT1: Any, forward: Any = None, aut
 
   forward = model if forward is None else forward
   with autocast if autocast is not None else contextlib.nullcontext():
-    logits_BxTxV = forward(tokens_BxT1[:, :-1])
+    logits_BxLxV = forward(tokens_BxL1[:, :-1])
     loss = F.cross_entropy(
-      logits_BxTxV.reshape(-1, logits_BxTxV.shape[-1]).float(), tokens_BxT1[:, 1:].reshape(-1)
+      logits_BxLxV.reshape(-1, logits_BxLxV.shape[-1]).float(), tokens_BxL1[:, 1:].reshape(-1)
     )
   optimizer.zero_grad(set_to_none=True)
   loss.backward()
@@ -254,14 +256,11 @@ def _resolve_shape(shape: dict, seq_len: int) -> dict:
     if key not in shape:
       raise ValueError(f'shape needs {key!r} (got {shape})')
   s = dict(shape)
-  # 0 or missing means "derive it", as in the JAX config.
-  if not s.get('head_dim'):
-    if s['d_model'] % s['num_heads']:
-      raise ValueError(
-        f'num_heads={s["num_heads"]} does not divide d_model={s["d_model"]}; give head_dim'
-      )
-    s['head_dim'] = s['d_model'] // s['num_heads']
-  s['d_ff'] = s.get('d_ff') or 4 * s['d_model']
+  # 0 or missing means "derive it", as in the JAX config (models/shapes.py).
+  for key in ('d_model', 'num_layers', 'num_heads'):
+    shapes.at_least_one(key, s[key])
+  s['head_dim'] = shapes.derive_head_dim(s['d_model'], s['num_heads'], s.get('head_dim', 0))
+  s['d_ff'] = s.get('d_ff') or shapes.default_d_ff(s['d_model'], 'gelu')
   s['vocab_size'] = s.get('vocab_size') or 256
   s['max_seq_len'] = s.get('max_seq_len') or seq_len
   if seq_len > s['max_seq_len']:
@@ -335,8 +334,8 @@ def benchmark(
     model.train()
     optimizer = make_optimizer(model)
     gen = torch.Generator().manual_seed(0)
-    tokens_BxT1 = torch.randint(0, s['vocab_size'], (batch, seq_len + 1), generator=gen)
-    tokens_BxT1 = tokens_BxT1.to(device)
+    tokens_BxL1 = torch.randint(0, s['vocab_size'], (batch, seq_len + 1), generator=gen)
+    tokens_BxL1 = tokens_BxL1.to(device)
     autocast = None
     if dtype == 'bfloat16':
       autocast = torch.autocast(device_type='cuda' if cuda else 'cpu', dtype=torch.bfloat16)
@@ -355,19 +354,19 @@ def benchmark(
     t0 = time.perf_counter()
     for _ in range(warmup):
       try:
-        loss = _step(model, optimizer, tokens_BxT1, forward, autocast)
+        loss = _step(model, optimizer, tokens_BxL1, forward, autocast)
       except Exception as e:  # noqa: BLE001
         if not compiled:
           raise
         # torch.compile compiles lazily, so its failures surface at the first call.
         forward, compiled, compile_error = model, False, first_line(e)
-        loss = _step(model, optimizer, tokens_BxT1, forward, autocast)
+        loss = _step(model, optimizer, tokens_BxL1, forward, autocast)
     sync()
     warmup_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     for _ in range(steps):
-      loss = _step(model, optimizer, tokens_BxT1, forward, autocast)
+      loss = _step(model, optimizer, tokens_BxL1, forward, autocast)
     sync()
     step_s = (time.perf_counter() - t0) / steps
     final_loss = float(loss)

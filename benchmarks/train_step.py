@@ -6,7 +6,7 @@
 A shape is `dD.LN.HH` (d_model, layers, heads; head_dim = D/H, d_ff = 4D) or `gpt3.NAME` (full
 size) or `gpt3.NAME.F` (GPT-3 NAME with its width divided by F, layers and heads kept).
 
-MFU uses the PaLM formula (models/accounting.py: 6N + 12*L*H*Dh*T, full T x T attention, no
+MFU uses the PaLM formula (models/shapes.py: 6N + 12*Ly*H*Dh*L, full L x L attention, no
 credit for causal masking) against the peak of the devices: the vendor table on GPU/TPU, and on
 CPU this machine's float32 matmul rate measured in the same run. HFU adds the recomputed
 forward when remat='full'. The step is the real jitted train step (AdamW, clipping, donation)
@@ -42,7 +42,7 @@ from ml_collections import config_flags
 
 from core import cli
 from experiments.configs import default
-from models import accounting, gpt3
+from models import accounting, gpt3, shapes
 from models.transformer import ModelConfig
 from train import metrics, sharding, validate
 from train.step import compile_train_step, make_trainer
@@ -57,7 +57,7 @@ _STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps.', lower_bound=1)
 _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps after compilation.', lower_bound=0)
 _VOCAB = flags.DEFINE_integer('vocab', 256, 'Vocabulary size.', lower_bound=1)
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype.')
-_REMAT = flags.DEFINE_enum('remat', 'none', ['none', 'full', 'dots'], 'Rematerialization.')
+_REMAT = flags.DEFINE_enum('remat', 'none', list(shapes.REMATS), 'Rematerialization.')
 _SCAN = flags.DEFINE_bool('scan_layers', False, 'Scan over layers.')
 _IMPL = flags.DEFINE_string(
   'attention_impl', '', "model.attention_impl, passed through ('': the config's default)."

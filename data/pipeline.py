@@ -135,15 +135,15 @@ class PackedIterator:
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    chunks_BxT1 = np.stack([self._chunk(i) for i in range(len(self.rows))])
-    inputs_BxT = chunks_BxT1[:, :-1]
-    eos = inputs_BxT == self.units.tok.eos_id
+    chunks_BxL1 = np.stack([self._chunk(i) for i in range(len(self.rows))])
+    inputs_BxL = chunks_BxL1[:, :-1]
+    eos = inputs_BxL == self.units.tok.eos_id
     # The separator belongs to the document it ends; the next token starts a new segment.
-    segment_ids_BxT = 1 + np.cumsum(eos, axis=1) - eos
+    segment_ids_BxL = 1 + np.cumsum(eos, axis=1) - eos
     return {
-      'inputs': np.ascontiguousarray(inputs_BxT, dtype=np.int32),
-      'targets': np.ascontiguousarray(chunks_BxT1[:, 1:], dtype=np.int32),
-      'segment_ids': segment_ids_BxT.astype(np.int32),
+      'inputs': np.ascontiguousarray(inputs_BxL, dtype=np.int32),
+      'targets': np.ascontiguousarray(chunks_BxL1[:, 1:], dtype=np.int32),
+      'segment_ids': segment_ids_BxL.astype(np.int32),
     }
 
   def get_state(self) -> np.ndarray:

@@ -40,7 +40,7 @@ def token_words(token_bytes: list[int], spans: list[tuple[str, int, int]]) -> np
   return np.array(out, int)
 
 
-def word_attention(w_QxK: np.ndarray, word_of: np.ndarray, n_words: int) -> np.ndarray:
+def word_attention(w_LxS: np.ndarray, word_of: np.ndarray, n_words: int) -> np.ndarray:
   """[n_words, n_words + 1]: from each word's last token, weight summed over each word's tokens.
 
   The last column is the weight on whitespace tokens; rows sum to what the token rows sum to.
@@ -49,7 +49,7 @@ def word_attention(w_QxK: np.ndarray, word_of: np.ndarray, n_words: int) -> np.n
   for i in range(n_words):
     q = np.flatnonzero(word_of == i)[-1]
     for j in range(-1, n_words):
-      out[i, j] = w_QxK[q, word_of == j].sum()  # j = -1 is the last column
+      out[i, j] = w_LxS[q, word_of == j].sum()  # j = -1 is the last column
   return out
 
 
@@ -67,22 +67,23 @@ def find_word(spans, word: str, what: str) -> int:
   return names.index(key)
 
 
-def best_head(looks_LxHxW: np.ndarray, target: int) -> dict:
+def best_head(looks_LyxHxW: np.ndarray, target: int) -> dict:
   """The (layer, head) with the most weight on word `target`, and whether it prefers it.
 
-  `looks_LxHxW`: each head's weights from the query word over the words (last column:
-  whitespace). 'prefers' is True when, in that head, no other word gets more weight.
+  `looks_LyxHxW`: each head's weights from the query word over the words, W (letters:
+  models/shapes.py; W the words, last column whitespace). 'prefers' is True when, in that
+  head, no other word gets more weight.
   """
-  on_target = looks_LxHxW[:, :, target]
+  on_target = looks_LyxHxW[:, :, target]
   layer, head = np.unravel_index(np.argmax(on_target), on_target.shape)
-  words = looks_LxHxW[layer, head, :-1]
+  words = looks_LyxHxW[layer, head, :-1]
   return {
     'layer': int(layer),
     'head': int(head),
     'weight': float(on_target[layer, head]),
     'prefers': bool(np.argmax(words) == target),
     'top_word': int(np.argmax(words)),
-    'heads_preferring': int(np.sum(np.argmax(looks_LxHxW[:, :, :-1], axis=-1) == target)),
+    'heads_preferring': int(np.sum(np.argmax(looks_LyxHxW[:, :, :-1], axis=-1) == target)),
   }
 
 
@@ -95,11 +96,11 @@ def word_maps(model, tokenizer, text: str):
   token_bytes = np.diff([0, *token_bytes]).tolist()
   spans = [s for s in words_of(text) if s[2] <= sum(token_bytes)]
   word_of = token_words(token_bytes, spans)
-  w_LxBxHxTxT = np.asarray(model.attention_weights(jnp.asarray([ids], jnp.int32)), np.float64)
-  n_layers, _, n_heads = w_LxBxHxTxT.shape[:3]
+  w_LyxBxHxLxS = np.asarray(model.attention_weights(jnp.asarray([ids], jnp.int32)), np.float64)
+  n_layers, _, n_heads = w_LyxBxHxLxS.shape[:3]
   maps = np.array(
     [
-      [word_attention(w_LxBxHxTxT[l, 0, h], word_of, len(spans)) for h in range(n_heads)]
+      [word_attention(w_LyxBxHxLxS[l, 0, h], word_of, len(spans)) for h in range(n_heads)]
       for l in range(n_layers)
     ]
   )

@@ -28,7 +28,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from models import mup
+from experiments.configs import default
+from models import mup, shapes
 from models.transformer import ModelConfig, Transformer
 from train.optim import make_optimizer
 
@@ -71,19 +72,11 @@ def run_width(
   seed: int,
 ) -> list[dict[str, float]]:
   """Scales at init and after each of `steps` AdamW steps of one model (a list of dicts)."""
-  cfg = ModelConfig(
-    vocab_size=vocab,
-    d_model=width,
-    num_layers=layers,
-    num_heads=heads,
-    num_kv_heads=heads,
-    head_dim=width // heads,
-    d_ff=4 * width,
-    max_seq_len=seq_len,
-    attention_impl='xla',
-    parametrization=parametrization,
-    mup_base_width=base_width,
-  )
+  m = default.get_config().model  # GPT-3's block; head_dim and d_ff derived from the width
+  m.update(vocab_size=vocab, d_model=width, num_layers=layers, num_heads=heads)
+  m.update(max_seq_len=seq_len, attention_impl='xla')
+  m.update(parametrization=parametrization, mup_base_width=base_width)
+  cfg = ModelConfig.from_config(m)
   rng = np.random.default_rng(seed)
   tokens = jnp.asarray(rng.integers(0, vocab, (batch, seq_len + 1)), jnp.int32)
   inputs, targets = tokens[:, :-1], tokens[:, 1:]
@@ -173,8 +166,12 @@ def check_args(widths, heads: int, lr: float, steps: int) -> None:
   widths = list(widths)
   if len(widths) < 2 or min(widths) < 1:
     raise ValueError(f'--widths needs at least two positive widths, got {widths}')
-  if heads < 1 or any(w % heads for w in widths):
-    raise ValueError(f'--heads={heads} must divide every width {widths}')
+  try:
+    shapes.at_least_one('num_heads', heads)
+    for w in widths:
+      shapes.derive_head_dim(w, heads)
+  except ValueError:
+    raise ValueError(f'--heads={heads} must divide every width {widths}') from None
   if not (math.isfinite(lr) and lr > 0):
     raise ValueError(f'--lr={lr} must be a positive number')
   if steps < 1:

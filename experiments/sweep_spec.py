@@ -262,7 +262,7 @@ def _check_branch(name: str, cfg, parent: str, parent_cfg, sweep_file: str) -> N
 
 def _check_run_config(run_config, name: str) -> None:
   """The run's whole config passes launch.train's range checks (before anything is written)."""
-  from train import validate  # imports JAX: only when a sweep is expanded
+  from train import validate  # no JAX either; read only when a sweep is expanded
 
   try:
     validate.check_config(run_config, on_this_machine=False)

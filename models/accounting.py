@@ -8,7 +8,7 @@ checked against it for every combination (tests/test_blocks.py).
 
 Training FLOPs per token: models/shapes.flops_per_token (PaLM's or Kaplan's formula) over the
 non-embedding count found here. The attention term counts both attention matmuls (QK^T and AV)
-over the full T x T square: causal masking is NOT credited as saved work, the convention MFU
+over the full L x L square: causal masking is NOT credited as saved work, the convention MFU
 figures in the literature use.
 Hardware FLOPs with full rematerialization add one more forward pass: 4/3 of the model FLOPs.
 """
@@ -17,8 +17,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from models import shapes
-from models.transformer import ModelConfig, Transformer
+from models.shapes import ModelConfig
+from models.transformer import Transformer
 
 _EMBEDDING_NAMES = ('embed_VxD', 'pos_LxD', 'unembed_DxV')
 
@@ -38,16 +38,7 @@ def param_counts(cfg: ModelConfig) -> dict[str, int]:
 
 def flops_per_token(cfg: ModelConfig, seq_len: int, convention: str = 'palm') -> float:
   """Training FLOPs per token (see models/shapes.py for both conventions)."""
-  return shapes.flops_per_token(
-    param_counts(cfg)['nonembedding'],
-    d_model=cfg.d_model,
-    vocab_size=cfg.vocab_size,
-    num_layers=cfg.num_layers,
-    num_heads=cfg.num_heads,
-    head_dim=cfg.head_dim,
-    seq_len=seq_len,
-    convention=convention,
-  )
+  return cfg.flops_per_token(param_counts(cfg)['nonembedding'], seq_len, convention)
 
 
 def hardware_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:

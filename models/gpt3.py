@@ -20,6 +20,8 @@ context and the vocabulary come from the run's data config.
 
 import dataclasses
 
+from models import shapes
+
 GPT3_VOCAB = 50257  # GPT-2 BPE, which GPT-3 reuses.
 GPT3_CONTEXT = 2048
 
@@ -82,7 +84,7 @@ def _shape(row, d_model: int, heads: int, head_dim: int) -> dict:
     num_heads=heads,
     num_kv_heads=0,
     head_dim=head_dim,
-    d_ff=4 * d_model,
+    d_ff=shapes.default_d_ff(d_model, 'gelu'),
     pos_emb='learned',
   )
 

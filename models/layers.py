@@ -1,14 +1,7 @@
 """Small building blocks: parameters born with logical axis names, the one matmul helper,
 activation sharding constraints, LayerNorm, MLP.
 
-Shape legend, used the same way in every file of models/ (suffixes like `x_BxLxD`):
-  B   batch (sequences)                 D   d_model (the residual stream's width)
-  L   length: token positions           F   d_ff (the MLP's hidden width)
-  S   key/value positions (S = L here)  V   vocabulary
-  H   query heads                       K   key/value heads (GQA; K = H is plain MHA)
-  G   query heads per kv head, H // K   Dh  head_dim
-  Ly  layers (the stacked axis of scanned blocks)
-  BL  B * L tokens flattened into one axis (inside `dense` only)
+Array names carry their shapes as suffixes (`x_BxLxD`); the letters are models/shapes.py's.
 
 Every parameter carries `logical_axes` metadata (e.g. ('embed', 'mlp')). `train/sharding.py`
 maps those names to mesh axes with the config's rules; this is the one place parameter
@@ -24,6 +17,8 @@ from collections.abc import Callable, Iterator
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from models.shapes import MLPS, NORMS, choose
 
 
 def param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple, dtype) -> nnx.Param:
@@ -151,17 +146,12 @@ class RMSNorm(nnx.Module):
     return (y * self.scale_D[...].astype(jnp.float32)).astype(x_BxLxD.dtype)
 
 
-NORMS = ('layernorm', 'rmsnorm')
-MLPS = ('gelu', 'swiglu')
-
-
 def norm(kind: str, dim: int, *, rngs: nnx.Rngs, param_dtype, use_bias: bool, axis='embed'):
   """The normalization `kind` names (model.norm): 'layernorm' or 'rmsnorm' (never a bias)."""
+  choose('norm', kind, NORMS)
   if kind == 'rmsnorm':
     return RMSNorm(dim, rngs=rngs, param_dtype=param_dtype, axis=axis)
-  if kind == 'layernorm':
-    return LayerNorm(dim, rngs=rngs, param_dtype=param_dtype, use_bias=use_bias, axis=axis)
-  raise ValueError(f'norm={kind!r}; choose one of {NORMS}')
+  return LayerNorm(dim, rngs=rngs, param_dtype=param_dtype, use_bias=use_bias, axis=axis)
 
 
 def add_bias(y: jax.Array, bias: nnx.Param | None, dtype) -> jax.Array:
@@ -187,8 +177,7 @@ class Mlp(nnx.Module):
     kind: str = 'gelu',
     use_bias: bool = True,
   ):
-    if kind not in MLPS:
-      raise ValueError(f'mlp={kind!r}; choose one of {MLPS}')
+    choose('mlp', kind, MLPS)
     zeros, normal = nnx.initializers.zeros, nnx.initializers.normal(init_std)
     bias = lambda shape, axes: param(rngs, zeros, shape, axes, param_dtype) if use_bias else None  # noqa: E731
     self.kind = kind

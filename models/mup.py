@@ -33,7 +33,6 @@ import math
 import jax
 from flax import nnx
 
-PARAMETRIZATIONS = ('sp', 'mup')
 # Logical axes whose size grows with the width; 'vocab' and unnamed (position) axes do not.
 WIDTH_AXES = ('embed', 'mlp', 'heads', 'kv_heads', 'head_dim')
 
@@ -43,10 +42,6 @@ def is_hidden(logical_axes) -> bool:
   axes = tuple(logical_axes or ())
   others = [a for a in axes if a != 'embed']
   return len(others) < len(axes) and any(a in WIDTH_AXES for a in others)
-
-
-def width_mult(d_model: int, base_width: int) -> float:
-  return d_model / base_width
 
 
 def _params(module: nnx.Module):

@@ -1,4 +1,4 @@
-"""A decoder-only transformer (GPT-2/GPT-3 style) in Flax NNX (shape letters: models/layers.py).
+"""A decoder-only transformer (GPT-2/GPT-3 style) in Flax NNX (shape letters: models/shapes.py).
 
 tokens -> token embedding (+ learned positions) -> Ly pre-norm blocks
 (x + attn(ln(x)), then x + mlp(ln(x))) -> final norm -> logits (tied or untied unembedding).
@@ -11,9 +11,9 @@ applied by `jax.lax.scan`, so compile time does not grow with depth. `remat` rec
 block activations in the backward pass ('full') or keeps only matmul outputs ('dots').
 Activations are pinned to the mesh at block boundaries and inside attention and the MLP by
 `models.layers.constrain` (a no-op unless the train step opens `activation_sharding`).
+The model's shape, its defaults and its rules are models/shapes.py's ModelConfig.
 """
 
-import dataclasses
 import math
 
 import jax
@@ -21,154 +21,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from models import mup, shapes
-from models.attention import (
-  FUSED_PRIMITIVES,
-  IMPLS,
-  KERNEL_PLATFORM,
-  PLATFORMS,
-  MultiHeadAttention,
-)
-from models.layers import (
-  LOOKUP,
-  MLPS,
-  NORMS,
-  RESIDUAL,
-  LayerNorm,
-  Mlp,
-  RMSNorm,
-  constrain,
-  dense,
-  norm,
-  param,
-)
+from models.attention import MultiHeadAttention
+from models.kernels import FUSED_PRIMITIVES
+from models.layers import LOOKUP, RESIDUAL, LayerNorm, Mlp, RMSNorm, constrain, dense, norm, param
+from models.shapes import ModelConfig
 
-_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
-BLOCK_OPTIONS = ('norm', 'mlp', 'use_bias', 'qk_norm')  # model.* keys; defaults: GPT-3's block
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-  """Resolved model shape: every 0 ('derive it') of the config replaced by its value."""
-
-  vocab_size: int
-  d_model: int
-  num_layers: int
-  num_heads: int
-  num_kv_heads: int
-  head_dim: int
-  d_ff: int
-  max_seq_len: int
-  pos_emb: str = 'learned'
-  tie_embeddings: bool = True
-  dtype: str = 'float32'
-  param_dtype: str = 'float32'
-  attention_impl: str = 'auto'
-  remat: str = 'none'
-  scan_layers: bool = False
-  init_std: float = 0.02
-  # Block options (the defaults are GPT-3's block): 'layernorm' | 'rmsnorm' everywhere a
-  # norm is; 'gelu' | 'swiglu' MLP; biases on every projection and LayerNorm; qk-norm.
-  norm: str = 'layernorm'
-  mlp: str = 'gelu'
-  use_bias: bool = True
-  qk_norm: bool = False
-  parametrization: str = 'sp'  # 'sp' | 'mup' (models/mup.py)
-  mup_base_width: int = 128  # muP: the width whose hyperparameters transfer (m = d_model / it)
-  platform: str = ''  # '': the backend JAX runs on when the model is traced
-
-  @property
-  def width_mult(self) -> float:
-    """muP's width multiplier m (1 under SP: nothing is rescaled)."""
-    if self.parametrization == 'sp':
-      return 1.0
-    return mup.width_mult(self.d_model, self.mup_base_width)
-
-  @classmethod
-  def from_config(cls, m, vocab_size: int | None = None, platform: str = '') -> 'ModelConfig':
-    """Validates `config.model` and fills derived sizes. Raises ValueError on bad shapes.
-
-    `platform` ('cpu', 'gpu', 'tpu') is where the model will run, for a program lowered for
-    another machine; '' (the default) means the backend JAX runs on, looked up when the model
-    is traced, so that nothing here starts a backend (XLA_FLAGS are read when one starts).
-    A fused attention kernel insisted on must exist on a given platform; for '' that is
-    checked against the machine by train/validate.py.
-    """
-    vocab = m.vocab_size or vocab_size
-    if not vocab:
-      raise ValueError('model.vocab_size is 0 and no tokenizer vocabulary was given')
-    if vocab_size and m.vocab_size and m.vocab_size != vocab_size:
-      raise ValueError(
-        f'model.vocab_size={m.vocab_size} but the tokenizer has {vocab_size} tokens; '
-        'set model.vocab_size=0 to take it from the tokenizer'
-      )
-    for key in ('d_model', 'num_layers', 'num_heads', 'max_seq_len'):
-      if m[key] < 1:
-        raise ValueError(f'model.{key} must be >= 1, got {m[key]}')
-    if not m.head_dim and m.d_model % m.num_heads:
-      raise ValueError(
-        f'model.num_heads={m.num_heads} does not divide model.d_model={m.d_model}; '
-        'change one, or set model.head_dim explicitly'
-      )
-    kv = m.num_kv_heads or m.num_heads
-    if m.num_heads % kv:
-      raise ValueError(f'model.num_kv_heads={kv} must divide model.num_heads={m.num_heads}')
-    choices = {
-      'pos_emb': ('learned', 'rope'),
-      'attention_impl': IMPLS,
-      'remat': ('none', 'full', 'dots'),
-      'dtype': tuple(_DTYPES),
-      'param_dtype': tuple(_DTYPES),
-    }
-    # The block options may be missing from a run saved before they existed: the defaults.
-    block = {k: m.get(k, getattr(cls, k)) for k in BLOCK_OPTIONS}
-    for key, allowed in choices.items():
-      if m[key] not in allowed:
-        raise ValueError(f'model.{key}={m[key]!r}; choose one of {allowed}')
-    for key, allowed in (('norm', NORMS), ('mlp', MLPS)):
-      if block[key] not in allowed:
-        raise ValueError(f'model.{key}={block[key]!r}; choose one of {allowed}')
-    for key in ('use_bias', 'qk_norm'):
-      if not isinstance(block[key], bool):
-        raise ValueError(f'model.{key}={block[key]!r} must be True or False')
-    # Configs saved before muP existed have neither key: they are SP.
-    parametrization = m.get('parametrization', 'sp')
-    base_width = m.get('mup_base_width', 128)
-    if parametrization not in mup.PARAMETRIZATIONS:
-      raise ValueError(
-        f'model.parametrization={parametrization!r}; choose one of {mup.PARAMETRIZATIONS}'
-      )
-    if parametrization == 'mup' and base_width < 1:
-      raise ValueError(f'model.mup_base_width must be >= 1 under muP, got {base_width}')
-    if platform not in PLATFORMS:
-      raise ValueError(f'platform={platform!r}; choose one of {PLATFORMS}')
-    needs = KERNEL_PLATFORM.get(m.attention_impl)
-    if needs and platform and platform != needs:
-      raise ValueError(
-        f'model.attention_impl={m.attention_impl} needs a {needs.upper()}, but the model runs '
-        f'on {platform}; use auto (the fused kernel wherever it applies)'
-      )
-    return cls(
-      vocab_size=int(vocab),
-      d_model=m.d_model,
-      num_layers=m.num_layers,
-      num_heads=m.num_heads,
-      num_kv_heads=kv,
-      head_dim=m.head_dim or m.d_model // m.num_heads,
-      d_ff=m.d_ff or shapes.default_d_ff(m.d_model, block['mlp']),
-      max_seq_len=m.max_seq_len,
-      pos_emb=m.pos_emb,
-      tie_embeddings=m.tie_embeddings,
-      dtype=m.dtype,
-      param_dtype=m.param_dtype,
-      attention_impl=m.attention_impl,
-      remat=m.remat,
-      scan_layers=m.scan_layers,
-      init_std=m.init_std,
-      **block,
-      parametrization=parametrization,
-      mup_base_width=base_width,
-      platform=platform,
-    )
+_DTYPES = {name: getattr(jnp, name) for name in shapes.DTYPES}
 
 
 def _norm(cfg: ModelConfig, rngs: nnx.Rngs):

@@ -167,8 +167,8 @@ MUTANTS = [
   (
     'segment id changes at the separator instead of after it',
     'data/pipeline.py',
-    'segment_ids_BxT = 1 + np.cumsum(eos, axis=1) - eos',
-    'segment_ids_BxT = 1 + np.cumsum(eos, axis=1)',
+    'segment_ids_BxL = 1 + np.cumsum(eos, axis=1) - eos',
+    'segment_ids_BxL = 1 + np.cumsum(eos, axis=1)',
     ['tests/test_data_pipeline.py::test_segment_ids_follow_document_separators'],
   ),
   (
@@ -567,15 +567,16 @@ MUTANTS = [
   ),
   (
     'the model reads its platform from the running backend (starts it before XLA_FLAGS are set)',
-    'models/transformer.py',
-    '    if platform not in PLATFORMS:\n',
-    '    platform = platform or jax.default_backend()\n    if platform not in PLATFORMS:\n',
+    'models/shapes.py',
+    "  choose('platform', platform, PLATFORMS)\n",
+    '  import jax\n\n  platform = platform or jax.default_backend()\n'
+    "  choose('platform', platform, PLATFORMS)\n",
     ['tests/test_attention_impl.py::test_model_config_starts_no_backend'],
   ),
   (
     'auto does not fall back when the fused kernel fails to compile',
     'train/step.py',
-    "    reason = attention.kernel_failure(e) if model_cfg.attention_impl == 'auto' else ''\n",
+    "    reason = kernels.kernel_failure(e) if model_cfg.attention_impl == 'auto' else ''\n",
     "    reason = ''\n",
     ['tests/test_attention_impl.py::test_auto_survives_a_kernel_that_does_not_compile'],
   ),
@@ -603,6 +604,34 @@ MUTANTS = [
     "    parent = posixpath.dirname(self.path.rstrip('/'))",
     '    parent = self.path',
     ['tests/test_rundir.py::test_remote_paths_stay_remote_and_a_branch_parent_is_a_sibling'],
+  ),
+  # shape module: one JAX-free set of model-shape rules (models/shapes.py) read by every reader
+  (
+    'head_dim derived without checking that the heads divide d_model',
+    'models/shapes.py',
+    '  if d_model % num_heads:\n    raise ValueError(\n',
+    '  if d_model < num_heads:\n    raise ValueError(\n',
+    [
+      'tests/test_shapes.py::test_every_reader_derives_the_same_sizes_and_refuses_the_same_shapes',
+    ],
+  ),
+  (
+    'the sweep planner checks a fused kernel against the machine it plans on',
+    'train/validate.py',
+    "  platform = _backend() if on_this_machine and fused else ''\n",
+    "  platform = _backend() if fused else ''\n",
+    [
+      'tests/test_shapes.py::'
+      'test_a_fused_kernel_is_planned_anywhere_and_refused_on_the_wrong_machine',
+    ],
+  ),
+  (
+    'the shape module holds JAX dtypes (expanding a sweep imports JAX)',
+    'models/shapes.py',
+    "DTYPES = ('float32', 'bfloat16', 'float16')",
+    'import jax.numpy as jnp\n\n'
+    "DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}",
+    ['tests/test_shapes.py::test_expanding_a_sweep_imports_no_jax'],
   ),
 ]
 

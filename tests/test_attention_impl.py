@@ -14,8 +14,10 @@ import pytest
 from flax import nnx
 
 from experiments.configs import default
-from models import attention
-from models.attention import IMPLS, LONG, MultiHeadAttention, choose_attention
+from models import kernels
+from models.attention import MultiHeadAttention
+from models.kernels import LONG, choose_attention
+from models.shapes import IMPLS
 from models.transformer import ModelConfig, Transformer
 from tests.cluster import REPO
 from tests.test_models import model_cfg, textbook_attention
@@ -107,7 +109,7 @@ def test_cudnn_rule_agrees_with_jaxs_own_check(length, dh):
       jax_ok = True
     except NotImplementedError:
       jax_ok = False
-    ours = attention.cudnn_problem('bfloat16', dh, length, has_bias, capability=8.0)
+    ours = kernels.cudnn_problem('bfloat16', dh, length, has_bias, capability=8.0)
     assert jax_ok == (ours == ''), (length, dh, has_bias, ours)
 
 
@@ -157,9 +159,9 @@ def test_model_config_starts_no_backend(tmp_path):
 
 def test_fallback_is_logged_once_per_reason(monkeypatch, caplog):
   """A GPU run in float32 falls back to XLA and says why, once, however often it traces."""
-  monkeypatch.setattr(attention, '_logged', set())
+  monkeypatch.setattr(kernels, '_logged', set())
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
-  monkeypatch.setattr(attention, 'device_capability', lambda: 9.0)
+  monkeypatch.setattr(kernels, 'device_capability', lambda: 9.0)
   attn = MultiHeadAttention(32, 4, 4, 8, rngs=nnx.Rngs(0))
   with caplog.at_level(logging.WARNING):
     impls = [attn.resolved_impl(2048, segments=False) for _ in range(3)]

@@ -76,7 +76,7 @@ def test_profile_wide_model_is_matmul_bound(tmp_path):
 
 @pytest.mark.parametrize('impl', ['xla', 'reference'])
 def test_profile_long_narrow_model_is_attention_bound(tmp_path, impl):
-  """T x T work dominates at T=1024, d=32: both attention paths are found as attention."""
+  """L x L work dominates at L=1024, d=32: both attention paths are found as attention."""
   r = _run_profile(tmp_path, 'd32.L1.H1', seq_len=1024, batch=1, vocab=256, attention_impl=impl)
   by_cat = r['by_category_ns']
   assert max(by_cat, key=by_cat.get) == 'attention', by_cat

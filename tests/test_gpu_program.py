@@ -20,7 +20,7 @@ import pytest
 from jax._src.cudnn import fused_attention_stablehlo as cudnn_attention
 
 from experiments.configs import gpt3 as gpt3_config
-from models import attention
+from models import kernels
 from models.transformer import ModelConfig
 from tests.test_hlo_collectives import abstract_step_args
 from train import sharding
@@ -56,7 +56,7 @@ def lowered(platform: str, **overrides) -> str:
   state, batch = abstract_step_args(trainer, B, T)
   with pytest.MonkeyPatch.context() as mp:
     mp.setattr(cudnn_attention, 'check_cudnn_version', lambda: 91000)
-    mp.setattr(attention, 'device_capability', lambda: 9.0)
+    mp.setattr(kernels, 'device_capability', lambda: 9.0)
     traced = trainer.train_step.trace(state, batch)
     return traced.lower(lowering_platforms=(LOWERING[platform],)).as_text()
 

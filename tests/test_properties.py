@@ -181,7 +181,7 @@ def test_flops_per_token_matches_xla_cost_analysis(shape):
 
 
 def xla_flops_ratio(model, cfg, b: int, t: int) -> float:
-  """XLA's FLOPs of the model's forward + backward on B x T tokens over accounting's count."""
+  """XLA's FLOPs of the model's forward + backward on B x L tokens over accounting's count."""
   graphdef, params = nnx.split(model)
   x = jnp.zeros((b, t), jnp.int32)
 

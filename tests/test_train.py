@@ -311,7 +311,7 @@ def test_attention_maps_of_a_trained_run(tmp_path):
 
 def test_tokens_per_s_and_mfu_follow_a_clock_the_test_controls(tmp_path, monkeypatch):
   """The rate comes from the clock between records, per step since the previous record: with
-  the clock set by the test, tokens/s and MFU have exact values (B 8 x T 32 = 256 tokens/step)."""
+  the clock set by the test, tokens/s and MFU have exact values (B 8 x L 32 = 256 tokens/step)."""
   clock = {'now': 0.0}
   monkeypatch.setattr(metrics, 'time', types.SimpleNamespace(time=lambda: clock['now']))
   config = tiny_config(**{'log_every': 2, 'train.nan_patience': 1})

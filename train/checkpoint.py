@@ -51,10 +51,6 @@ def saved_config(mngr: ocp.CheckpointManager, step: int) -> dict:
   return restored['config']
 
 
-# Model keys added after checkpoints were written without them (besides the block options).
-_NEWER_MODEL_KEYS = ('parametrization', 'mup_base_width')
-
-
 def check_start(workdir: str, config) -> list[int]:
   """The steps a run in `workdir` can resume from (oldest first). Refuses, in one line, to resume
   a checkpoint of another model or batch, or to branch from a parent checkpoint that does not
@@ -79,10 +75,10 @@ def check_start(workdir: str, config) -> list[int]:
 
 def check_compatible(saved: dict, config: dict, workdir: str) -> None:
   """Refuses to resume (and so to overwrite) a checkpoint of a different model."""
-  from models.transformer import BLOCK_OPTIONS, ModelConfig
+  from models.shapes import LATER_KEYS, ModelConfig
 
   # A run saved before a model key existed had that key's default (GPT-3's block, SP).
-  newer = {'model': {k: getattr(ModelConfig, k) for k in (*BLOCK_OPTIONS, *_NEWER_MODEL_KEYS)}}
+  newer = {'model': {k: getattr(ModelConfig, k) for k in LATER_KEYS}}
   for section in _MUST_MATCH:
     old = {**newer.get(section, {}), **saved.get(section, {})}
     new = config.get(section, {})

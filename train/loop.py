@@ -22,7 +22,7 @@ from absl import logging
 from core import rundir
 from data.pipeline import DataPipeline
 from models import accounting
-from models.transformer import ModelConfig
+from models.shapes import ModelConfig
 from train import checkpoint, metrics, preemption, profiling, sharding, stops, validate
 from train.step import compile_train_step, make_trainer
 

@@ -24,21 +24,31 @@ OPTIMIZERS whose update size is not Adam-like must be listed in NO_MUP.
 """
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import jax
-import optax
-from flax import nnx
+if TYPE_CHECKING:
+  import optax
+  from flax import nnx
+
+# JAX and optax are imported where an optimizer is built, not by the name checks: a sweep is
+# planned (train/validate.py) without JAX.
 
 
 def _cosine(t, peak, floor, rest_steps):
+  import optax
+
   return optax.cosine_decay_schedule(peak, max(rest_steps, 1), alpha=t.min_lr_ratio)
 
 
 def _constant(t, peak, floor, rest_steps):
+  import optax
+
   return optax.constant_schedule(peak)
 
 
 def _wsd(t, peak, floor, rest_steps):
+  import optax
+
   decay = max(int(t.steps * t.decay_fraction), 1)
   stable = max(rest_steps - decay, 0)
   return optax.join_schedules(
@@ -50,8 +60,10 @@ def _wsd(t, peak, floor, rest_steps):
 SCHEDULES: dict[str, Callable] = {'cosine': _cosine, 'wsd': _wsd, 'constant': _constant}
 
 
-def lr_schedule(t) -> optax.Schedule:
+def lr_schedule(t) -> 'optax.Schedule':
   """Linear warmup from 0, then the schedule named by `t.schedule`."""
+  import optax
+
   check(t)
   peak, warmup = t.lr, t.warmup_steps
   rest = SCHEDULES[t.schedule](t, peak, peak * t.min_lr_ratio, t.steps - warmup)
@@ -60,14 +72,20 @@ def lr_schedule(t) -> optax.Schedule:
 
 
 def _adamw(t, lr, mask):
+  import optax
+
   return optax.adamw(lr, b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay, mask=mask)
 
 
 def _lion(t, lr, mask):
+  import optax
+
   return optax.lion(lr, b1=t.b1, b2=t.b2, weight_decay=t.weight_decay, mask=mask)
 
 
 def _adafactor(t, lr, mask):
+  import optax
+
   # Absolute steps of size lr (not relative to the parameter's scale), so that train.lr means
   # what it means for AdamW; optax adds the decay after the learning rate, so scale it by the
   # schedule too (decoupled decay, times lr).
@@ -93,8 +111,10 @@ def decays(logical_axes, metadata: dict) -> bool:
   return len(others) < len(tuple(logical_axes or ())) and bool(others) and None not in others
 
 
-def decay_mask(abstract_model: nnx.Module) -> dict:
+def decay_mask(abstract_model: 'nnx.Module') -> dict:
   """True/False per parameter, as a pure dict like `nnx.state(model).to_pure_dict()`."""
+  import jax
+  from flax import nnx
 
   def one(var):
     meta = var.get_metadata()
@@ -104,12 +124,15 @@ def decay_mask(abstract_model: nnx.Module) -> dict:
   return nnx.State(mask).to_pure_dict() if not isinstance(mask, dict) else mask
 
 
-def make_optimizer(t, mask, lr_mult: dict | None = None) -> optax.GradientTransformation:
+def make_optimizer(t, mask, lr_mult: dict | None = None) -> 'optax.GradientTransformation':
   """Clipping, then the optimizer named by `t.optimizer` with the schedule and decay mask.
 
   `lr_mult` (muP: models/mup.lr_multipliers) multiplies each parameter's update; None (SP)
   leaves the chain exactly as it is without muP.
   """
+  import jax
+  import optax
+
   check(t, mup=lr_mult is not None)
   clip = optax.clip_by_global_norm(t.grad_clip) if t.grad_clip > 0 else optax.identity()
   opt = OPTIMIZERS[t.get('optimizer', 'adamw')](t, lr_schedule(t), mask)

@@ -14,7 +14,6 @@ import json
 import re
 import time
 
-import jax
 from absl import logging
 
 from core import files, rundir
@@ -53,6 +52,8 @@ class StepTrace:
   def before(self, step: int) -> None:
     """Called before running step index `step` (which becomes step number step + 1)."""
     if self.window and step == self.window[0]:
+      import jax  # here, not at the top: validate.py reads `window` without JAX
+
       jax.profiler.start_trace(trace_dir(self.workdir))
       self.active, self.t0 = True, time.perf_counter()
 
@@ -60,6 +61,8 @@ class StepTrace:
     """Called after dispatching step number `done`; ends the trace after the last one."""
     if not (self.active and done == self.window[1]):
       return
+    import jax
+
     jax.block_until_ready(outputs)
     wall_s = time.perf_counter() - self.t0
     self.close()
@@ -74,5 +77,7 @@ class StepTrace:
 
   def close(self) -> None:
     if self.active:
+      import jax
+
       self.active = False
       jax.profiler.stop_trace()

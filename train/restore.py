@@ -46,7 +46,7 @@ def load(workdir: str, config=None) -> Trained:
   from flax import nnx
 
   from data.tokenizer import load_tokenizer
-  from models.transformer import ModelConfig
+  from models.shapes import ModelConfig
   from train import checkpoint, sharding
   from train.step import make_trainer
 

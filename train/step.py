@@ -13,7 +13,7 @@ import optax
 from absl import logging
 from flax import nnx
 
-from models import attention, mup
+from models import kernels, mup
 from models.transformer import ModelConfig, Transformer
 from train import sharding
 from train.optim import decay_mask, lr_schedule, make_optimizer
@@ -50,7 +50,7 @@ def compile_train_step(trainer: Trainer, model_cfg: ModelConfig, rebuild: Callab
   try:
     return trainer, trainer.train_step.lower(state, batch).compile()
   except Exception as e:
-    reason = attention.kernel_failure(e) if model_cfg.attention_impl == 'auto' else ''
+    reason = kernels.kernel_failure(e) if model_cfg.attention_impl == 'auto' else ''
     if not reason:
       raise
   logging.warning('%s', reason)

@@ -34,7 +34,7 @@ WARMUP_FRACTION = 0.1
 
 @dataclasses.dataclass(frozen=True)
 class Shape:
-  """A decoder shape; head_dim 0 means d_model // num_heads, d_ff 0 means 4 * d_model."""
+  """A GPT-3 decoder shape (GELU MLP); 0 derives head_dim and d_ff as models/shapes.py does."""
 
   num_layers: int
   d_model: int
@@ -43,18 +43,17 @@ class Shape:
   d_ff: int = 0
 
   def __post_init__(self):
-    if min(self.num_layers, self.d_model, self.num_heads) < 1:
-      raise ValueError(f'layers, width and heads must be >= 1: {self}')
-    if not self.head_dim and self.d_model % self.num_heads:
-      raise ValueError(f'{self.num_heads} heads do not divide d_model={self.d_model}')
+    for key in ('num_layers', 'd_model', 'num_heads'):
+      shapes.at_least_one(key, getattr(self, key))
+    shapes.derive_head_dim(self.d_model, self.num_heads, self.head_dim)
 
   @property
   def dh(self) -> int:
-    return self.head_dim or self.d_model // self.num_heads
+    return shapes.derive_head_dim(self.d_model, self.num_heads, self.head_dim)
 
   @property
   def ff(self) -> int:
-    return self.d_ff or 4 * self.d_model
+    return self.d_ff or shapes.default_d_ff(self.d_model, 'gelu')
 
   @property
   def name(self) -> str:
