@@ -179,9 +179,8 @@ class DataPipeline:
     self.process_index, self.process_count = process_index, process_count
     self.tokenizer = load_tokenizer(data_cfg)
     self.vocab_size = self.tokenizer.vocab_size
-    train = sources.open_split(data_cfg, data_cfg.train_split)
+    train, self._eval_source = sources.open_splits(data_cfg)
     self._train = _Units(train, data_cfg.text_key, self.tokenizer, 4 * global_batch)
-    self._eval_source = sources.open_split(data_cfg, data_cfg.eval_split)
     self._eval_units: dict[int, _Units] = {}
     total = self._train.total_tokens()
     if total is not None and total < seq_len + 1:

@@ -77,6 +77,11 @@ def open_split(data_cfg, split: str):
   return source
 
 
+def open_splits(data_cfg) -> tuple:
+  """(train, eval) sources of a run: data.train_split and data.eval_split, each checked."""
+  return open_split(data_cfg, data_cfg.train_split), open_split(data_cfg, data_cfg.eval_split)
+
+
 def dataset_dir(data_cfg) -> str:
   """Where files that belong to the dataset (e.g. a tokenizer) are kept (local or gs://)."""
   if data_cfg.name in files.FORMATS:  # beside the prepared datasets, one folder per glob

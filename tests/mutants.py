@@ -152,9 +152,9 @@ MUTANTS = [
   ),
   (
     'eval on the training split',
-    'data/pipeline.py',
-    'self._eval_source = sources.open_split(data_cfg, data_cfg.eval_split)',
-    'self._eval_source = sources.open_split(data_cfg, data_cfg.train_split)',
+    'data/sources.py',
+    'open_split(data_cfg, data_cfg.train_split), open_split(data_cfg, data_cfg.eval_split)',
+    'open_split(data_cfg, data_cfg.train_split), open_split(data_cfg, data_cfg.train_split)',
     ['tests/test_data_pipeline.py::test_eval_batches_are_fixed_and_held_out'],
   ),
   (
