@@ -169,20 +169,15 @@ class ModelConfig:
 
   @classmethod
   def from_config(cls, m, vocab_size: int | None = None, platform: str = '') -> 'ModelConfig':
-    """Checks `config.model` (a ConfigDict or a mapping) and fills the derived sizes.
+    """Checks `config.model` (a ConfigDict or a mapping) and fills the derived sizes; the
+    vocabulary is model.vocab_size, else `vocab_size` (the tokenizer's), else 0 until
+    `with_vocab` gives it (a model cannot be built with 0).
 
     `platform` ('cpu', 'gpu', 'tpu') is where the model will run, for a program lowered for
     another machine; '' (the default) means the backend JAX runs on, looked up when the model
     is traced, so that nothing here starts a backend (XLA_FLAGS are read when one starts).
     """
-    vocab = m['vocab_size'] or vocab_size
-    if not vocab:
-      raise ValueError('model.vocab_size is 0 and no tokenizer vocabulary was given')
-    if vocab_size and m['vocab_size'] and m['vocab_size'] != vocab_size:
-      raise ValueError(
-        f'model.vocab_size={m["vocab_size"]} but the tokenizer has {vocab_size} tokens; '
-        'set model.vocab_size=0 to take it from the tokenizer'
-      )
+    vocab = m['vocab_size'] or 0  # 0: the tokenizer's, given here or later by with_vocab
     for key in ('d_model', 'num_layers', 'num_heads', 'max_seq_len'):
       at_least_one(key, m[key])
     head_dim = derive_head_dim(m['d_model'], m['num_heads'], m['head_dim'])
@@ -218,7 +213,19 @@ class ModelConfig:
       head_dim=head_dim,
       d_ff=m['d_ff'] or default_d_ff(m['d_model'], later['mlp']),
       platform=platform,
-    )
+    ).with_vocab(vocab_size)
+
+  def with_vocab(self, vocab_size: int | None) -> 'ModelConfig':
+    """This shape with the tokenizer's vocabulary (None: not known yet, nothing changes);
+    model.vocab_size, when set, must be the tokenizer's."""
+    if not vocab_size:
+      return self
+    if self.vocab_size and self.vocab_size != vocab_size:
+      raise ValueError(
+        f'model.vocab_size={self.vocab_size} but the tokenizer has {vocab_size} tokens; '
+        'set model.vocab_size=0 to take it from the tokenizer'
+      )
+    return dataclasses.replace(self, vocab_size=int(vocab_size))
 
   def flops_per_token(self, n_nonembed: int, seq_len: int, convention: str = 'palm') -> float:
     """Training FLOPs per token of this shape with `n_nonembed` parameters (module doc)."""

@@ -112,6 +112,8 @@ class Transformer(nnx.Module):
   """Decoder-only transformer returning float32 logits [B, L, vocab]."""
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    if not cfg.vocab_size:
+      raise ValueError('model.vocab_size is 0 and no tokenizer vocabulary was given')
     self.cfg = cfg
     pdt = _DTYPES[cfg.param_dtype]
     normal = nnx.initializers.normal(cfg.init_std)

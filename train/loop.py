@@ -41,7 +41,7 @@ class Prepared:
 
 def prepare(config, workdir: str) -> Prepared:
   """All validation: raises a one-line error before anything is compiled or written."""
-  validate.check_config(config)  # ranges, names and the model's shape rules
+  model_cfg = validate.check_config(config)  # ranges, names and the model's shape rules
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch(config, mesh)
   pipe = DataPipeline(
@@ -52,7 +52,7 @@ def prepare(config, workdir: str) -> Prepared:
     process_index=jax.process_index(),
     process_count=jax.process_count(),
   )
-  model_cfg = ModelConfig.from_config(config.model, vocab_size=pipe.vocab_size)
+  model_cfg = model_cfg.with_vocab(pipe.vocab_size)
   steps = checkpoint.check_start(workdir, config)
   return Prepared(config, workdir, model_cfg, mesh, pipe, steps)
 

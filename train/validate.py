@@ -46,8 +46,9 @@ def _get(config, key: str):
   return config
 
 
-def check_config(config, on_this_machine: bool = True) -> None:
-  """Raises ValueError (one line) for any value that cannot make a working run.
+def check_config(config, on_this_machine: bool = True) -> shapes.ModelConfig:
+  """Raises ValueError (one line) for any value that cannot make a working run; returns the
+  model's shape (its vocabulary 0 until the tokenizer's is known, ModelConfig.with_vocab).
 
   `on_this_machine=False` skips what only the machine that trains must provide (a GPU for
   cuDNN attention): a sweep may be planned on one machine and run on another.
@@ -91,14 +92,13 @@ def check_config(config, on_this_machine: bool = True) -> None:
   # machine, the model's platform is '' and nothing is checked about the machine.
   fused = config.model.attention_impl in shapes.KERNEL_PLATFORM
   platform = _backend() if on_this_machine and fused else ''
-  model = shapes.ModelConfig.from_config(
-    config.model, vocab_size=config.model.vocab_size or 256, platform=platform
-  )
+  model = shapes.ModelConfig.from_config(config.model, platform=platform)
   if model.pos_emb == 'learned' and config.data.seq_len > model.max_seq_len:
     raise ValueError(
       f'data.seq_len={config.data.seq_len} exceeds the position table '
       f'(model.max_seq_len={model.max_seq_len}); raise max_seq_len or use pos_emb=rope'
     )
+  return model
 
 
 def _backend() -> str:
