@@ -633,6 +633,15 @@ MUTANTS = [
     "DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}",
     ['tests/test_shapes.py::test_expanding_a_sweep_imports_no_jax'],
   ),
+  (
+    "model.vocab_size not checked against the tokenizer's",
+    'models/shapes.py',
+    '    if self.vocab_size and self.vocab_size != vocab_size:\n',
+    '    if False:\n',
+    [
+      'tests/test_bad_inputs.py::test_bad_input_fails_cleanly_and_writes_nothing[train/vocab-not-the-tokenizers]'
+    ],
+  ),
 ]
 
 

@@ -197,6 +197,7 @@ CASES: dict[str, tuple[str, list[str]]] = {
   'train/seq-len-0': train_case('--config.data.seq_len=0'),
   'train/seq-len-negative': train_case('--config.data.seq_len=-8'),
   'train/seq-len-over-positions': train_case('--config.data.seq_len=64'),
+  'train/vocab-not-the-tokenizers': train_case('--config.model.vocab_size=300'),
   'train/eval-every-0': train_case('--config.eval.every=0'),
   'train/checkpoint-every-0': train_case('--config.checkpoint.every=0'),
   'train/log-every-0': train_case('--config.log_every=0'),
