@@ -30,6 +30,7 @@ kernel is traced to its operation; the profiled step is then slightly slower tha
 
 import collections
 import dataclasses
+import functools
 import glob
 import linecache
 import os
@@ -247,13 +248,29 @@ def _snippet(frame: Frame) -> str:
   return ' '.join(linecache.getline(frame.file, n) for n in range(frame.line, frame.end_line + 1))
 
 
+@functools.cache
+def _model_attention_code() -> frozenset[tuple[str, str]]:
+  """(file, function) of this repository's attention computations: the one call site of every
+  implementation (models/attention.attend), the cache's, and the kernels' module."""
+  from models import attention, kernels
+
+  out = {(attention.__file__, f.__name__) for f in (attention.attend, attention.cached_attention)}
+  return frozenset(out | {(kernels.__file__, '*')})
+
+
 def _calls_attention(frame: Frame) -> bool:
   """True inside an attention function, or at a call of one (jax.nn.dot_product_attention...).
 
-  Method calls on self (`self.attn(...)`, the whole attention layer) and classes
-  (`MultiHeadAttention`) don't count: the projections around attention are matmuls.
+  The model's own attention code is known by file and function; other code by the name of the
+  function or of what its line calls (read from the source). Method calls on self
+  (`self.attn(...)`, the whole attention layer) and classes (`MultiHeadAttention`) don't
+  count: the projections around attention are matmuls.
   """
-  if 'attention' in frame.function.split('.')[-1]:
+  code = _model_attention_code()
+  function = frame.function.split('.')[-1]
+  if (frame.file, function) in code or (frame.file, '*') in code:
+    return True
+  if 'attention' in function:
     return True
   for call in _CALL_NAME.findall(_snippet(frame)):
     if not call.startswith('self.') and 'attention' in call.split('.')[-1]:
