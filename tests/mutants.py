@@ -389,17 +389,16 @@ MUTANTS = [
   ),
   (
     'cooldown branch starts with a fresh optimizer (moments and count not restored)',
-    'train/loop.py',
-    '        parent, trainer, abstract_data, step=config.train.init_step\n      )\n',
-    '        parent, trainer, abstract_data, step=config.train.init_step\n      )\n'
-    "      restored = (restored[0], {**restored[1], 'opt': trainer.init()['opt']}, restored[2])\n",
+    'train/checkpoint.py',
+    '    return (*restored, False)\n',
+    "    return restored[0], {**restored[1], 'opt': trainer.init()['opt']}, restored[2], False\n",
     ['tests/test_branch.py::test_cooldown_branch_equals_the_same_schedule_from_scratch'],
   ),
   (
     'cooldown branch restarts the data iterator',
     'train/loop.py',
-    '    it.set_state(sharding.local_rows(data_state))\n',
-    '    if resumed:\n      it.set_state(sharding.local_rows(data_state))\n',
+    '  if data_state is not None:\n    it.set_state(sharding.local_rows(data_state))\n',
+    '  if resumed:\n    it.set_state(sharding.local_rows(data_state))\n',
     ['tests/test_branch.py::test_cooldown_branch_equals_the_same_schedule_from_scratch'],
   ),
   (

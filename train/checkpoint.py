@@ -220,6 +220,28 @@ def restore_trainer_state(mngr: ocp.CheckpointManager, trainer, abstract_data=No
   return restore_latest(mngr, abstract, abstract_data, step)
 
 
+def start_from(mngr, trainer, abstract_data, resume_steps, init_from: str = '', init_step=0):
+  """Where a run starts: (step, state, data-iterator state or None, resumed?).
+
+  Its own newest readable checkpoint if it has any (`resume_steps`); else, for a branch, its
+  parent's checkpoint at `init_step` (parameters, optimizer state and data state, to go on
+  under this run's schedule); else step 0 with a fresh `trainer.init()`.
+  """
+  restored = restore_trainer_state(mngr, trainer, abstract_data) if resume_steps else None
+  if restored is not None:
+    logging.info('resumed from step %d', restored[0])
+    return (*restored, True)
+  if init_from:
+    parent = reader(init_from)
+    try:
+      restored = restore_trainer_state(parent, trainer, abstract_data, step=init_step)
+    finally:
+      parent.close()
+    logging.info('branched from %s at step %d', init_from, init_step)
+    return (*restored, False)
+  return 0, trainer.init(), None, False
+
+
 def abstract_with_shardings(abstract_tree, shardings):
   """ShapeDtypeStructs carrying concrete NamedShardings: what Orbax restores onto."""
   return jax.tree.map(

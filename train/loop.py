@@ -107,25 +107,12 @@ def run(p: Prepared, stop_at: int | None = None) -> rundir.Summary | None:
   abstract_data = jax.ShapeDtypeStruct(
     (global_batch, local_state.shape[1]), local_state.dtype, sharding=data_sh
   )
-  restored = None
-  if p.resume_steps:
-    restored = checkpoint.restore_trainer_state(mngr, trainer, abstract_data)
-  resumed = restored is not None
-  if not resumed and config.train.init_from:  # a branch: the parent's state, this schedule
-    parent = checkpoint.reader(config.train.init_from)
-    try:
-      restored = checkpoint.restore_trainer_state(
-        parent, trainer, abstract_data, step=config.train.init_step
-      )
-    finally:
-      parent.close()
-  if restored is not None:
-    start, state, data_state = restored
+  t = config.train
+  start, state, data_state, resumed = checkpoint.start_from(
+    mngr, trainer, abstract_data, p.resume_steps, t.init_from, t.init_step
+  )
+  if data_state is not None:
     it.set_state(sharding.local_rows(data_state))
-    how = 'resumed from' if resumed else f'branched from {config.train.init_from} at'
-    logging.info('%s step %d', how, start)
-  else:
-    start, state = 0, trainer.init()
 
   eval_batches = [
     sharding.to_global(b, data_sh, config.eval.batch_size)
