@@ -11,7 +11,9 @@ at the narrow ones (width <= NARROW), extended upwards: the lr sweep (docs/SWEEP
 lr ~ 1/width gained up to 0.18 nats at the narrow end. The grid's centre is the demo's rate, so
 the centre runs are also an SP 1/sqrt(width) ladder with seeds at the same tokens. Five sizes
 because an interval on L(N) needs 3 parameters + 2 points; the 3-layer 1.33M model is left out
-(it alone would cost as much as the rest). Results and the measured wall time: docs/MUP.md.
+(it alone would cost as much as the rest). Measured: 44 min of wall time at --parallel=1 on
+the shared 2-core machine; at these tokens the narrow models are still near the bigram plateau
+and L(N) is no power law under either rule (docs/MUP.md).
 
   python -m launch.sweep --sweep=experiments/sweeps/tuned_ladder.py --workdir=runs/tuned \
       --parallel=1
