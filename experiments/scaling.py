@@ -597,6 +597,9 @@ def extrapolation_check(
 MIN_SPAN_DECADES = 0.5  # an L(N) over a narrower span of N is refused
 
 
+LR_WINDOW = 5  # a size's lr optimum: the parabola through this many rates around its best
+
+
 def _run_lr(r: Run) -> float | None:
   # tags.lr of a run made without an lr grid is the config default 0.0: its peak lr is train.lr
   lr = r.tags.get('lr') or (r.config.get('train') or {}).get('lr')
@@ -618,8 +621,9 @@ def size_points(runs: list[Run], x_kind: str = 'nonembed') -> dict:
     variance, pooled over every (size, lr) cell with >= 2 seeds, is the seed variance: per
     point, of the log of its mean (var / seeds / L^2), on sum(seeds - 1) degrees of freedom.
   * A size with >= 3 learning rates takes its optimum from a parabola of the seed-mean loss in
-    log lr, and the loss at that optimum; an optimum outside the grid (or a parabola without a
-    minimum, or only 2 rates) leaves the size out, and `notes` says so.
+    log lr through the LR_WINDOW rates around its best (all of a grid of <= LR_WINDOW), and the
+    loss at that optimum; an optimum outside them (or a parabola without a minimum, or only 2
+    rates) leaves the size out, and `notes` says so.
   Returns arrays n, loss, sem, seed_var (None without seeds), seed_dof, seeds, lr_opt, and notes.
   """
   by_size: dict = {}
@@ -655,11 +659,16 @@ def size_points(runs: list[Run], x_kind: str = 'nonembed') -> dict:
     if len(lrs) < 3:
       notes.append(f'size {name}: {len(lrs)} learning rates, a parabola needs 3: left out')
       continue
-    x = np.log(lrs)
-    a, b, c = np.polyfit(x, [means[lr] for lr in lrs], 2)
+    # the parabola through the (up to) LR_WINDOW rates around the best: far from its optimum a
+    # loss-vs-lr curve is no parabola (a plateau below, a cliff above) and would pull the vertex
+    i = int(np.argmin([means[lr] for lr in lrs]))
+    lo = max(0, min(i - LR_WINDOW // 2, len(lrs) - LR_WINDOW))
+    window = lrs[lo : lo + LR_WINDOW]
+    x = np.log(window)
+    a, b, c = np.polyfit(x, [means[lr] for lr in window], 2)
     vertex = -b / (2 * a) if a > 0 else None
     if vertex is None or not x[0] < vertex < x[-1]:
-      best = lrs[int(np.argmin([means[lr] for lr in lrs]))]
+      best = lrs[i]
       notes.append(
         f'size {name}: optimum lr not inside the grid [{lrs[0]:.3g}, {lrs[-1]:.3g}] '
         f'(best grid point {best:.3g}): left out'

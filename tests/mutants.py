@@ -641,6 +641,21 @@ MUTANTS = [
       'tests/test_bad_inputs.py::test_bad_input_fails_cleanly_and_writes_nothing[train/vocab-not-the-tokenizers]'
     ],
   ),
+  # the per-size lr optimum of a wide grid
+  (
+    'lr optimum from a parabola through every rate of a wide grid',
+    'experiments/scaling.py',
+    '    window = lrs[lo : lo + LR_WINDOW]\n',
+    '    window = lrs\n',
+    ['tests/test_compare.py::test_lr_optimum_from_the_rates_around_the_best_of_a_wide_grid'],
+  ),
+  (
+    'lr parabola through the lowest rates, not those around the best',
+    'experiments/scaling.py',
+    '    lo = max(0, min(i - LR_WINDOW // 2, len(lrs) - LR_WINDOW))\n',
+    '    lo = 0\n',
+    ['tests/test_compare.py::test_lr_optimum_from_the_rates_around_the_best_of_a_wide_grid'],
+  ),
 ]
 
 

@@ -124,6 +124,29 @@ def test_groups_lr_grids_and_seeds(tmp_path):
   assert 'optimum lr not inside the grid' in text
 
 
+def plateau_dip_cliff(lr, lr_opt):
+  """A measured shape: flat far below the optimum (the bigram plateau), a cliff above it."""
+  u = np.log(lr / lr_opt)
+  return 2.1 - 0.1 * np.exp(-(u**2) / (2 * 0.4**2)) + 0.3 * np.maximum(u, 0) ** 2
+
+
+def test_lr_optimum_from_the_rates_around_the_best_of_a_wide_grid(tmp_path):
+  """A 7-rate grid over a curve that is no parabola far from its optimum (a plateau below, a
+  cliff above): the parabola through the 5 rates around the best finds the optimum within half
+  a grid step and its loss; one through all 7 would put it 1.6x too low and 0.024 too high."""
+  root = str(tmp_path / 'wide')
+  lrs = 1e-2 * np.sqrt(2.0) ** np.arange(-4, 3)  # the optimum, 1e-2, is the 5th rate
+  for i, n in enumerate(SIZES):
+    for lr in lrs:
+      loss = plateau_dip_cliff(lr, 1e-2) + (20 * n**-0.3 - 0.2)
+      write_run(root, f's{i}-lr{lr:.3g}', n, loss, tags={'size': f's{i}', 'lr': float(lr)})
+  (r,) = scaling.analyze([root], n_boot=0)
+  pts = r['points']
+  assert len(pts['n']) == len(SIZES) and not pts['notes']
+  np.testing.assert_allclose(pts['lr_opt'], 1e-2, rtol=2**0.25 - 1)
+  np.testing.assert_allclose(pts['loss'], 1.8 + 20 * SIZES**-0.3, atol=0.003)
+
+
 def test_mean_over_seeds_not_the_minimum(tmp_path):
   root = str(tmp_path / 'seeds')
   for i, n in enumerate(SIZES):
