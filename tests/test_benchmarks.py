@@ -69,9 +69,18 @@ def test_profile_partitions_the_traced_time(tmp_path):
 
 
 def test_profile_wide_model_is_matmul_bound(tmp_path):
-  by_cat = _run_profile(tmp_path, 'd512.L1.H4', seq_len=64, batch=8, vocab=256)['by_category_ns']
-  share = {k: v / sum(by_cat.values()) for k, v in by_cat.items()}
-  assert max(share, key=share.get) == 'matmul' and share['matmul'] > 0.5, share
+  r = _run_profile(tmp_path, 'd768.L1.H4', seq_len=64, batch=8, vocab=256)
+  # What the profile decides: every traced operation that multiplies matrices outside attention
+  # is a matmul, and the projections of the forward and backward pass are all found.
+  dots = [info for _, _, _, info in r['rows'] if 'dot' in (info.opcode, *info.detail.split('+'))]
+  assert {i.category for i in dots} <= {'matmul', 'attention'}, dots
+  assert sum(i.category == 'matmul' and not i.backward for i in dots) >= 5, dots
+  assert sum(i.category == 'matmul' and i.backward for i in dots) >= 5, dots
+  # What it measures: at d=768 the matmuls take the largest share of the time. This is a timing,
+  # so it asks only for the largest share (the matmuls take about 2/3 here alone, and stay the
+  # largest on a loaded 2-core machine), not for a threshold.
+  by_cat = r['by_category_ns']
+  assert max(by_cat, key=by_cat.get) == 'matmul', by_cat
 
 
 @pytest.mark.parametrize('impl', ['xla', 'reference'])
