@@ -37,12 +37,17 @@ class Run:
   overrides: dict
   parent: str = ''  # the run of this sweep it branches from (train.init_from names it)
 
+  def train_overrides(self, run_dir: str) -> dict:
+    """The overrides the trainer gets in `run_dir`: a branch's parent becomes its sibling
+    folder, as the run's config.json records it."""
+    overrides = dict(self.overrides)
+    if self.parent:
+      overrides['train.init_from'] = rundir.RunDir(run_dir).sibling(self.parent).path
+    return overrides
+
   def argv(self, run_dir: str, train_cmd: Sequence[str]) -> list[str]:
     """The trainer's command line for this run in `run_dir` (train_cmd: launch.shell's)."""
-    overrides = dict(self.overrides)
-    if self.parent:  # a sibling run directory
-      overrides['train.init_from'] = rundir.RunDir(run_dir).sibling(self.parent).path
-    flags_ = [f'--config.{k}={format_value(v)}' for k, v in overrides.items()]
+    flags_ = [f'--config.{k}={format_value(v)}' for k, v in self.train_overrides(run_dir).items()]
     return [*train_cmd, f'--config={self.config}', f'--workdir={run_dir}', *flags_]
 
 

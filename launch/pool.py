@@ -203,22 +203,24 @@ def _flat(tree: Mapping, prefix: str = '') -> dict[str, Any]:
   return out
 
 
-def config_differences(run: Run, recorded: Mapping, base=None) -> dict[str, tuple]:
+def config_differences(run: Run, recorded: Mapping, run_dir: str, base=None) -> dict[str, tuple]:
   """{dotted key: (recorded value, value the run now asks for)} where they differ.
 
-  The run's config is its base config file with its overrides applied, as launch.train builds
-  it (compared through JSON, as config.json holds it). A key on one side only (a key added to
-  or removed from the config files since the run) counts only if the run's overrides set it.
+  The run's config is its base config file with the overrides it gets in `run_dir` applied, as
+  launch.train builds it (compared through JSON, as config.json holds it). A key on one side
+  only (a key added to or removed from the config files since the run) counts only if the
+  run's overrides set it.
   """
   base = sweep_spec.load_config(run.config) if base is None else base
-  wanted, _ = sweep_spec.apply_overrides(base, run.overrides, f'run {run.name!r}')
+  overrides = run.train_overrides(run_dir)
+  wanted, _ = sweep_spec.apply_overrides(base, overrides, f'run {run.name!r}')
   want = _flat(json.loads(json.dumps(wanted.to_dict())))
   have = _flat(recorded)
   missing = object()
   out = {}
   for key in sorted(set(want) | set(have)):
     a, b = have.get(key, missing), want.get(key, missing)
-    if a == b or ((a is missing or b is missing) and key not in run.overrides):
+    if a == b or ((a is missing or b is missing) and key not in overrides):
       continue
     out[key] = (None if a is missing else a, None if b is missing else b)
   return out
@@ -233,15 +235,16 @@ def stale_runs(runs: Sequence[Run], workdir: str) -> dict[str, dict[str, tuple]]
   bases: dict[str, Any] = {}
   out = {}
   for run in runs:
+    run_dir = rundir.SweepDir(workdir).run(run.name)
     try:
-      recorded = rundir.SweepDir(workdir).run(run.name).read_config()
+      recorded = run_dir.read_config()
     except ValueError:
       recorded = {}
     if recorded is None:
       continue
     if run.config not in bases:
       bases[run.config] = sweep_spec.load_config(run.config)
-    diff = config_differences(run, recorded, bases[run.config])
+    diff = config_differences(run, recorded, run_dir.path, bases[run.config])
     if diff:
       out[run.name] = diff
   return out

@@ -140,3 +140,9 @@ def test_sweep_runs_the_branch_after_its_parent(tmp_path):
   assert done == ['stable', 'cool']
   with open(tmp_path / 'wd' / 'runs' / 'cool' / 'summary.json') as f:
     assert json.load(f)['config']['train']['init_from'] == str(tmp_path / 'wd' / 'runs' / 'stable')
+  # The same sweep again on the same folder (a sweep extended with more runs is relaunched so):
+  # both finished runs are reused, the branch included, whose config.json records its parent
+  # as a folder where the sweep file names a run.
+  lines.clear()
+  assert sweep.launch(path, str(tmp_path / 'wd'), parallel=2, echo=lines.append) == 0, lines
+  assert not [line for line in lines if line.startswith(('start', 'set aside'))], lines
