@@ -408,12 +408,19 @@ MUTANTS = [
     "    if parent in running or any(r.name == parent for r in queue):\n      return ''",
     ['tests/test_branch.py::test_sweep_runs_the_branch_after_its_parent'],
   ),
+  (
+    "relaunched sweep compares a branch's parent as the sweep names it, not as it ran",
+    'launch/pool.py',
+    '  overrides = run.train_overrides(run_dir)\n',
+    '  overrides = dict(run.overrides)\n',
+    ['tests/test_branch.py::test_sweep_runs_the_branch_after_its_parent'],
+  ),
   # datasets, tokenizers, sweeps that never reuse a changed run
   (
     'stale-run check compares only the keys the sweep overrides',
     'launch/pool.py',
-    'if a == b or ((a is missing or b is missing) and key not in run.overrides):',
-    'if a == b or key not in run.overrides:',
+    'if a == b or ((a is missing or b is missing) and key not in overrides):',
+    'if a == b or key not in overrides:',
     [
       'tests/test_sweep.py::test_changed_runs_are_refused_or_rerun_and_sweep_json_stays_true',
     ],
