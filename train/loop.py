@@ -41,9 +41,8 @@ class Prepared:
 
 def prepare(config, workdir: str) -> Prepared:
   """All validation: raises a one-line error before anything is compiled or written."""
-  model_cfg = validate.check_config(config)  # ranges, names and the model's shape rules
-  mesh = sharding.make_mesh(config.mesh)
-  sharding.check_batch(config, mesh)
+  checked = validate.check_config(config)  # ranges, names, the model's shape rules, the mesh
+  mesh = sharding.mesh_for(config, checked.mesh_shape)
   pipe = DataPipeline(
     config.data,
     global_batch=config.train.global_batch,
@@ -52,7 +51,7 @@ def prepare(config, workdir: str) -> Prepared:
     process_index=jax.process_index(),
     process_count=jax.process_count(),
   )
-  model_cfg = model_cfg.with_vocab(pipe.vocab_size)
+  model_cfg = checked.model.with_vocab(pipe.vocab_size)
   steps = checkpoint.check_start(workdir, config)
   return Prepared(config, workdir, model_cfg, mesh, pipe, steps)
 

@@ -26,9 +26,20 @@ def make_mesh(mesh_cfg, devices: list | None = None) -> Mesh:
   contiguous block of the batch rows: that is what per-host data loading relies on.
   """
   devices = list(jax.devices() if devices is None else devices)
-  shape = mesh_shape(mesh_cfg, len(devices))
+  return _mesh(devices, mesh_shape(mesh_cfg, len(devices)))
+
+
+def mesh_for(config, sizes: tuple[int, ...]) -> Mesh:
+  """The run's mesh over every device, of the sizes validate.check_config read from
+  config.mesh, with the batches checked against it (one-line ValueError)."""
+  mesh = _mesh(list(jax.devices()), sizes)
+  check_batch(config, mesh)
+  return mesh
+
+
+def _mesh(devices: list, sizes: tuple[int, ...]) -> Mesh:
   # Classic Mesh: Auto axis types, the GSPMD behaviour the step is written for.
-  return Mesh(np.array(devices).reshape(shape), MESH_AXES)
+  return Mesh(np.array(devices).reshape(sizes), MESH_AXES)
 
 
 def batch_axes(rules) -> tuple[str, ...]:

@@ -8,6 +8,7 @@ imported unless the check is for this machine and asks which one it is: a sweep 
 """
 
 import math
+from typing import NamedTuple
 
 from models import shapes
 from train import optim, profiling
@@ -46,12 +47,20 @@ def _get(config, key: str):
   return config
 
 
-def check_config(config, on_this_machine: bool = True) -> shapes.ModelConfig:
-  """Raises ValueError (one line) for any value that cannot make a working run; returns the
-  model's shape (its vocabulary 0 until the tokenizer's is known, ModelConfig.with_vocab).
+class Checked(NamedTuple):
+  """What check_config decided: the model's shape (its vocabulary 0 until the tokenizer's is
+  known, ModelConfig.with_vocab) and, on this machine, the mesh's (data, fsdp, tensor) sizes."""
+
+  model: shapes.ModelConfig
+  mesh_shape: tuple[int, ...] | None
+
+
+def check_config(config, on_this_machine: bool = True) -> Checked:
+  """Raises ValueError (one line) for any value that cannot make a working run.
 
   `on_this_machine=False` skips what only the machine that trains must provide (a GPU for
-  cuDNN attention): a sweep may be planned on one machine and run on another.
+  cuDNN attention, the mesh's devices): a sweep may be planned on one machine and run on
+  another.
   """
   _int_at_least(config, 'train.steps', 1, 'the number of optimizer steps')
   _int_at_least(config, 'train.global_batch', 1, 'sequences per step')
@@ -93,12 +102,13 @@ def check_config(config, on_this_machine: bool = True) -> shapes.ModelConfig:
   fused = config.model.attention_impl in shapes.KERNEL_PLATFORM
   platform = _backend() if on_this_machine and fused else ''
   model = shapes.ModelConfig.from_config(config.model, platform=platform)
+  mesh = shapes.mesh_shape(config.mesh, _device_count()) if on_this_machine else None
   if model.pos_emb == 'learned' and config.data.seq_len > model.max_seq_len:
     raise ValueError(
       f'data.seq_len={config.data.seq_len} exceeds the position table '
       f'(model.max_seq_len={model.max_seq_len}); raise max_seq_len or use pos_emb=rope'
     )
-  return model
+  return Checked(model, mesh)
 
 
 def _backend() -> str:
@@ -107,3 +117,10 @@ def _backend() -> str:
   import jax
 
   return jax.default_backend()
+
+
+def _device_count() -> int:
+  """Every device of every process: the mesh's to fill."""
+  import jax
+
+  return jax.device_count()
