@@ -693,11 +693,16 @@ def size_points(runs: list[Run], x_kind: str = 'nonembed') -> dict:
   }
 
 
+MIN_MATCHING_PAIRS = 2  # cooldown/cosine pairs that must agree for the premise to pass
+
+
 def cooldown_checks(cooldown: list[Run], cosine: list[Run], n_boot: int = 200, level=0.95):
   """The checks of a joint L(N, D) from WSD cooldowns (experiments/sweeps/cooldown.py).
 
   * match: each cosine run against the cooldown of the same N and D: the difference and its
     standard error sqrt(SEM_cos^2 + SEM_cool^2); 'pass' within 2 of them.
+  * premise: how many pairs match ('pass' with >= MIN_MATCHING_PAIRS), and the smallest D
+    from which every pair at that D and above matches (None: not even at the largest).
   * holdout: Chinchilla's law fitted without the largest (N, D) corner (largest N at its
     largest D) predicts it; the 95% prediction interval is the run-bootstrap refits'
     predictions times a draw of the fit's residual scatter; 'pass' if the corner lies inside.
@@ -728,6 +733,22 @@ def cooldown_checks(cooldown: list[Run], cosine: list[Run], n_boot: int = 200, l
         'verdict': 'pass' if abs(diff) <= 2 * se else 'fail',
       }
     )
+  pairs = [m for m in out['match'] if m['verdict'] != 'none']
+  by_tokens: dict = {}
+  for m in pairs:
+    by_tokens.setdefault(m['tokens'], []).append(m['verdict'] == 'pass')
+  holds_from = None  # the smallest D from which every pair at that D and above matches
+  for t in sorted(by_tokens, reverse=True):
+    if not all(by_tokens[t]):
+      break
+    holds_from = t
+  passed = sum(m['verdict'] == 'pass' for m in pairs)
+  out['premise'] = {
+    'passed': passed,
+    'pairs': len(pairs),
+    'holds_from_tokens': holds_from,
+    'verdict': 'pass' if passed >= MIN_MATCHING_PAIRS else 'fail',
+  }
   fit, ci, fits = chinchilla_ci(n, d, loss, n_boot=n_boot)
   out['fit'], out['ci'] = fit, ci
   corner = int(np.argmax(np.where(n == n.max(), d, -np.inf)))
@@ -762,6 +783,17 @@ def cooldown_lines(c: dict, iso_a=None) -> list[str]:
       f'  cosine vs cooldown at N={m["n"]:.3g}, D={m["tokens"]:.3g}: {m["cosine_loss"]:.4f} vs '
       f'{m["cooldown_loss"]:.4f} (difference {m["difference"]:+.4f}, 2 SE = {2 * m["se"]:.4f}): '
       f'{m["verdict"].upper()}'
+    )
+  p = c['premise']
+  if p['pairs']:
+    where = (
+      f'every pair from D = {p["holds_from_tokens"]:.3g} up'
+      if p['holds_from_tokens']
+      else 'not at the largest D'
+    )
+    lines.append(
+      f'  cooldown stands for cosine: {p["passed"]} of {p["pairs"]} pairs within 2 SE, {where}: '
+      f'{p["verdict"].upper()} (needs >= {MIN_MATCHING_PAIRS} pairs)'
     )
   f, ci, h = c['fit'], c['ci'], c['holdout']
   lines.append(
@@ -979,6 +1011,7 @@ def fits_json(results: list[dict]) -> dict:
       c = r['cooldown']
       d['cooldown'] = {
         'match': c['match'],
+        'premise': c['premise'],
         'holdout': c['holdout'],
         'fit': {**c['fit'].params(), 'a': c['fit'].beta / (c['fit'].alpha + c['fit'].beta)},
         'ci95': c['ci'],

@@ -295,6 +295,17 @@ def test_cooldown_checks_have_verdicts_that_can_fail():
   ]
   c = scaling.cooldown_checks(cool, cosine, n_boot=40)
   assert [m['verdict'] for m in c['match']] == ['pass', 'fail']  # 2 SE = 0.028
+  # one pair of two agrees (at the largest D): the premise fails, and holds from that D up
+  assert c['premise'] == {
+    'passed': 1,
+    'pairs': 2,
+    'holds_from_tokens': cool[3].tokens,
+    'verdict': 'fail',
+  }
+  cosine.append(_run('cos-c', cool[5].n_nonembed, cool[5].tokens, cool[5].final_eval_loss - 0.01))
+  p = scaling.cooldown_checks(cool, cosine, n_boot=20)['premise']
+  assert (p['passed'], p['verdict'], p['holds_from_tokens']) == (2, 'pass', cool[3].tokens)
+  cosine.pop()
   assert c['holdout']['verdict'] == 'pass'
   assert c['holdout']['n'] == max(r.n_nonembed for r in cool)
   lo, hi = c['ci']['a']
@@ -304,3 +315,4 @@ def test_cooldown_checks_have_verdicts_that_can_fail():
   assert scaling.cooldown_checks(cool, cosine, n_boot=40)['holdout']['verdict'] == 'fail'
   text = '\n'.join(scaling.cooldown_lines(c, iso_a=None))
   assert 'Kaplan et al. 2020 0.73' in text and 'Hoffmann et al. 2022 0.50' in text
+  assert '1 of 2 pairs within 2 SE, every pair from D = 1e+06 up: FAIL' in text, text
