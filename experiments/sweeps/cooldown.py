@@ -10,7 +10,8 @@ loss at several token counts D for the price of one run plus its cooldowns:
   init_step: parameters, optimizer and data state), then decays linearly to 10% of the peak
   over its last s / 4 steps (train.schedule=wsd: 20% of its T = 1.25 s steps);
 * `<size>-cosine<T>`: trained from scratch on the demo's cosine schedule of T steps, at the
-  COSINE points, to check that a cooldown matches a cosine run of the same (N, D).
+  COSINE points (three shorter D, and every size at the longest), to check that a cooldown
+  matches a cosine run of the same (N, D).
 
 Every branch point is past step 1000: on this corpus the models sit on the letter-pair
 (bigram) plateau, ~2.54 nats/byte, for the first few hundred steps, and a sum of power laws
@@ -37,10 +38,13 @@ def total_steps(branch: int) -> int:
   return branch + round(branch / 4)
 
 
-COSINE = (  # (size, steps) also trained with cosine from scratch: three sizes, three D
+COSINE = (  # (size, steps) also trained with cosine from scratch:
+  # three sizes at three shorter D, where the models still learn fast,
   (SIZES[0], total_steps(BRANCHES[1])),
   (SIZES[2], total_steps(BRANCHES[2])),
   (SIZES[3], total_steps(BRANCHES[0])),
+  # and every size at the longest D, the regime of the held-out corner
+  *((s, total_steps(BRANCHES[-1])) for s in SIZES),
 )
 
 
