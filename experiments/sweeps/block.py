@@ -1,11 +1,11 @@
 """GPT-3's block against a modern one (experiments/configs/modern.py) at equal N, three sizes.
 
 For each shape, two runs on the same data, tokens, batch and learning rate (the ladders'
-1/sqrt(width) rule, common.width_lr): the GPT-3 block (LayerNorm, GELU, biases, learned positions) and the
-modern block (RMSNorm, SwiGLU with d_ff = 8/3 d rounded up to a multiple of 8, no biases,
-RoPE, qk-norm). Their non-embedding parameters differ by under 1% (SwiGLU's rounding, the
-biases and LayerNorm offsets the modern block drops; each run's summary.json has its own N);
-tags.target_nonembed is the GPT-3 block's.
+1/sqrt(width) rule, common.width_lr): the GPT-3 block (LayerNorm, GELU, biases, learned
+positions) and the modern block (RMSNorm, SwiGLU with d_ff = 8/3 d rounded up to a multiple
+of 8, no biases, RoPE, qk-norm). Their non-embedding parameters differ by under 1% (SwiGLU's
+rounding, the biases and LayerNorm offsets the modern block drops; each run's summary.json
+has its own N); tags.target_nonembed is the GPT-3 block's.
 Results and the command: docs/SWEEPS.md#block-options.
 """
 
