@@ -3,8 +3,8 @@
 Each check raises ValueError with one line that names the key, the bad value and what to do.
 Shape rules of the model live in models/shapes.py (ModelConfig.from_config), optimizer and
 schedule names in train/optim.py; they are called from here rather than restated. No JAX is
-imported unless the check is for this machine and asks which one it is: a sweep is planned
-(experiments/sweep_spec.py) without JAX.
+imported unless the check is for this machine (its platform, its devices for the mesh): a sweep
+is planned (experiments/sweep_spec.py) without JAX.
 """
 
 import math
