@@ -232,10 +232,11 @@ def stale_runs(runs: Sequence[Run], workdir: str) -> dict[str, dict[str, tuple]]
   A folder without config.json has recorded nothing (the trainer writes it before its first
   step) and is not stale.
   """
+  sweep = rundir.SweepDir(workdir)
   bases: dict[str, Any] = {}
   out = {}
   for run in runs:
-    run_dir = rundir.SweepDir(workdir).run(run.name)
+    run_dir = sweep.run(run.name)
     try:
       recorded = run_dir.read_config()
     except ValueError:

@@ -648,6 +648,30 @@ MUTANTS = [
       'tests/test_bad_inputs.py::test_bad_input_fails_cleanly_and_writes_nothing[train/vocab-not-the-tokenizers]'
     ],
   ),
+  (
+    "the run's mesh built without checking the batches against it",
+    'train/sharding.py',
+    '  mesh = _mesh(list(jax.devices()), sizes)\n  check_batch(config, mesh)\n',
+    '  mesh = _mesh(list(jax.devices()), sizes)\n',
+    [
+      'tests/test_bad_inputs.py::test_bad_input_fails_cleanly_and_writes_nothing[train/eval-batch-not-splitting]'
+    ],
+  ),
+  # the cooldown premise as a whole
+  (
+    'cooldown premise passes on one matching pair',
+    'experiments/scaling.py',
+    "    'verdict': 'pass' if passed >= MIN_MATCHING_PAIRS else 'fail',\n",
+    "    'verdict': 'pass' if passed >= 1 else 'fail',\n",
+    ['tests/test_scaling.py::test_cooldown_checks_have_verdicts_that_can_fail'],
+  ),
+  (
+    'cooldown premise said to hold from a D where some pair fails',
+    'experiments/scaling.py',
+    '    if not all(by_tokens[t]):\n',
+    '    if not any(by_tokens[t]):\n',
+    ['tests/test_scaling.py::test_cooldown_checks_have_verdicts_that_can_fail'],
+  ),
   # the per-size lr optimum of a wide grid
   (
     'lr optimum from a parabola through every rate of a wide grid',
