@@ -384,8 +384,7 @@ def check_machine() -> None:
   try:  # every shape's config, before the minutes of measuring
     for shape in _SHAPES.value:
       config = bench_config(shape)
-      validate.check_config(config)
-      sharding.make_mesh(config.mesh, devices())
+      validate.check_config(config, num_devices=len(devices()))
   except ValueError as e:
     cli.fail(str(e))
 

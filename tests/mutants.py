@@ -657,6 +657,13 @@ MUTANTS = [
       'tests/test_bad_inputs.py::test_bad_input_fails_cleanly_and_writes_nothing[train/eval-batch-not-splitting]'
     ],
   ),
+  (
+    "the mesh checked over every device, not the benchmark's --num_devices",
+    'train/validate.py',
+    'shapes.mesh_shape(config.mesh, num_devices or _device_count())',
+    'shapes.mesh_shape(config.mesh, _device_count())',
+    ['tests/test_benchmarks.py::test_mesh_is_checked_against_the_devices_the_benchmark_uses'],
+  ),
   # the cooldown premise as a whole
   (
     'cooldown premise passes on one matching pair',

@@ -119,6 +119,20 @@ def test_bad_attention_impl_is_one_line_before_any_work(capsys):
   assert len(err.splitlines()) == 1 and 'attention_impl' in err and 'flash9' in err
 
 
+def test_mesh_is_checked_against_the_devices_the_benchmark_uses(capsys):
+  """--num_devices=2 with a 2-device mesh is accepted on the tests' 8 devices; the same mesh
+  over all 8 is refused in one line before any measuring."""
+  assert jax.device_count() == 8
+  with flagsaver.flagsaver(shapes=['d32.L1.H4'], num_devices=2, mesh='data=2'):
+    train_step.check_machine()
+  with flagsaver.flagsaver(shapes=['d32.L1.H4'], num_devices=0, mesh='data=2'):
+    with pytest.raises(SystemExit) as e:
+      train_step.check_machine()
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and 'has 2 devices but 8 are available' in err, err
+
+
 def test_attention_impl_is_passed_through_or_left_to_the_config():
   from experiments.configs import default
 

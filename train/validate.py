@@ -55,12 +55,12 @@ class Checked(NamedTuple):
   mesh_shape: tuple[int, ...] | None
 
 
-def check_config(config, on_this_machine: bool = True) -> Checked:
+def check_config(config, on_this_machine: bool = True, num_devices: int = 0) -> Checked:
   """Raises ValueError (one line) for any value that cannot make a working run.
 
   `on_this_machine=False` skips what only the machine that trains must provide (a GPU for
   cuDNN attention, the mesh's devices): a sweep may be planned on one machine and run on
-  another.
+  another. The mesh fills `num_devices` devices (0: every device of every process).
   """
   _int_at_least(config, 'train.steps', 1, 'the number of optimizer steps')
   _int_at_least(config, 'train.global_batch', 1, 'sequences per step')
@@ -102,7 +102,7 @@ def check_config(config, on_this_machine: bool = True) -> Checked:
   fused = config.model.attention_impl in shapes.KERNEL_PLATFORM
   platform = _backend() if on_this_machine and fused else ''
   model = shapes.ModelConfig.from_config(config.model, platform=platform)
-  mesh = shapes.mesh_shape(config.mesh, _device_count()) if on_this_machine else None
+  mesh = shapes.mesh_shape(config.mesh, num_devices or _device_count()) if on_this_machine else None
   if model.pos_emb == 'learned' and config.data.seq_len > model.max_seq_len:
     raise ValueError(
       f'data.seq_len={config.data.seq_len} exceeds the position table '
